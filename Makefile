@@ -1,0 +1,36 @@
+# The two set-up commands of the README:
+#   make demo   create .venv, install pinned deps, pull the bundled demo data, run the whole chain (CPU)
+#   make test   create .venv if needed, run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(abspath $(VENV))/bin
+PIP_FLAGS ?= --disable-pip-version-check --no-input
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: demo test lint bench clean-venv
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch is pinned in pyproject.toml and constraints.txt: the CPU wheel, never an open CUDA pull.
+	$(BIN)/python -m pip install -q $(PIP_FLAGS) -c constraints.txt -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	dvc pull -q data.dvc
+	dvc repro
+	diffx shards validate data/canonical
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/shard_io.py
+
+clean-venv:
+	rm -rf $(VENV)

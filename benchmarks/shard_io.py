@@ -1,0 +1,141 @@
+"""Shard write/read throughput beside a plain copy of the same bytes on the same disk.
+
+Prints one JSON document. The ratio ``write_vs_copy`` / ``read_vs_copy`` is what matters: how much the
+Parquet layer (row building, hashing, footer, decode of the struct column) costs over moving bytes.
+Images are PNG-encoded once up front, so the numbers measure the shard layer, not the PNG codec.
+
+    python benchmarks/shard_io.py [--samples 256] [--out /tmp/bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from diffx.data.demo import DEMO_SPEC, render_scene, sample_rng
+from diffx.data.images import encode_png
+from diffx.data.sample import Sample
+from diffx.data.spec import DatasetSpec, ModalitySpec
+from diffx.shards.reader import ShardSet
+from diffx.shards.writer import ShardSetWriter
+
+RGB_THERMAL = DatasetSpec(
+    modalities=(ModalitySpec(name="rgb", channels=3), ModalitySpec(name="thermal", channels=1)),
+    classes=("person", "bicycle", "car"),
+)
+
+
+def demo_samples(count: int, width: int, height: int) -> list[Sample]:
+    """Real demo scenes (RGB + thermal + depth) at the demo size."""
+    samples = []
+    for index in range(count):
+        scene = render_scene(sample_rng(0, "bench", index), width, height)
+        images = {
+            name: encode_png(array, f"{index}-{name}", 6)
+            for name, array in (("rgb", scene.rgb), ("thermal", scene.thermal), ("depth", scene.depth))
+        }
+        samples.append(Sample(f"bench-{index:06d}", "train", width, height, images))
+    return samples
+
+
+def large_samples(count: int, size: int) -> list[Sample]:
+    """512x512 RGB + thermal with natural-image-like entropy (smooth field plus sensor noise)."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for index in range(count):
+        base = rng.normal(0, 1, (size // 16, size // 16, 3))
+        field = np.kron(base, np.ones((16, 16, 1)))
+        rgb = np.clip(128 + 40 * field + rng.normal(0, 6, field.shape), 0, 255).astype(np.uint8)
+        thermal = np.clip(rgb.mean(axis=2) + rng.normal(0, 4, (size, size)), 0, 255).astype(np.uint8)
+        images = {"rgb": encode_png(rgb, f"{index}-rgb", 6), "thermal": encode_png(thermal, f"{index}-t", 6)}
+        samples.append(Sample(f"large-{index:06d}", "train", size, size, images))
+    return samples
+
+
+def _plain_copy(samples: list[Sample], folder: Path) -> tuple[float, float]:
+    """Write then read every image as its own file: the floor the shard layer is compared with."""
+    folder.mkdir(parents=True)
+    started = time.perf_counter()
+    for sample in samples:
+        for name, image in sample.images.items():
+            with open(folder / f"{sample.id}-{name}.png", "wb") as handle:
+                handle.write(image.data)
+                handle.flush()
+                os.fsync(handle.fileno())
+    write = time.perf_counter() - started
+    started = time.perf_counter()
+    for entry in os.scandir(folder):
+        with open(entry.path, "rb") as handle:
+            handle.read()
+    return write, time.perf_counter() - started
+
+
+def measure(label: str, samples: list[Sample], spec: DatasetSpec, work: Path, rows_per_shard: int) -> dict:
+    payload = sum(len(img.data) for s in samples for img in s.images.values())
+    root = work / f"{label}-shards"
+    writer = ShardSetWriter(str(root), spec)
+    started = time.perf_counter()
+    records = writer.write_split("train", samples, rows_per_shard)
+    writer.finalize(records)
+    for record in records:  # same durability as the plain copy
+        fd = os.open(root / record.path, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    write_s = time.perf_counter() - started
+    started = time.perf_counter()
+    rows = 0
+    for batch in ShardSet(str(root)).iter_batches(batch_size=64):
+        for name in spec.modality_names:
+            column = batch.column(name).combine_chunks() if hasattr(batch.column(name), "combine_chunks") \
+                else batch.column(name)
+            column.field("bytes").to_pylist()
+        rows += batch.num_rows
+    read_s = time.perf_counter() - started
+    assert rows == len(samples)
+    copy_write_s, copy_read_s = _plain_copy(samples, work / f"{label}-copy")
+    mb = payload / 1e6
+    return {
+        "samples": len(samples),
+        "payload_mb": round(mb, 2),
+        "shards": len(records),
+        "write": {"samples_per_s": round(len(samples) / write_s, 1), "mb_per_s": round(mb / write_s, 1)},
+        "read": {"samples_per_s": round(len(samples) / read_s, 1), "mb_per_s": round(mb / read_s, 1)},
+        "plain_copy": {"write_mb_per_s": round(mb / copy_write_s, 1), "read_mb_per_s": round(mb / copy_read_s, 1)},
+        "write_vs_copy": round(copy_write_s / write_s, 3),
+        "read_vs_copy": round(copy_read_s / read_s, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--large-samples", type=int, default=128)
+    parser.add_argument("--out", default=None, help="work folder (default: a temp dir on the same disk as /tmp)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="diffx-bench-", dir=args.out))
+    try:
+        result = {
+            "benchmark": "shard_io",
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+            "demo_160x128_rgb_thermal_depth": measure(
+                "demo", demo_samples(args.samples, 160, 128), DEMO_SPEC, work, rows_per_shard=64
+            ),
+            "512x512_rgb_thermal": measure(
+                "large", large_samples(args.large_samples, 512), RGB_THERMAL, work, rows_per_shard=64
+            ),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""The ``diffx`` command line: a thin typer front end over the library's stage functions.
+
+No stage logic lives here (DESIGN.md section 1): each command loads params, calls one function and
+turns DiffxError into a one-paragraph message and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from diffx import __version__
+from diffx.errors import DiffxError
+
+app = typer.Typer(
+    help="diffx: layout-guided cross-modal synthetic data pipeline.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+shards_app = typer.Typer(help="Inspect, validate and export Parquet shard sets.", no_args_is_help=True)
+app.add_typer(shards_app, name="shards")
+
+ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params file")]
+T = TypeVar("T")
+
+
+def _run(action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except DiffxError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the diffx version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def demo(
+    params: ParamsOption = Path("params.yaml"),
+    output: Annotated[str | None, typer.Option(help="override demo.output")] = None,
+) -> None:
+    """(Re)generate the procedural demo dataset (RGB + thermal + depth street scenes)."""
+    from diffx.config import load_config
+    from diffx.data.demo import write_demo
+
+    config = _run(lambda: load_config(params))
+    options = config.demo
+    counts = write_demo(
+        output or options.output, seed=options.seed, width=options.width, height=options.height, splits=options.splits
+    )
+    typer.echo(json.dumps({"output": output or options.output, "samples": counts}))
+
+
+@app.command()
+def ingest(
+    params: ParamsOption = Path("params.yaml"),
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Stage ingest: raw dataset -> validated canonical shards (data/canonical) + reports/ingest.json."""
+    from diffx.config import load_config
+    from diffx.data.ingest import ingest as run_ingest
+
+    config = _run(lambda: load_config(params))
+    result = _run(lambda: run_ingest(config, progress=progress))
+    summary = {k: v for k, v in result.report().items() if k != "quarantine"}
+    typer.echo(json.dumps(summary))
+
+
+class ExportFormat(StrEnum):
+    coco = "coco"
+    yolo = "yolo"
+
+
+@shards_app.command("inspect")
+def shards_inspect(root: str) -> None:
+    """Summarise a shard set from its manifest: modalities, classes, rows and shards per split."""
+    from diffx.shards.reader import ShardSet
+
+    shard_set = _run(lambda: ShardSet(root))
+    manifest = shard_set.manifest
+    summary: dict[str, Any] = {
+        "root": root,
+        "dataset": manifest.dataset,
+        "generated": manifest.generated,
+        "producer": manifest.producer,
+        "splits": {s: {"rows": manifest.total_rows(s), "shards": len(manifest.shards_of(s))} for s in manifest.splits},
+        "bytes": sum(r.bytes for r in manifest.shards),
+    }
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@shards_app.command("validate")
+def shards_validate(
+    root: str, as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False
+) -> None:
+    """Check every shard against the manifest (size, sha256, rows, schema, unique ids); exit 1 on failure."""
+    from diffx.shards.validate import validate_shard_set
+
+    report = validate_shard_set(root)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    elif report.ok:
+        typer.echo(f"ok: {report.shards} shards, {report.rows} rows in {root}")
+    else:
+        for problem in report.problems:
+            typer.secho(f"FAIL {problem}", fg=typer.colors.RED, err=True)
+        typer.secho(f"{len(report.problems)} problem(s) in {root}", fg=typer.colors.RED, err=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@shards_app.command("export")
+def shards_export(
+    root: str,
+    out: str,
+    fmt: Annotated[ExportFormat, typer.Option("--format", "-f")] = ExportFormat.coco,
+    split: Annotated[str | None, typer.Option(help="only this split")] = None,
+) -> None:
+    """Export a shard set as COCO JSON + image folders, or as YOLO datasets (one per modality)."""
+    from diffx.shards.export import export_coco, export_yolo
+
+    exporter = export_coco if fmt is ExportFormat.coco else export_yolo
+    counts = _run(lambda: exporter(root, out, split))
+    typer.echo(json.dumps({"out": out, "format": fmt.value, "images": counts}))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,245 @@
+"""Typed configuration loaded from ``params.yaml``.
+
+Every section forbids unknown keys: a typo in params.yaml must fail loudly with the key's dotted path,
+not be silently ignored while the run uses a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from diffx.data.spec import DatasetSpec, ModalitySpec
+from diffx.errors import ConfigError
+
+OUTPUT_KEYS = frozenset({"output", "report"})
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- source readers' options
+class CocoFoldersSource(Section):
+    """Paired image folders (one per modality, same file names) plus one COCO JSON per split."""
+
+    format: Literal["coco_folders"] = "coco_folders"
+    root: str
+    modalities: dict[str, str] = Field(description="modality name -> folder (relative to root)")
+    annotations: dict[str, str] = Field(description="split -> COCO JSON (relative to root)")
+    filename_template: str = Field(
+        default="{file_name}", description="maps a COCO file_name to the file on disk, e.g. 'M3FD_{file_name}'"
+    )
+    category_map: dict[str, str] = Field(default_factory=dict, description="source class -> our class")
+    ignore_categories: list[str] = Field(default_factory=list)
+
+
+class VocPairsSource(Section):
+    """LLVIP / M3FD originals: paired folders with one Pascal VOC XML per pair, shared by all modalities."""
+
+    format: Literal["voc_pairs"] = "voc_pairs"
+    root: str
+    modalities: dict[str, str] = Field(description="modality -> folder; '{split}' is substituted")
+    annotations: str = "Annotations"
+    splits: list[str] = Field(default_factory=lambda: ["train"])
+    extension: str = ".jpg"
+    one_based: bool = Field(default=True, description="VOC pixel indices start at 1 (shifted to 0-based)")
+    category_map: dict[str, str] = Field(default_factory=dict)
+    ignore_categories: list[str] = Field(default_factory=list)
+
+
+class DiffxFolderSource(Section):
+    """The original DiffX layout: Main/<split>.txt, JPEGImages_<MOD>/<id>.jpg, labels/, sobel/, caption/."""
+
+    format: Literal["diffx_folder"] = "diffx_folder"
+    root: str
+    modalities: dict[str, str] = Field(description="modality -> the <MOD> suffix of JPEGImages_<MOD>")
+    splits: list[str] = Field(default_factory=lambda: ["train", "val"])
+    extension: str = ".jpg"
+    labels: Literal["yolo", "label_png", "saliency", "none"] = "yolo"
+    label_classes: list[str] = Field(
+        default_factory=lambda: ["person", "bicycle", "car"],
+        description="class names by id in the label files (YOLO ids or label-PNG pixel values)",
+    )
+    box_classes: list[str] | None = Field(
+        default=None, description="label_png: which classes become boxes (connected components)"
+    )
+    min_component_pixels: int = 16
+    layout: Literal["none", "sobel", "labels"] = "none"
+    captions: bool = True
+    category_map: dict[str, str] = Field(default_factory=dict)
+    ignore_categories: list[str] = Field(default_factory=list)
+
+
+class MfnetSource(Section):
+    """MFNet: 4-channel PNG (RGB + thermal in channel 3) and a 9-class label PNG per id."""
+
+    format: Literal["mfnet"] = "mfnet"
+    root: str
+    splits: list[str] = Field(default_factory=lambda: ["train", "val", "test"])
+    labels: bool = True
+    box_classes: list[str] = Field(default_factory=lambda: ["car", "person", "bike"])
+    min_component_pixels: int = 16
+    category_map: dict[str, str] = Field(default_factory=lambda: {"bike": "bicycle"})
+    ignore_categories: list[str] = Field(default_factory=list)
+
+
+class FlirSource(Section):
+    """FLIR ADAS v2. RGB and thermal are not pixel-aligned, so pairing and alignment are explicit."""
+
+    format: Literal["flir"] = "flir"
+    root: str
+    splits: dict[str, str] = Field(
+        default_factory=lambda: {"test": "video_{modality}_test"},
+        description="split -> folder pattern; '{modality}' becomes rgb or thermal",
+    )
+    pairing: Literal["video_map", "thermal_only"] = "video_map"
+    rgb_crop: tuple[int, int, int, int] | None = Field(
+        default=None,
+        description="x0,y0,x1,y1 of the RGB frame that covers the thermal field of view; required with rgb",
+    )
+    category_map: dict[str, str] = Field(default_factory=lambda: {"bike": "bicycle"})
+    ignore_categories: list[str] = Field(default_factory=list)
+
+
+class Come15kSource(Section):
+    """COME15K: RGB + depth + saliency GT, COCO instance JSON with the single class 'foreground'."""
+
+    format: Literal["come15k"] = "come15k"
+    root: str
+    splits: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {
+            "train": {
+                "rgb": "train/imgs_right",
+                "depth": "train/depths",
+                "saliency": "train/gt_right",
+                "annotations": "annotations/COME15K-Train.json",
+            },
+        }
+    )
+    depth_extension: str = ".png"
+    saliency_extension: str = ".png"
+    category_map: dict[str, str] = Field(default_factory=dict)
+    ignore_categories: list[str] = Field(default_factory=list)
+
+
+class SunRgbdSource(Section):
+    """SUN RGB-D style: RGB + 16-bit depth with rotated bits; optional VoteNet 2D boxes."""
+
+    format: Literal["sunrgbd"] = "sunrgbd"
+    root: str
+    splits: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {
+            "train": {"rgb": "train/color", "depth": "train_depth"},
+            "val": {"rgb": "val/color", "depth": "val_depth"},
+        }
+    )
+    labels: str | None = Field(default=None, description="folder of VoteNet label txt files (6-digit ids)")
+    decode_depth_bits: bool = Field(default=True, description="undo SUN RGB-D's 3-bit rotation -> millimetres")
+    category_map: dict[str, str] = Field(default_factory=dict)
+    ignore_categories: list[str] = Field(default_factory=list)
+
+
+Source = Annotated[
+    CocoFoldersSource | VocPairsSource | DiffxFolderSource | MfnetSource | FlirSource | Come15kSource | SunRgbdSource,
+    Field(discriminator="format"),
+]
+
+
+# --------------------------------------------------------------------------------------- sections
+class DataConfig(Section):
+    modalities: list[ModalitySpec] = Field(min_length=1)
+    classes: list[str] = Field(min_length=1)
+    layout_kind: Literal["segmentation", "saliency", "edges", "face"] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        self.spec()  # uniqueness rules live in DatasetSpec; surface them under the 'data' key
+        return self
+
+    def spec(self) -> DatasetSpec:
+        return DatasetSpec(modalities=tuple(self.modalities), classes=tuple(self.classes), layout_kind=self.layout_kind)
+
+
+class ShardsConfig(Section):
+    rows_per_shard: int = Field(default=512, ge=1)
+    row_group_bytes: int = Field(default=32 << 20, ge=1 << 16, description="target row-group size")
+    png_compress_level: int = Field(default=6, ge=0, le=9)
+    compression: Literal["none", "snappy", "zstd"] = "none"
+
+
+class IngestConfig(Section):
+    source: Source
+    output: str = "data/canonical"
+    report: str = "reports/ingest.json"
+    on_invalid: Literal["quarantine", "raise"] = "quarantine"
+    max_quarantine_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+
+
+class DemoConfig(Section):
+    output: str = "data/demo"
+    seed: int = 0
+    width: int = Field(default=160, ge=32)
+    height: int = Field(default=128, ge=32)
+    splits: dict[str, int] = Field(default_factory=lambda: {"train": 64, "val": 16, "test": 16})
+
+
+class DiffxConfig(Section):
+    data: DataConfig
+    shards: ShardsConfig = ShardsConfig()
+    ingest: IngestConfig
+    demo: DemoConfig = DemoConfig()
+
+    def params_hash(self, *sections: str) -> str:
+        """A short digest of the named sections (all when none): provenance for everything we write.
+
+        Keys named in OUTPUT_KEYS are left out: where a result is written never changes what it is.
+        """
+        dumped = self.model_dump(mode="json")
+        chosen = {k: dumped[k] for k in sections} if sections else dumped
+        chosen = {
+            k: {kk: vv for kk, vv in v.items() if kk not in OUTPUT_KEYS} if isinstance(v, dict) else v
+            for k, v in chosen.items()
+        }
+        text = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key")
+        else:
+            got = item.get("input")
+            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            lines.append(f"  {loc}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict[str, Any], source: str = "<params>") -> DiffxConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        config = DiffxConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(source, err)) from None
+    return config
+
+
+def load_config(path: str | Path = "params.yaml") -> DiffxConfig:
+    """Read and validate params.yaml; errors name the file and the dotted key."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(raw, str(path))

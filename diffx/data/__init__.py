@@ -1,0 +1,1 @@
+"""The canonical multi-modal sample, its validation, and everything that produces samples."""

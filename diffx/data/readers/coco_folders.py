@@ -1,0 +1,29 @@
+"""Generic paired folders + one COCO JSON per split (also the bundled demo's on-disk format)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from diffx.config import CocoFoldersSource
+from diffx.data.readers.base import CategoryMapper, ReadContext, assemble, guarded, load_coco, load_modalities
+from diffx.data.sample import Rejected, Sample
+
+
+def read(options: CocoFoldersSource, ctx: ReadContext) -> Iterator[Sample | Rejected]:
+    mapper = CategoryMapper(ctx.spec, options.category_map, options.ignore_categories)
+    for split, ann_rel in options.annotations.items():
+        ann_path = os.path.join(options.root, ann_rel)
+        coco = load_coco(ann_path)
+        for entry in coco.images:
+            file_name = entry["file_name"]
+            sample_id = os.path.splitext(os.path.basename(file_name))[0]
+            on_disk = options.filename_template.format(file_name=file_name, stem=sample_id)
+            paths = {m: os.path.join(options.root, folder, on_disk) for m, folder in options.modalities.items()}
+            boxes = coco.boxes[entry.get("id")]
+
+            def build(paths=paths, boxes=boxes, sample_id=sample_id, split=split, ann_path=ann_path) -> Sample:
+                images = load_modalities(paths, ctx)
+                return assemble(sample_id, split, images, mapper.objects(boxes, f"{ann_path} ({sample_id})"))
+
+            yield guarded(sample_id, split, build)

@@ -1,0 +1,89 @@
+"""Shared fixtures. Everything is written by the tests themselves, except ../shared/realdata samples,
+which are optional: tests that need them skip cleanly when the folder is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+from diffx.config import DiffxConfig, parse_config
+from diffx.data.demo import DEMO_SPEC, write_demo
+from diffx.data.images import encode_png
+from diffx.data.sample import Sample, make_object
+from diffx.data.spec import DatasetSpec
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = Path(os.environ.get("DIFFX_REALDATA", REPO.parent / "shared" / "realdata"))
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    if not REALDATA.is_dir():
+        pytest.skip(f"real sample data not found at {REALDATA}")
+    return REALDATA
+
+
+@pytest.fixture
+def spec() -> DatasetSpec:
+    return DEMO_SPEC
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo dataset (coco_folders layout) shared read-only by the session."""
+    root = tmp_path_factory.mktemp("demo") / "demo"
+    write_demo(str(root), seed=3, width=64, height=48, splits={"train": 10, "val": 4})
+    return root
+
+
+def make_config(root: Path | str, output: Path | str, **overrides: Any) -> DiffxConfig:
+    raw: dict[str, Any] = {
+        "data": {
+            "modalities": [m.model_dump() for m in DEMO_SPEC.modalities],
+            "classes": list(DEMO_SPEC.classes),
+        },
+        "shards": {"rows_per_shard": 4, "png_compress_level": 1},
+        "ingest": {
+            "source": {
+                "format": "coco_folders",
+                "root": str(root),
+                "modalities": {"rgb": "rgb", "thermal": "thermal", "depth": "depth"},
+                "annotations": {"train": "annotations/train.json", "val": "annotations/val.json"},
+            },
+            "output": str(output),
+            "report": str(Path(output).parent / "ingest-report.json"),
+        },
+    }
+    for dotted, value in overrides.items():
+        node = raw
+        keys = dotted.split(".")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return parse_config(raw, "test-params")
+
+
+def make_sample(
+    sample_id: str,
+    split: str = "train",
+    width: int = 40,
+    height: int = 32,
+    seed: int = 0,
+    boxes: list[tuple[str, list[float]]] | None = None,
+) -> Sample:
+    rng = np.random.default_rng(seed)
+    images = {
+        "rgb": encode_png(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), f"{sample_id}-rgb", 1),
+        "thermal": encode_png(rng.integers(0, 256, (height, width), dtype=np.uint8), f"{sample_id}-t", 1),
+        "depth": encode_png(rng.integers(0, 65536, (height, width), dtype=np.uint16), f"{sample_id}-d", 1),
+    }
+    boxes = boxes if boxes is not None else [("car", [1, 2, 10, 12]), ("person", [20, 5, 25, 30])]
+    return Sample(sample_id, split, width, height, images, [make_object(b, c, DEMO_SPEC) for c, b in boxes])
