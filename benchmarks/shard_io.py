@@ -94,8 +94,11 @@ def measure(label: str, samples: list[Sample], spec: DatasetSpec, work: Path, ro
     rows = 0
     for batch in ShardSet(str(root)).iter_batches(batch_size=64):
         for name in spec.modality_names:
-            column = batch.column(name).combine_chunks() if hasattr(batch.column(name), "combine_chunks") \
+            column = (
+                batch.column(name).combine_chunks()
+                if hasattr(batch.column(name), "combine_chunks")
                 else batch.column(name)
+            )
             column.field("bytes").to_pylist()
         rows += batch.num_rows
     read_s = time.perf_counter() - started

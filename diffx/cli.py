@@ -86,6 +86,26 @@ def ingest(
     typer.echo(json.dumps(summary))
 
 
+@app.command("train-vae")
+def train_vae(
+    params: ParamsOption = Path("params.yaml"),
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    resume: Annotated[bool, typer.Option(help="continue from the newest matching checkpoint")] = True,
+    resume_from: Annotated[str | None, typer.Option(help="resume from this checkpoint folder")] = None,
+    steps: Annotated[int | None, typer.Option(help="override vae.train.steps")] = None,
+) -> None:
+    """Stage train_vae: MP-VAE on the canonical shards. Multi-process: torchrun --nproc_per_node N -m diffx.cli."""
+    from diffx.config import load_config
+    from diffx.train.vae import train_vae as run_train_vae
+
+    config = _run(lambda: load_config(params))
+    if steps is not None:
+        config.vae.train.steps = steps
+    result = _run(lambda: run_train_vae(config, resume=resume, resume_from=resume_from, progress=progress))
+    if result.metrics:
+        typer.echo(json.dumps(result.metrics))
+
+
 class ExportFormat(StrEnum):
     coco = "coco"
     yolo = "yolo"

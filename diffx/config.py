@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from diffx.data.spec import DatasetSpec, ModalitySpec
 from diffx.errors import ConfigError
 
-OUTPUT_KEYS = frozenset({"output", "report"})
+OUTPUT_KEYS = frozenset({"output", "report", "checkpoints", "metrics", "plots", "grid"})
 
 
 class Section(BaseModel):
@@ -189,11 +189,72 @@ class DemoConfig(Section):
     splits: dict[str, int] = Field(default_factory=lambda: {"train": 64, "val": 16, "test": 16})
 
 
+class VaeModelConfig(Section):
+    """MP-VAE architecture (diffx/models/mpvae.py); the paper config is SD v1.x's VAE."""
+
+    block_out_channels: list[int] = Field(default_factory=lambda: [128, 256, 512, 512], min_length=1)
+    layers_per_block: int = Field(default=2, ge=1)
+    latent_channels: int = Field(default=4, ge=1)
+    norm_num_groups: int = Field(default=32, ge=1)
+    use_pyramid: bool = True
+    replicate_grey: bool = Field(default=False, description="feed 1-channel modalities as 3 equal channels")
+    mid_block_add_attention: bool = True
+    init_from_sd: str | None = Field(default=None, description="diffusers AutoencoderKL folder (SD v1.x)")
+
+    @model_validator(mode="after")
+    def _groups_divide_widths(self) -> VaeModelConfig:
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide every block width, not {bad}")
+        return self
+
+
+class VaeTrainConfig(Section):
+    seed: int = 0
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=8, ge=1, description="global batch: all processes and accumulation steps")
+    grad_accum: int = Field(default=1, ge=1)
+    crop: int | None = Field(default=None, ge=8, description="random square crop (px); None = whole frames")
+    hflip: bool = Field(default=True, description="random horizontal flip, seeded per sample")
+    lr: float = Field(default=1e-4, gt=0)
+    warmup_steps: int = Field(default=100, ge=0)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    kl_weight: float = Field(default=1e-6, ge=0)
+    modality_weights: dict[str, float] = Field(default_factory=dict, description="loss weight per modality")
+    lpips_weights: str | None = Field(default=None, description="local LPIPS-VGG safetensors; None = no LPIPS")
+    ema_decay: float | None = Field(default=0.999, gt=0, lt=1)
+    mixed_precision: Literal["no", "bf16"] = Field(default="bf16", description="bf16 autocast, CUDA only")
+    channels_last: bool = False
+    device: str = "auto"
+    num_workers: int = Field(default=0, ge=0)
+    log_every: int = Field(default=10, ge=1)
+    checkpoint_every: int = Field(default=100, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1)
+
+
+class VaeConfig(Section):
+    data: str = "data/canonical"
+    train_split: str = "train"
+    val_split: str = "val"
+    model: VaeModelConfig = VaeModelConfig()
+    train: VaeTrainConfig = VaeTrainConfig()
+    scale_batches: int = Field(default=8, ge=1, description="batches used to estimate the latent scale")
+    eval_samples: int = Field(default=64, ge=1)
+    output: str = "models/vae"
+    checkpoints: str = "checkpoints/vae"
+    metrics: str = "metrics/vae.json"
+    plots: str = "metrics/vae_loss.csv"
+    grid: str = "reports/vae/reconstructions.png"
+
+
 class DiffxConfig(Section):
     data: DataConfig
     shards: ShardsConfig = ShardsConfig()
     ingest: IngestConfig
     demo: DemoConfig = DemoConfig()
+    vae: VaeConfig = VaeConfig()
 
     def params_hash(self, *sections: str) -> str:
         """A short digest of the named sections (all when none): provenance for everything we write.

@@ -42,6 +42,10 @@ def repo_copy(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "diffx", work / "diffx", ignore=shutil.ignore_patterns("__pycache__"))
     (work / "data").mkdir()
     shutil.copy2(REPO / "data" / ".gitignore", work / "data" / ".gitignore")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["vae"]["train"].update(steps=2, log_every=1)  # the chain, not the demo's training length
+    params["vae"].update(scale_batches=1, eval_samples=4)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(work, "git", "init", "-q")
     return work
 
@@ -50,7 +54,9 @@ def test_pull_repro_and_noop(repo_copy: Path) -> None:
     _run(repo_copy, "dvc", "pull", "-q", "data.dvc")
     assert len(list((repo_copy / "data" / "demo" / "rgb").glob("*.png"))) == 96
     out = _run(repo_copy, "dvc", "repro")
-    assert "Running stage 'ingest'" in out
+    assert "Running stage 'ingest'" in out and "Running stage 'train_vae'" in out
+    assert (repo_copy / "models" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    assert "val" in yaml.safe_load((repo_copy / "metrics" / "vae.json").read_text())
     report = validate_shard_set(str(repo_copy / "data" / "canonical"))
     assert report.ok and report.rows == 96
     lock = yaml.safe_load((repo_copy / "dvc.lock").read_text())
@@ -66,5 +72,5 @@ def test_pull_repro_and_noop(repo_copy: Path) -> None:
     params["shards"]["rows_per_shard"] = 50
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run(repo_copy, "dvc", "repro")
-    assert "Running stage 'ingest'" in out
+    assert "Running stage 'ingest'" in out and "Running stage 'train_vae'" in out  # new shards, new model
     assert validate_shard_set(str(repo_copy / "data" / "canonical")).shards == 4  # 50+14 train, 16 val, 16 test

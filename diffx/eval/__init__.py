@@ -1,0 +1,1 @@
+"""Evaluation: image metrics, sample grids, realism/alignment/layout fidelity and downstream detection."""

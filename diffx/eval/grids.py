@@ -1,0 +1,74 @@
+"""Image grids for people to look at: RGB as is, thermal and depth through colour maps.
+
+Colour maps are small anchor tables interpolated in numpy (perceptually ordered like matplotlib's
+inferno and viridis), so no plotting library is needed in the default install.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+_ANCHORS = {
+    "inferno": [
+        (0, 0, 4),
+        (40, 11, 84),
+        (101, 21, 110),
+        (159, 42, 99),
+        (212, 72, 66),
+        (245, 125, 21),
+        (250, 193, 39),
+        (252, 255, 164),
+    ],
+    "viridis": [
+        (68, 1, 84),
+        (70, 50, 127),
+        (54, 92, 141),
+        (39, 127, 142),
+        (31, 161, 135),
+        (74, 194, 109),
+        (159, 218, 58),
+        (253, 231, 37),
+    ],
+}
+COLOUR_MAPS = {"thermal": "inferno", "depth": "viridis", "nir": "inferno", "swir": "inferno"}
+
+
+def _lut(name: str) -> np.ndarray:
+    anchors = np.asarray(_ANCHORS[name], dtype=np.float64)
+    positions = np.linspace(0, 1, len(anchors))
+    levels = np.linspace(0, 1, 256)
+    return np.stack([np.interp(levels, positions, anchors[:, c]) for c in range(3)], axis=1).astype(np.uint8)
+
+
+def to_display(array: np.ndarray, modality: str) -> np.ndarray:
+    """HxW or HxWx3 float in [0, 1] (or CxHxW) -> HxWx3 uint8; grey modalities get a colour map."""
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    values = np.clip(array, 0.0, 1.0)
+    if values.ndim == 3:
+        return (values * 255 + 0.5).astype(np.uint8)
+    if modality == "depth":  # near is bright: invert so the far sky does not dominate the map
+        values = 1.0 - values
+    return _lut(COLOUR_MAPS.get(modality, "inferno"))[(values * 255 + 0.5).astype(np.uint8)]
+
+
+def grid_png(rows: list[list[np.ndarray]], labels: list[str], pad: int = 2) -> bytes:
+    """Tiles (HxWx3 uint8, equal sizes) in rows, with a header of column labels; PNG bytes."""
+    tile_h, tile_w = rows[0][0].shape[:2]
+    header = 14
+    cols = len(rows[0])
+    canvas = Image.new("RGB", (cols * (tile_w + pad) + pad, header + len(rows) * (tile_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, label in enumerate(labels):
+        draw.text((pad + c * (tile_w + pad) + 2, 1), label, fill=(0, 0, 0))
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(row):
+            canvas.paste(Image.fromarray(tile), (pad + c * (tile_w + pad), header + pad + r * (tile_h + pad)))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,86 @@
+"""Deterministic, resumable batching shared by the training loops.
+
+The data position is a pure function of the step: sample ``j`` of global batch ``step`` is stream
+position ``p = step * batch + j``, taken from the permutation of epoch ``p // n`` (seeded by the run seed
+and the epoch). Every per-sample random draw (crop, flip, posterior noise, diffusion noise) comes from a
+generator seeded by ``(seed, p)``, so a sample gets the same augmentation whichever process or
+micro-batch handles it: 1 process == N processes with the same global batch, and resume == no stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+
+def seed_for(*keys: int) -> int:
+    """A 63-bit seed mixed from integer keys (SeedSequence spreads nearby keys apart)."""
+    return int(
+        np.random.SeedSequence([k & 0xFFFFFFFF for k in keys] + [len(keys)]).generate_state(2, np.uint64)[0]
+        >> np.uint64(1)
+    )
+
+
+def sample_generator(seed: int, position: int, purpose: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed_for(seed, position, purpose))
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a global batch is cut into micro-batches per rank."""
+
+    dataset_size: int
+    batch_size: int
+    grad_accum: int
+    world_size: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.dataset_size <= 0:
+            raise ValueError("the training split is empty")
+        if self.batch_size % (self.grad_accum * self.world_size):
+            raise ValueError(
+                f"batch_size {self.batch_size} must be divisible by grad_accum {self.grad_accum} "
+                f"x processes {self.world_size}"
+            )
+
+    @property
+    def micro_batch(self) -> int:
+        return self.batch_size // (self.grad_accum * self.world_size)
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.dataset_size, generator=torch.Generator().manual_seed(seed_for(self.seed, epoch)))
+
+    def positions(self, step: int, micro: int, rank: int) -> list[int]:
+        start = step * self.batch_size + micro * (self.batch_size // self.grad_accum) + rank * self.micro_batch
+        return list(range(start, start + self.micro_batch))
+
+    def index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.dataset_size)
+        return int(self._permutation(epoch)[offset])
+
+
+class PlanSampler(Sampler[list[int]]):
+    """Yields this rank's micro-batches of dataset indices from ``start_step`` on, for a DataLoader."""
+
+    def __init__(self, plan: BatchPlan, rank: int, start_step: int, steps: int):
+        self.plan, self.rank, self.start_step, self.steps = plan, rank, start_step, steps
+        self._perm_cache: dict[int, torch.Tensor] = {}
+
+    def _index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.plan.dataset_size)
+        if epoch not in self._perm_cache:
+            self._perm_cache = {epoch: self.plan._permutation(epoch)}
+        return int(self._perm_cache[epoch][offset])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start_step, self.steps):
+            for micro in range(self.plan.grad_accum):
+                yield [self._index(p) for p in self.plan.positions(step, micro, self.rank)]
+
+    def __len__(self) -> int:
+        return (self.steps - self.start_step) * self.plan.grad_accum
