@@ -31,6 +31,7 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/shard_io.py
+	$(BIN)/python benchmarks/quality_gate.py
 	$(BIN)/python benchmarks/train_vae.py
 
 clean-venv:

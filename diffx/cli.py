@@ -46,6 +46,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for noisy in ("great_expectations", "urllib3", "filelock"):  # library chatter would bury our own log
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @app.command()
@@ -104,6 +106,30 @@ def train_vae(
     result = _run(lambda: run_train_vae(config, resume=resume, resume_from=resume_from, progress=progress))
     if result.metrics:
         typer.echo(json.dumps(result.metrics))
+
+
+@app.command()
+def check(
+    gate: Annotated[str, typer.Argument(help="ingest | captions | vae")],
+    params: ParamsOption = Path("params.yaml"),
+    data: Annotated[str | None, typer.Option(help="what to check (default: the guarded stage's output)")] = None,
+) -> None:
+    """Run a great_expectations quality gate; exit 1 when it fails (stops dvc repro), 2 on bad input."""
+    from diffx.config import load_config
+    from diffx.quality.gate import GateFailed, run_gate
+
+    config = _run(lambda: load_config(params))
+    try:
+        report = run_gate(gate, config, data)
+    except GateFailed as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    except DiffxError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"ok: gate {gate}: {len(report.outcomes)} expectations passed over {report.rows} rows of {report.source}"
+    )
 
 
 class ExportFormat(StrEnum):

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from diffx.data.spec import DatasetSpec, ModalitySpec
 from diffx.errors import ConfigError
 
-OUTPUT_KEYS = frozenset({"output", "report", "checkpoints", "metrics", "plots", "grid"})
+OUTPUT_KEYS = frozenset({"output", "report", "reports", "docs", "checkpoints", "metrics", "plots", "grid"})
 
 
 class Section(BaseModel):
@@ -249,12 +249,51 @@ class VaeConfig(Section):
     grid: str = "reports/vae/reconstructions.png"
 
 
+class ImageGateConfig(Section):
+    """Thresholds on per-sample image and box statistics (pixel values scaled to [0, 1])."""
+
+    min_std: float = Field(default=0.005, ge=0, description="below this a modality is blank / constant")
+    min_nonzero_fraction: float = Field(default=0.01, ge=0, le=1, description="e.g. a depth map of zeros")
+    max_hist_distance: float = Field(
+        default=0.25, ge=0, le=1, description="W1 distance of a grey modality's histogram to the reference"
+    )
+    min_size: int = Field(default=16, ge=1)
+    max_objects: int = Field(default=30, ge=0, description="layout slots of the UNet (GLIGEN: 30)")
+    min_box_area: float = Field(default=4.0, ge=0, description="px^2; smaller boxes are label noise")
+    max_box_aspect: float = Field(default=20.0, ge=1)
+    min_rows: int = Field(default=1, ge=0)
+
+
+class CaptionGateConfig(Section):
+    min_tokens: int = Field(default=3, ge=1)
+    max_tokens: int = Field(default=248, ge=1, description="the text encoder's context (Long-CLIP: 248)")
+    tokenizer: str = Field(default="minilm", description="'minilm' (bundled) or a tokenizer folder / hub id")
+    sources: list[str] = Field(default_factory=lambda: ["template", "human", "lmm:*"])
+
+
+class VaeGateConfig(Section):
+    min_psnr: dict[str, float] = Field(default_factory=dict, description="modality -> PSNR floor (dB)")
+    default_min_psnr: float = 15.0
+    min_ssim: float = Field(default=0.3, ge=-1, le=1)
+
+
+class QualityConfig(Section):
+    reports: str = "reports/quality"
+    docs: str | None = Field(default="reports/quality/docs", description="great_expectations data docs (HTML)")
+    max_failed_rows_shown: int = Field(default=20, ge=1)
+    workers: int = Field(default=0, ge=0, description="decode threads; 0 = one per CPU")
+    ingest: ImageGateConfig = ImageGateConfig()
+    captions: CaptionGateConfig = CaptionGateConfig()
+    vae: VaeGateConfig = VaeGateConfig()
+
+
 class DiffxConfig(Section):
     data: DataConfig
     shards: ShardsConfig = ShardsConfig()
     ingest: IngestConfig
     demo: DemoConfig = DemoConfig()
     vae: VaeConfig = VaeConfig()
+    quality: QualityConfig = QualityConfig()
 
     def params_hash(self, *sections: str) -> str:
         """A short digest of the named sections (all when none): provenance for everything we write.

@@ -5,6 +5,7 @@ Runs the actual `dvc` and `diffx` executables of this environment (skipped when 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from diffx.shards.validate import validate_shard_set
 
@@ -21,10 +23,10 @@ from .conftest import REPO
 BIN = Path(sys.executable).parent
 
 
-def _run(cwd: Path, *args: str) -> str:
+def _run(cwd: Path, *args: str, ok: bool = True) -> str:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    assert (done.returncode == 0) == ok, f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
 
 
@@ -45,6 +47,7 @@ def repo_copy(tmp_path: Path) -> Path:
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["vae"]["train"].update(steps=2, log_every=1)  # the chain, not the demo's training length
     params["vae"].update(scale_batches=1, eval_samples=4)
+    params["quality"]["vae"].update(default_min_psnr=3.0, min_ssim=-1.0)  # floors for a 2-step model
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(work, "git", "init", "-q")
     return work
@@ -54,7 +57,8 @@ def test_pull_repro_and_noop(repo_copy: Path) -> None:
     _run(repo_copy, "dvc", "pull", "-q", "data.dvc")
     assert len(list((repo_copy / "data" / "demo" / "rgb").glob("*.png"))) == 96
     out = _run(repo_copy, "dvc", "repro")
-    assert "Running stage 'ingest'" in out and "Running stage 'train_vae'" in out
+    assert "Running stage 'ingest'" in out and "Running stage 'check_ingest'" in out
+    assert "Running stage 'train_vae'" in out and "Running stage 'check_vae'" in out
     assert (repo_copy / "models" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
     assert "val" in yaml.safe_load((repo_copy / "metrics" / "vae.json").read_text())
     report = validate_shard_set(str(repo_copy / "data" / "canonical"))
@@ -74,3 +78,15 @@ def test_pull_repro_and_noop(repo_copy: Path) -> None:
     out = _run(repo_copy, "dvc", "repro")
     assert "Running stage 'ingest'" in out and "Running stage 'train_vae'" in out  # new shards, new model
     assert validate_shard_set(str(repo_copy / "data" / "canonical")).shards == 4  # 50+14 train, 16 val, 16 test
+
+
+def test_a_planted_defect_stops_the_chain_at_its_gate(repo_copy: Path) -> None:
+    _run(repo_copy, "dvc", "pull", "-q", "data.dvc")
+    frame = repo_copy / "data" / "demo" / "thermal" / "demo-train-00005.png"
+    Image.new("L", Image.open(frame).size, 87).save(frame)  # a dead thermal sensor: valid PNG, blank content
+    out = _run(repo_copy, "dvc", "repro", ok=False)
+    assert "Running stage 'ingest'" in out and "Running stage 'check_ingest'" in out
+    assert "Running stage 'train_vae'" not in out
+    assert "thermal_std" in out and "demo-train-00005" in out and "blank or constant image" in out
+    report = json.loads((repo_copy / "reports" / "quality" / "ingest.json").read_text())
+    assert not report["success"] and not (repo_copy / "models" / "vae").exists()

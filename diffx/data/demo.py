@@ -34,6 +34,7 @@ CLASSES = ("person", "bicycle", "car")
 CLASS_WEIGHTS = (0.45, 0.2, 0.35)
 MAX_DEPTH_MM = 65535
 CAMERA_HEIGHT_M = 1.5
+MIN_VISIBLE_SIDE_PX = 3  # visible boxes thinner than this are not labelled
 
 DEMO_SPEC = DatasetSpec(
     modalities=(
@@ -403,6 +404,8 @@ def render_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
         rows, cols = np.nonzero(instance == index)
         if rows.size < 6:
             continue  # fully hidden or out of frame: nothing visible, nothing to label
+        if min(cols.max() - cols.min(), rows.max() - rows.min()) + 1 < MIN_VISIBLE_SIDE_PX:
+            continue  # a sliver cut off by the frame edge: annotators of real datasets leave these unlabelled
         boxes.append(
             (
                 objects[index].category,

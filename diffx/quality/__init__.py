@@ -1,0 +1,1 @@
+"""Quality gates: per-sample statistics, great_expectations suites and the gate runner."""

@@ -1,0 +1,262 @@
+"""Running a gate: statistics tables -> great_expectations checkpoints -> report, data docs, verdict.
+
+A gate that fails raises :class:`GateFailed` *after* writing its report, so ``diffx check`` exits non-zero
+(stopping ``dvc repro`` and failing a Prefect task) while the reader still gets every failed expectation,
+the rows it failed on and the observed against the expected values. The JSON report holds no timings, so
+an unchanged input gives a byte-identical report and DVC does not rerun what follows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from diffx import fsio
+from diffx.config import DiffxConfig
+from diffx.errors import DataError, DiffxError
+from diffx.quality import suites
+from diffx.quality.stats import sample_table, shard_table
+from diffx.shards.reader import ShardSet
+
+log = logging.getLogger(__name__)
+
+GATES = ("ingest", "captions", "vae")
+
+
+class GateFailed(DiffxError):
+    """A quality gate found bad data; the message lists the failed expectations."""
+
+
+@dataclass
+class Outcome:
+    table: str
+    expectation: str
+    column: str | None
+    why: str
+    success: bool
+    expected: dict[str, Any]
+    observed: Any = None
+    unexpected_count: int = 0
+    element_count: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def line(self) -> str:
+        target = f"{self.table}.{self.column}" if self.column else self.table
+        bounds = ", ".join(f"{k}={v}" for k, v in self.expected.items())
+        text = f"{self.expectation}({target}{', ' + bounds if bounds else ''}): {self.why}"
+        if self.unexpected_count:
+            shown = "; ".join(", ".join(f"{k}={v}" for k, v in r.items()) for r in self.rows)
+            text += f" -- {self.unexpected_count} of {self.element_count} rows: {shown}"
+        elif self.observed is not None:
+            text += f" -- observed {self.observed}"
+        return text
+
+
+@dataclass
+class GateReport:
+    gate: str
+    source: str
+    rows: int
+    outcomes: list[Outcome]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def success(self) -> bool:
+        return all(o.success for o in self.outcomes)
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.success]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gate": self.gate,
+            "source": self.source,
+            "success": self.success,
+            "rows": self.rows,
+            "evaluated": len(self.outcomes),
+            "failed": len(self.failures),
+            "failures": [o.__dict__ for o in self.failures],
+            "passed": sorted({f"{o.expectation}({o.table}.{o.column})" for o in self.outcomes if o.success}),
+            **self.extra,
+        }
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe scalars (numpy types, NaN) for the report."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 6)
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+def _new_context(docs: str | None) -> Any:
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    if docs:
+        local = fsio.local_path(docs)
+        if local is None:
+            raise DataError(docs, "data docs are written to a local folder; set quality.docs to a local path or null")
+        context.add_data_docs_site(
+            site_name="diffx",
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": local},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+    return context
+
+
+def validate_tables(
+    gate: str, tables: dict[str, tuple[pd.DataFrame, list[Any], str]], *, docs: str | None, max_rows: int
+) -> list[Outcome]:
+    """Run each table's suite through a great_expectations checkpoint; one Outcome per expectation."""
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    context = _new_context(docs)
+    source = context.data_sources.add_pandas(f"diffx-{gate}")
+    outcomes: list[Outcome] = []
+    for table_name, (frame, expectations, key) in tables.items():
+        batch = source.add_dataframe_asset(table_name).add_batch_definition_whole_dataframe("all")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"diffx.{gate}.{table_name}"))
+        for expectation in expectations:
+            suite.add_expectation(expectation)
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{gate}-{table_name}", data=batch, suite=suite)
+        )
+        actions = [UpdateDataDocsAction(name="docs", site_names=["diffx"])] if docs else []
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"{gate}-{table_name}",
+                validation_definitions=[definition],
+                actions=actions,
+                result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [key]},
+            )
+        )
+        result = checkpoint.run(batch_parameters={"dataframe": frame})
+        for validation in result.run_results.values():
+            for item in validation.results:
+                config = item.expectation_config
+                kwargs = {
+                    k: _clean(v)
+                    for k, v in config.kwargs.items()
+                    if k not in ("batch_id", "column", "column_A", "column_B") and v is not None
+                }
+                column = config.kwargs.get("column") or (
+                    f"{config.kwargs['column_A']} vs {config.kwargs['column_B']}"
+                    if "column_A" in config.kwargs
+                    else None
+                )
+                details = item.result or {}
+                rows = []
+                indices = details.get("unexpected_index_list") or []
+                values = details.get("unexpected_list") or []
+                for index, value in list(zip(indices, values, strict=False))[:max_rows]:
+                    rows.append(
+                        {key: _clean(index.get(key) if isinstance(index, dict) else index), "observed": _clean(value)}
+                    )
+                outcomes.append(
+                    Outcome(
+                        table=table_name,
+                        expectation=config.type,
+                        column=column,
+                        why=(config.meta or {}).get("why", ""),
+                        success=bool(item.success),
+                        expected=kwargs,
+                        observed=_clean(details.get("observed_value")),
+                        unexpected_count=int(details.get("unexpected_count") or 0),
+                        element_count=int(details.get("element_count") or len(frame)),
+                        rows=rows,
+                    )
+                )
+    return outcomes
+
+
+# ------------------------------------------------------------------------------------------ gates
+def _ingest_tables(config: DiffxConfig, data: str) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    shard_set = ShardSet(data)
+    samples, reference = sample_table(shard_set, workers=config.quality.workers)
+    histogram_columns = [c for c in samples.columns if c.endswith("_hist_distance")]
+    tables = {
+        "samples": (samples, suites.sample_suite(shard_set.spec, config.quality.ingest, histogram_columns), "id"),
+        "shards": (shard_table(shard_set), suites.shard_suite(), "shard"),
+    }
+    return tables, len(samples), {"reference_histograms": reference}
+
+
+def _caption_tables(config: DiffxConfig, data: str) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    from diffx.models.text import token_counter
+
+    cfg = config.quality.captions
+    samples, _ = sample_table(ShardSet(data), workers=config.quality.workers, count_tokens=token_counter(cfg.tokenizer))
+    columns = ["id", "caption_present", "caption_blank", "caption_tokens", "caption_source"]
+    return {"captions": (samples[columns], suites.caption_suite(cfg), "id")}, len(samples), {}
+
+
+def _vae_tables(config: DiffxConfig, data: str) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    try:
+        metrics = fsio.read_json(data)
+    except FileNotFoundError:
+        raise DataError(data, "VAE metrics not found; run train_vae first") from None
+    rows = []
+    for modality in config.data.spec().modality_names:
+        scores = metrics.get("val", {}).get(modality, {})
+        min_psnr, min_ssim = suites.vae_floors(config.quality.vae, modality)
+        rows.append(
+            {
+                "modality": modality,
+                "psnr": scores.get("psnr"),
+                "ssim": scores.get("ssim"),
+                "min_psnr": min_psnr,
+                "min_ssim": min_ssim,
+            }
+        )
+    return {"reconstruction": (pd.DataFrame(rows), suites.vae_suite(), "modality")}, len(rows), {}
+
+
+BUILDERS = {"ingest": _ingest_tables, "captions": _caption_tables, "vae": _vae_tables}
+
+
+def default_input(gate: str, config: DiffxConfig) -> str:
+    return {"ingest": config.ingest.output, "captions": config.ingest.output, "vae": config.vae.metrics}[gate]
+
+
+def run_gate(gate: str, config: DiffxConfig, data: str | None = None) -> GateReport:
+    """Check ``data`` (default: the output of the stage the gate guards); write the report; raise on failure."""
+    if gate not in BUILDERS:
+        raise DiffxError(f"unknown gate {gate!r}; gates: {', '.join(GATES)}")
+    started = time.perf_counter()
+    data = data or default_input(gate, config)
+    tables, rows, extra = BUILDERS[gate](config, data)
+    outcomes = validate_tables(gate, tables, docs=config.quality.docs, max_rows=config.quality.max_failed_rows_shown)
+    report = GateReport(gate, data, rows, outcomes, extra)
+    fsio.write_json_atomic(fsio.join(config.quality.reports, f"{gate}.json"), report.to_dict())
+    log.info(
+        "gate %s: %d expectations over %d rows, %d failed (%.1fs)",
+        gate,
+        len(outcomes),
+        rows,
+        len(report.failures),
+        time.perf_counter() - started,
+    )
+    if not report.success:
+        lines = "\n".join(f"  FAIL {o.line()}" for o in report.failures)
+        raise GateFailed(
+            f"quality gate {gate!r} failed on {data}: {len(report.failures)} of {len(outcomes)} "
+            f"expectations\n{lines}\nreport: {fsio.join(config.quality.reports, gate + '.json')}"
+        )
+    return report
