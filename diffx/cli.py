@@ -88,6 +88,52 @@ def ingest(
     typer.echo(json.dumps(summary))
 
 
+@app.command("caption")
+def caption_cmd(
+    params: ParamsOption = Path("params.yaml"),
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Stage caption: a caption per canonical sample from the configured backend (template or LMM), cached."""
+    from diffx.caption.stage import caption
+    from diffx.config import load_config
+
+    config = _run(lambda: load_config(params))
+    result = _run(lambda: caption(config, progress=progress))
+    typer.echo(json.dumps(result.report()))
+
+
+@app.command("refine")
+def refine_cmd(params: ParamsOption = Path("params.yaml")) -> None:
+    """Stage refine: fix/flag captions, re-apply review decisions, write captioned shards + review queue."""
+    from diffx.caption.refine import refine
+    from diffx.config import load_config
+
+    config = _run(lambda: load_config(params))
+    result = _run(lambda: refine(config))
+    typer.echo(json.dumps(result.report()))
+
+
+@app.command("review")
+def review_cmd(
+    params: ParamsOption = Path("params.yaml"),
+    reviewer: Annotated[str, typer.Option(help="your name, recorded with each decision")] = "",
+) -> None:
+    """Review flagged captions in the terminal; decisions go to refine.decisions (commit it, then dvc repro)."""
+    from diffx.caption.review import review
+    from diffx.config import load_config
+
+    config = _run(lambda: load_config(params))
+    counts = _run(
+        lambda: review(
+            config,
+            ask=lambda text: typer.prompt(text, default="s", show_default=False),
+            say=typer.echo,
+            reviewer=reviewer,
+        )
+    )
+    typer.echo(json.dumps(counts))
+
+
 @app.command("train-vae")
 def train_vae(
     params: ParamsOption = Path("params.yaml"),

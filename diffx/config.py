@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from diffx.data.spec import DatasetSpec, ModalitySpec
 from diffx.errors import ConfigError
 
-OUTPUT_KEYS = frozenset({"output", "report", "reports", "docs", "checkpoints", "metrics", "plots", "grid"})
+OUTPUT_KEYS = frozenset(
+    {"output", "report", "queue", "cache", "reports", "docs", "checkpoints", "metrics", "plots", "grid"}
+)
 
 
 class Section(BaseModel):
@@ -249,6 +251,44 @@ class VaeConfig(Section):
     grid: str = "reports/vae/reconstructions.png"
 
 
+class LmmConfig(Section):
+    model: str = Field(description="transformers image-text-to-text model: local folder or hub id")
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = Field(default=4, ge=1)
+    max_new_tokens: int = Field(default=160, ge=1)
+    max_words: int = Field(default=120, ge=5, description="word budget the prompt asks for")
+    prompt: str | None = Field(default=None, description="None = diffx.caption.lmm.DEFAULT_PROMPT")
+
+
+class CaptionConfig(Section):
+    data: str = "data/canonical"
+    backend: Literal["template", "lmm"] = "template"
+    lmm: LmmConfig | None = None
+    cache: str | None = Field(default="cache/captions.sqlite", description="None disables the caption cache")
+    batch_size: int = Field(default=32, ge=1, description="samples read and captioned together")
+    output: str = "data/captions.parquet"
+    report: str = "reports/caption.json"
+
+    @model_validator(mode="after")
+    def _lmm_needs_model(self) -> CaptionConfig:
+        if self.backend == "lmm" and self.lmm is None:
+            raise ValueError("backend 'lmm' needs a caption.lmm section with a model")
+        return self
+
+
+class RefineConfig(Section):
+    data: str = "data/canonical"
+    captions: str = "data/captions.parquet"
+    decisions: str = "reviews/decisions.jsonl"
+    tokenizer: str = Field(default="minilm", description="tokenizer of the UNet's text encoder")
+    max_tokens: int = Field(default=248, ge=8)
+    near_duplicate: float = Field(default=0.9, gt=0, le=1, description="word-trigram Jaccard that flags a pair")
+    output: str = "data/captioned"
+    queue: str = "reviews/queue.jsonl"
+    report: str = "reports/refine.json"
+
+
 class ImageGateConfig(Section):
     """Thresholds on per-sample image and box statistics (pixel values scaled to [0, 1])."""
 
@@ -292,6 +332,8 @@ class DiffxConfig(Section):
     shards: ShardsConfig = ShardsConfig()
     ingest: IngestConfig
     demo: DemoConfig = DemoConfig()
+    caption: CaptionConfig = CaptionConfig()
+    refine: RefineConfig = RefineConfig()
     vae: VaeConfig = VaeConfig()
     quality: QualityConfig = QualityConfig()
 

@@ -4,6 +4,7 @@ which are optional: tests that need them skip cleanly when the folder is absent.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# Prefect in ephemeral mode, offline, with its state in a throw-away folder (DESIGN.md section 9).
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="diffx-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
 
 from diffx.config import DiffxConfig, parse_config
 from diffx.data.demo import DEMO_SPEC, write_demo

@@ -42,6 +42,8 @@ def repo_copy(tmp_path: Path) -> Path:
     shutil.copytree(REPO / ".dvc", work / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
     shutil.copytree(REPO / "dvc-remote", work / "dvc-remote")
     shutil.copytree(REPO / "diffx", work / "diffx", ignore=shutil.ignore_patterns("__pycache__"))
+    (work / "reviews").mkdir()
+    shutil.copy2(REPO / "reviews" / "decisions.jsonl", work / "reviews" / "decisions.jsonl")
     (work / "data").mkdir()
     shutil.copy2(REPO / "data" / ".gitignore", work / "data" / ".gitignore")
     params = yaml.safe_load((work / "params.yaml").read_text())
@@ -59,6 +61,8 @@ def test_pull_repro_and_noop(repo_copy: Path) -> None:
     out = _run(repo_copy, "dvc", "repro")
     assert "Running stage 'ingest'" in out and "Running stage 'check_ingest'" in out
     assert "Running stage 'train_vae'" in out and "Running stage 'check_vae'" in out
+    for stage in ("caption", "refine", "check_captions"):
+        assert f"Running stage '{stage}'" in out
     assert (repo_copy / "models" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
     assert "val" in yaml.safe_load((repo_copy / "metrics" / "vae.json").read_text())
     report = validate_shard_set(str(repo_copy / "data" / "canonical"))

@@ -232,7 +232,7 @@ BUILDERS = {"ingest": _ingest_tables, "captions": _caption_tables, "vae": _vae_t
 
 
 def default_input(gate: str, config: DiffxConfig) -> str:
-    return {"ingest": config.ingest.output, "captions": config.ingest.output, "vae": config.vae.metrics}[gate]
+    return {"ingest": config.ingest.output, "captions": config.refine.output, "vae": config.vae.metrics}[gate]
 
 
 def run_gate(gate: str, config: DiffxConfig, data: str | None = None) -> GateReport:

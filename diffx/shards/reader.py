@@ -46,10 +46,15 @@ class ShardSet:
             parquet = self.open_shard(record)
             yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
 
-    def iter_samples(self, split: str | None = None) -> Iterator[Sample]:
-        for batch in self.iter_batches(split):
+    def iter_samples_of(self, record: ShardRecord) -> Iterator[Sample]:
+        """The samples of one shard, in order."""
+        for batch in self.open_shard(record).iter_batches(batch_size=64):
             for row in batch.to_pylist():
                 yield row_to_sample(row, self.spec)
+
+    def iter_samples(self, split: str | None = None) -> Iterator[Sample]:
+        for record in self.manifest.shards_of(split):
+            yield from self.iter_samples_of(record)
 
     def arrow_dataset(self, split: str | None = None) -> pads.Dataset:
         """A pyarrow.dataset over exactly the manifest's files (never stray or temporary ones)."""

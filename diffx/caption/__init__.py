@@ -1,0 +1,1 @@
+"""Captions: backends (template, LMM), caching, refinement rules and the human review loop."""

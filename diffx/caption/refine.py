@@ -1,0 +1,196 @@
+"""Stage ``refine``: rules + human decisions -> the captioned shard set and the review queue.
+
+Order per sample: the backend's caption -> safe fixes -> flags -> the reviewer's decision for that id (if
+any). An ``edit`` replaces the caption (source ``human``); a ``reject`` falls back to the grounded template
+caption (source ``template``); an ``accept`` clears the flags only while the caption is the one the reviewer
+saw (a changed caption is flagged again). Empty captions never reach the shards: they fall back to the
+template too. Everything is a pure function of (shards, captions table, decisions file), so ``dvc repro``
+gives the same captions without a human at the keyboard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffx import fsio
+from diffx.caption.decisions import Decision, caption_digest, read_decisions
+from diffx.caption.rules import near_duplicates, refine_caption
+from diffx.caption.stage import read_captions
+from diffx.caption.template import NAME as TEMPLATE
+from diffx.caption.template import TemplateCaptioner
+from diffx.config import DiffxConfig
+from diffx.data.sample import Sample
+from diffx.errors import DataError
+from diffx.models.text import token_counter
+from diffx.shards.reader import ShardSet
+from diffx.shards.writer import ShardSetWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QueueItem:
+    id: str
+    split: str
+    caption: str
+    caption_source: str
+    reviewed: str  # digest of the caption shown, for the decision to quote back
+    flags: list[str]
+    original: str | None = None
+
+
+@dataclass
+class RefineResult:
+    output: str
+    rows: int
+    flagged: int
+    pending: int
+    fixes: Counter[str] = field(default_factory=Counter)
+    flag_kinds: Counter[str] = field(default_factory=Counter)
+    decisions: Counter[str] = field(default_factory=Counter)
+    sources: Counter[str] = field(default_factory=Counter)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "output": self.output,
+            "rows": self.rows,
+            "flagged": self.flagged,
+            "pending_review": self.pending,
+            "fixes": dict(sorted(self.fixes.items())),
+            "flags": dict(sorted(self.flag_kinds.items())),
+            "decisions": dict(sorted(self.decisions.items())),
+            "caption_sources": dict(sorted(self.sources.items())),
+        }
+
+
+def _flag_kind(flag: str) -> str:
+    for kind in ("mentions", "never mentions", "says", "puts", "tokens", "near-duplicate", "empty", "decision is for"):
+        if kind in flag:
+            return kind
+    return flag
+
+
+def _apply(
+    sample: Sample,
+    caption: str,
+    source: str,
+    flags: list[str],
+    decision: Decision | None,
+    template: TemplateCaptioner,
+    result: RefineResult,
+) -> tuple[str, str, list[str]]:
+    if decision is not None:
+        if decision.action == "edit":
+            result.decisions["edit"] += 1
+            return decision.caption or "", "human", []
+        if decision.action == "reject":
+            result.decisions["reject"] += 1
+            return template.caption(sample), TEMPLATE, []
+        if decision.reviewed == caption_digest(caption):
+            result.decisions["accept"] += 1
+            return caption, source, []
+        flags = [*flags, "decision is for an earlier version of this caption; review again"]
+    if not caption:
+        return template.caption(sample), TEMPLATE, flags
+    return caption, source, flags
+
+
+def refine(config: DiffxConfig) -> RefineResult:
+    started = time.perf_counter()
+    options = config.refine
+    shard_set = ShardSet(options.data)
+    spec = shard_set.spec
+    captions = read_captions(options.captions)
+    samples = list(shard_set.iter_samples())
+    ids = {s.id for s in samples}
+    missing = sorted(ids - set(captions))
+    if missing:
+        raise DataError(
+            options.captions, f"{len(missing)} sample(s) have no caption, e.g. {missing[:3]}; rerun the caption stage"
+        )
+    decisions = read_decisions(options.decisions, known_ids=ids)
+    count_tokens = token_counter(options.tokenizer)
+    template = TemplateCaptioner(spec)
+    result = RefineResult(options.output, len(samples), 0, 0)
+
+    refined: dict[str, tuple[str, list[str], list[str]]] = {}
+    for sample in samples:
+        row = captions[sample.id]
+        outcome = refine_caption(
+            row["caption"], sample.objects, spec.classes, sample.width, count_tokens, options.max_tokens
+        )
+        refined[sample.id] = (outcome.caption, outcome.fixes, outcome.flags)
+    duplicates = near_duplicates({k: v[0] for k, v in refined.items() if v[0]}, options.near_duplicate)
+    for sample_id, other in duplicates.items():
+        refined[sample_id][2].append(f"near-duplicate of {other}'s caption")
+
+    queue: list[QueueItem] = []
+    out_samples: dict[str, Sample] = {}
+    for sample in samples:
+        text, fixes, flags = refined[sample.id]
+        source = captions[sample.id]["caption_source"]
+        result.fixes.update(fixes)
+        final, final_source, open_flags = _apply(
+            sample, text, source, flags, decisions.get(sample.id), template, result
+        )
+        if flags:
+            result.flagged += 1
+            result.flag_kinds.update(_flag_kind(f) for f in flags)
+        if open_flags:
+            queue.append(
+                QueueItem(
+                    sample.id,
+                    sample.split,
+                    text,
+                    source,
+                    caption_digest(text),
+                    open_flags,
+                    captions[sample.id]["caption"] if fixes else None,
+                )
+            )
+        result.sources[final_source] += 1
+        out_samples[sample.id] = dataclasses.replace(sample, caption=final, caption_source=final_source)
+
+    writer = ShardSetWriter(
+        options.output,
+        spec,
+        params_hash=config.params_hash("caption", "refine"),
+        row_group_bytes=config.shards.row_group_bytes,
+        compression=config.shards.compression,
+    )
+    writer.clear()
+    records = []
+    for record in shard_set.manifest.shards:  # keep the canonical shard layout
+        members = [out_samples[s.id] for s in shard_set.iter_samples_of(record)]
+        records.append(writer.write_shard(record.split, record.index, members))
+    writer.finalize(records)
+    lines = "".join(
+        json.dumps(dataclasses.asdict(q), ensure_ascii=False, sort_keys=True) + "\n"
+        for q in sorted(queue, key=lambda q: q.id)
+    )
+    fsio.write_bytes_atomic(options.queue, lines.encode("utf-8"))
+    result.pending = len(queue)
+    fsio.write_json_atomic(options.report, result.report())
+    log.info(
+        "refined %d captions in %.1fs: %d flagged, %d awaiting review, decisions %s",
+        len(samples),
+        time.perf_counter() - started,
+        result.flagged,
+        result.pending,
+        dict(result.decisions),
+    )
+    return result
+
+
+def read_queue(path: str) -> list[QueueItem]:
+    fs, local = fsio.get_fs(path)
+    if not fs.exists(local):
+        return []
+    with fs.open(local, "rb") as handle:
+        return [QueueItem(**json.loads(line)) for line in handle.read().decode("utf-8").splitlines() if line.strip()]

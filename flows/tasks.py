@@ -1,0 +1,48 @@
+"""Prefect tasks: one per diffx stage, each a thin call into the library.
+
+Stages that write DVC outputs are never cached by Prefect (DVC decides what is stale). I/O-bound stages
+retry on transient errors; gates never retry: a failed gate is an answer, not an accident.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from diffx.config import DiffxConfig
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=10)
+def ingest_task(config: DiffxConfig) -> dict[str, Any]:
+    from diffx.data.ingest import ingest
+
+    return ingest(config, progress=False).report()
+
+
+@task(name="gate", retries=0)
+def gate_task(config: DiffxConfig, gate: str) -> dict[str, Any]:
+    from diffx.quality.gate import run_gate
+
+    return run_gate(gate, config).to_dict()
+
+
+@task(name="caption", retries=2, retry_delay_seconds=10)
+def caption_task(config: DiffxConfig) -> dict[str, Any]:
+    from diffx.caption.stage import caption
+
+    return caption(config, progress=False).report()
+
+
+@task(name="refine", retries=0)
+def refine_task(config: DiffxConfig) -> dict[str, Any]:
+    from diffx.caption.refine import refine
+
+    return refine(config).report()
+
+
+@task(name="train-vae", retries=0)
+def train_vae_task(config: DiffxConfig) -> dict[str, Any]:
+    from diffx.train.vae import train_vae
+
+    return train_vae(config, progress=False).metrics

@@ -1,0 +1,110 @@
+"""Prefect flows in ephemeral mode (offline): the caption flow, and its pause for a review in the UI/API."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("prefect")
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import resume_flow_run
+
+from diffx.caption.decisions import read_decisions
+from diffx.caption.refine import read_queue
+from diffx.data.demo import write_demo
+from diffx.data.ingest import ingest
+from diffx.shards.reader import ShardSet
+from flows.captions import caption_flow
+
+from .conftest import make_config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_temporary_server() -> Any:
+    """Stop Prefect's temporary server while pytest's streams are open (its atexit log would hit closed files)."""
+    yield
+    from prefect.server.api.server import SubprocessASGIServer
+
+    SubprocessASGIServer().stop()
+
+
+@pytest.fixture
+def params(tmp_path: Path) -> Path:
+    import yaml
+
+    write_demo(str(tmp_path / "raw"), seed=4, width=64, height=48, splits={"train": 8, "val": 2})
+    config = make_config(tmp_path / "raw", tmp_path / "canonical")
+    ingest(config, progress=False)
+    raw: dict[str, Any] = config.model_dump(mode="json")
+    raw["caption"].update(
+        data=str(tmp_path / "canonical"),
+        output=str(tmp_path / "captions.parquet"),
+        report=str(tmp_path / "caption.json"),
+        cache=None,
+    )
+    raw["refine"].update(
+        data=str(tmp_path / "canonical"),
+        captions=str(tmp_path / "captions.parquet"),
+        decisions=str(tmp_path / "decisions.jsonl"),
+        output=str(tmp_path / "captioned"),
+        queue=str(tmp_path / "queue.jsonl"),
+        report=str(tmp_path / "refine.json"),
+        near_duplicate=0.3,
+    )  # street-scene templates overlap: makes a review queue
+    raw["quality"].update(reports=str(tmp_path / "quality"), docs=None)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_caption_flow_runs_the_library_stages(params: Path) -> None:
+    result = caption_flow(params=str(params), interactive=False)
+    assert result["gate"] is True and result["caption"]["rows"] == 10 and not result["review"]
+    assert len(list(ShardSet(str(params.parent / "captioned")).iter_samples())) == 10
+    assert read_queue(str(params.parent / "queue.jsonl"))  # flagged, waiting: the run did not stop for it
+
+
+def _paused_run_id(timeout: float = 180.0) -> Any:
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+                )
+            )
+            if runs:
+                return runs[0].id
+            time.sleep(0.5)
+    raise AssertionError("the caption flow never paused for review")
+
+
+def test_interactive_run_pauses_for_review_and_applies_the_answer(params: Path) -> None:
+    outcome: dict[str, Any] = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(caption_flow(params=str(params), interactive=True, review_timeout_s=240))
+    )
+    runner.start()
+    run_id = _paused_run_id()
+    queue = read_queue(str(params.parent / "queue.jsonl"))
+    first, second = queue[0], queue[1]
+    items = [
+        {"id": q.id, "caption": q.caption, "flags": q.flags, "reviewed": q.reviewed, "action": "skip"} for q in queue
+    ]
+    items[0].update(action="edit", caption="An image of a reviewed street.")
+    items[1].update(action="reject")
+    resume_flow_run(run_id, run_input={"reviewer": "ui-test", "items": items})
+    runner.join(timeout=240)
+    assert not runner.is_alive() and outcome["review"]["edit"] == 1 and outcome["review"]["reject"] == 1
+    decisions = read_decisions(params.parent / "decisions.jsonl")
+    assert decisions[first.id].caption == "An image of a reviewed street." and decisions[first.id].reviewer == "ui-test"
+    assert decisions[second.id].action == "reject"
+    captions = {s.id: (s.caption, s.caption_source) for s in ShardSet(str(params.parent / "captioned")).iter_samples()}
+    assert captions[first.id] == ("An image of a reviewed street.", "human")
