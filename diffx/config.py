@@ -211,21 +211,18 @@ class VaeModelConfig(Section):
         return self
 
 
-class VaeTrainConfig(Section):
+class TrainLoopConfig(Section):
+    """What every training loop shares (diffx/train/loop.py): schedule, precision, EMA, checkpoints."""
+
     seed: int = 0
     steps: int = Field(default=1000, ge=1)
     batch_size: int = Field(default=8, ge=1, description="global batch: all processes and accumulation steps")
     grad_accum: int = Field(default=1, ge=1)
-    crop: int | None = Field(default=None, ge=8, description="random square crop (px); None = whole frames")
-    hflip: bool = Field(default=True, description="random horizontal flip, seeded per sample")
     lr: float = Field(default=1e-4, gt=0)
     warmup_steps: int = Field(default=100, ge=0)
     schedule: Literal["constant", "cosine"] = "cosine"
     weight_decay: float = Field(default=0.0, ge=0)
     grad_clip: float | None = Field(default=1.0, gt=0)
-    kl_weight: float = Field(default=1e-6, ge=0)
-    modality_weights: dict[str, float] = Field(default_factory=dict, description="loss weight per modality")
-    lpips_weights: str | None = Field(default=None, description="local LPIPS-VGG safetensors; None = no LPIPS")
     ema_decay: float | None = Field(default=0.999, gt=0, lt=1)
     mixed_precision: Literal["no", "bf16"] = Field(default="bf16", description="bf16 autocast, CUDA only")
     channels_last: bool = False
@@ -234,6 +231,14 @@ class VaeTrainConfig(Section):
     log_every: int = Field(default=10, ge=1)
     checkpoint_every: int = Field(default=100, ge=1)
     keep_checkpoints: int = Field(default=2, ge=1)
+
+
+class VaeTrainConfig(TrainLoopConfig):
+    crop: int | None = Field(default=None, ge=8, description="random square crop (px); None = whole frames")
+    hflip: bool = Field(default=True, description="random horizontal flip, seeded per sample")
+    kl_weight: float = Field(default=1e-6, ge=0)
+    modality_weights: dict[str, float] = Field(default_factory=dict, description="loss weight per modality")
+    lpips_weights: str | None = Field(default=None, description="local LPIPS-VGG safetensors; None = no LPIPS")
 
 
 class VaeConfig(Section):

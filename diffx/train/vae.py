@@ -7,12 +7,8 @@ same code, gradients all-reduced, gloo on CPU and NCCL on GPUs). Only rank 0 wri
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -24,31 +20,27 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
-from tqdm import tqdm
+from torch import nn
 
 from diffx import fsio
 from diffx.config import DiffxConfig, VaeConfig
 from diffx.data.spec import DatasetSpec
-from diffx.errors import ConfigError, DataError, DiffxError
+from diffx.errors import ConfigError, DataError
 from diffx.eval.grids import grid_png, to_display
 from diffx.eval.image_metrics import psnr, ssim
 from diffx.models.mpvae import MPVAE
 from diffx.shards.dataset import ShardDataset, detection_collate
 from diffx.shards.reader import ShardSet
-from diffx.train.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
-from diffx.train.data import BatchPlan, PlanSampler, sample_generator
+from diffx.train.data import sample_generator
 from diffx.train.distributed import DistContext, init_distributed
-from diffx.train.ema import EMA
+from diffx.train.loop import Trainer, TrainingError, write_history_csv
 
 log = logging.getLogger(__name__)
 
 NOISE, CROP, FLIP = 0, 1, 2  # purposes of the per-sample generators
 
 
-class TrainingError(DiffxError):
-    """Training cannot go on (a NaN loss); the message names the step and the last good checkpoint."""
+__all__ = ["TrainingError", "VaeTrainResult", "VaeTrainer", "build_model", "train_vae"]
 
 
 @dataclass
@@ -87,15 +79,6 @@ def build_model(config: VaeConfig, spec: DatasetSpec) -> MPVAE:
     )
 
 
-def _lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def check_shards_match(root: str, spec: DatasetSpec) -> ShardSet:
     """The shards must carry exactly the config's modalities (names, channels, bit depth), in any order."""
     shard_set = ShardSet(root)
@@ -110,8 +93,10 @@ def check_shards_match(root: str, spec: DatasetSpec) -> ShardSet:
     return shard_set
 
 
-class VaeTrainer:
-    """Holds the run's state so a loop, a resume and the final outputs can be read separately."""
+class VaeTrainer(Trainer):
+    """The MP-VAE on the loop of diffx/train/loop.py: per-sample crop/flip/noise, MSE per modality + KL."""
+
+    kind = "mpvae"
 
     def __init__(
         self,
@@ -122,105 +107,28 @@ class VaeTrainer:
         resume_from: str | None = None,
         progress: bool = True,
     ):
-        self.config, self.options, self.ctx, self.progress = config, config.vae, ctx, progress
-        self.train_cfg = self.options.train
+        options = config.vae
+        super().__init__(ctx, options.train, options.checkpoints, config.params_hash("data", "vae"), progress=progress)
+        self.config, self.options = config, options
         self.spec = config.data.spec()
-        check_shards_match(self.options.data, self.spec)
-        self.dataset = ShardDataset(self.options.data, self.options.train_split, list(self.spec.modality_names))
-        if len(self.dataset) == 0:
-            raise DataError(self.options.data, f"split {self.options.train_split!r} has no rows")
-        self.max_values = {m.name: float(m.max_value) for m in self.spec.modalities}
-        self.run_key = config.params_hash("data", "vae")
-        torch.manual_seed(self.train_cfg.seed)
-        self.model = build_model(self.options, self.spec).to(ctx.device)
-        if self.train_cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.plan = BatchPlan(
-            len(self.dataset), self.train_cfg.batch_size, self.train_cfg.grad_accum, ctx.world_size, self.train_cfg.seed
-        )
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.train_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.train_cfg.lr,
-            betas=(0.9, 0.999),
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: _lr_factor(s, self.train_cfg.warmup_steps, self.train_cfg.steps, self.train_cfg.schedule),
-        )
-        self.ema = EMA(self.model, self.train_cfg.ema_decay) if self.train_cfg.ema_decay else None
-        self.step = 0
-        self.history: list[dict[str, float]] = []
-        self.resumed_from = 0
-        if self.train_cfg.lpips_weights is None:
-            log.info("LPIPS: no lpips_weights configured; training with MSE (+KL) only")
-        else:
+        check_shards_match(options.data, self.spec)
+        dataset = ShardDataset(options.data, options.train_split, list(self.spec.modality_names))
+        if len(dataset) == 0:
+            raise DataError(options.data, f"split {options.train_split!r} has no rows")
+        if self.train_cfg.lpips_weights is not None:
             raise ConfigError("vae.train.lpips_weights: LPIPS is not available in this build; set it to null")
-        checkpoint = (
-            load_checkpoint(resume_from)
-            if resume_from
-            else (latest_checkpoint(self.options.checkpoints) if resume else None)
-        )
-        if checkpoint is not None:
-            self._restore(checkpoint, explicit=resume_from is not None)
-        self.ddp = DistributedDataParallel(self.model) if ctx.distributed else None
+        log.info("LPIPS: no lpips_weights configured; training with MSE (+KL) only")
+        torch.manual_seed(self.train_cfg.seed)
+        self.model = build_model(options, self.spec).to(ctx.device)
+        self.setup(dataset, resume=resume, resume_from=resume_from)
 
-    # ------------------------------------------------------------------------------- checkpoints
-    def _meta(self) -> dict[str, Any]:
+    def identity(self) -> dict[str, Any]:
         return {
-            "kind": "mpvae",
-            "run_key": self.run_key,
-            "modalities": list(self.model.config.modalities),
-            "channels": list(self.model.config.channels),
-            "history": self.history,
-            "ema_updates": self.ema.updates if self.ema else 0,
+            "modalities": [
+                [m, c] for m, c in zip(self.model.config.modalities, self.model.config.channels, strict=True)
+            ]
         }
 
-    def _restore(self, checkpoint: Checkpoint, explicit: bool) -> None:
-        meta = checkpoint.state["meta"]
-        trained = list(zip(meta.get("modalities", []), meta.get("channels", []), strict=True))
-        wanted = list(zip(self.model.config.modalities, self.model.config.channels, strict=True))
-        if trained != wanted:
-            raise ConfigError(
-                f"{checkpoint.path}: the checkpoint was trained for modalities {trained}, the config asks for {wanted}"
-            )
-        if meta.get("run_key") != self.run_key:
-            message = (
-                f"{checkpoint.path}: made with other data/vae params (run key {meta.get('run_key')}, "
-                f"now {self.run_key})"
-            )
-            if explicit:
-                raise ConfigError(message)
-            log.warning("%s; starting from scratch", message)
-            return
-        self.model.load_state_dict(checkpoint.tensors("model"))
-        self.optimizer.load_state_dict(checkpoint.nested("optimizer"))
-        self.scheduler.load_state_dict(checkpoint.nested("scheduler"))
-        if self.ema is not None:
-            self.ema.load_state_dict(checkpoint.tensors("ema"), int(meta.get("ema_updates", 0)))
-        torch.set_rng_state(checkpoint.tensors("rng")["torch"])
-        self.step = self.resumed_from = checkpoint.step
-        self.history = list(meta.get("history", []))
-        log.info("resumed from %s (step %d)", checkpoint.path, checkpoint.step)
-
-    def save(self) -> Path | None:
-        if not self.ctx.is_main:
-            return None
-        flat = {"model": self.model.state_dict(), "rng": {"torch": torch.get_rng_state()}}
-        if self.ema is not None:
-            flat["ema"] = self.ema.state_dict()
-        return save_checkpoint(
-            self.options.checkpoints,
-            self.step,
-            flat=flat,
-            nested={"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-            meta=self._meta(),
-            keep=self.train_cfg.keep_checkpoints,
-        )
-
-    # ------------------------------------------------------------------------------- one step
     def _prepare(self, batch: dict[str, Any], positions: list[int]) -> dict[str, torch.Tensor]:
         """Scale to [-1, 1], then the seeded per-sample crop and flip."""
         crop, seed = self.train_cfg.crop, self.train_cfg.seed
@@ -242,13 +150,10 @@ class VaeTrainer:
             name: torch.stack([s[name] for s in per_sample]).to(self.ctx.device) for name in self.spec.modality_names
         }
 
-    def _noise(self, positions: list[int], shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.stack(
-            [torch.randn(shape, generator=sample_generator(self.train_cfg.seed, p, NOISE)) for p in positions]
-        ).to(self.ctx.device)
-
-    def _loss(self, images: dict[str, torch.Tensor], positions: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        module = self.ddp or self.model
+    def loss(
+        self, module: nn.Module, batch: dict[str, Any], positions: list[int]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        images = self._prepare(batch, positions)
         h, w = next(iter(images.values())).shape[-2:]
         factor = self.model.downsample_factor
         if h % factor or w % factor:
@@ -256,10 +161,11 @@ class VaeTrainer:
                 self.options.data,
                 f"frames of {w}x{h} px are not divisible by {factor}; set vae.train.crop to a multiple of it",
             )
-        noise = self._noise(positions, (self.model.config.latent_channels, h // factor, w // factor))
-        use_bf16 = self.ctx.device.type == "cuda" and self.train_cfg.mixed_precision == "bf16"
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-        with autocast:
+        shape = (self.model.config.latent_channels, h // factor, w // factor)
+        noise = torch.stack(
+            [torch.randn(shape, generator=sample_generator(self.train_cfg.seed, p, NOISE)) for p in positions]
+        ).to(self.ctx.device)
+        with self.autocast():
             out = module(images, noise=noise)
         parts: dict[str, float] = {}
         total = torch.zeros((), device=self.ctx.device)
@@ -269,78 +175,7 @@ class VaeTrainer:
             total = total + self.train_cfg.modality_weights.get(name, 1.0) * mse
         kl = out.posterior.kl().float().mean()
         parts["kl"] = float(kl.detach())
-        total = total + self.train_cfg.kl_weight * kl
-        return total, parts
-
-    def train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
-        accum = self.train_cfg.grad_accum
-        totals: dict[str, float] = {}
-        finite = True
-        for micro, batch in enumerate(micro_batches):
-            positions = self.plan.positions(self.step, micro, self.ctx.rank)
-            images = self._prepare(batch, positions)
-            sync = self.ddp is None or micro == accum - 1
-            with contextlib.nullcontext() if sync else self.ddp.no_sync():  # type: ignore[union-attr]
-                loss, parts = self._loss(images, positions)
-                finite = finite and bool(torch.isfinite(loss))
-                (loss / accum).backward()
-            for key, value in {"loss": float(loss.detach()), **parts}.items():
-                totals[key] = totals.get(key, 0.0) + value / accum
-        if not self.ctx.all_true(finite):
-            last = latest_checkpoint(self.options.checkpoints)
-            raise TrainingError(
-                f"step {self.step}: the loss is not finite ({', '.join(f'{k}={v:.4g}' for k, v in totals.items())}); "
-                f"stopped without saving. Last good checkpoint: {last.path if last else 'none'}. "
-                "Lower vae.train.lr or check the input data."
-            )
-        if self.train_cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update(self.model)
-        self.step += 1
-        return totals
-
-    # ------------------------------------------------------------------------------- the loop
-    def run(self, until: int | None = None) -> float:
-        """Train up to step ``until`` (default: the configured steps); returns samples per second."""
-        end = min(until or self.train_cfg.steps, self.train_cfg.steps)
-        if self.step >= end:
-            return 0.0
-        sampler = PlanSampler(self.plan, self.ctx.rank, self.step, end)
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=sampler,
-            collate_fn=detection_collate,
-            num_workers=self.train_cfg.num_workers,
-            persistent_workers=False,
-        )
-        batches = iter(loader)
-        bar = tqdm(
-            total=end - self.step,
-            desc="train_vae",
-            unit="step",
-            disable=not (self.progress and self.ctx.is_main),
-            mininterval=1.0,
-        )
-        started, first_step = time.perf_counter(), self.step
-        self.model.train()
-        while self.step < end:
-            micro_batches = [next(batches) for _ in range(self.train_cfg.grad_accum)]
-            totals = self.train_step(micro_batches)
-            if self.step % self.train_cfg.log_every == 0 or self.step == end:
-                row = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **totals}
-                self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-                bar.set_postfix(loss=f"{totals['loss']:.4f}")
-            if self.step % self.train_cfg.checkpoint_every == 0 or self.step == end:
-                self.save()
-            bar.update(1)
-        bar.close()
-        self.ctx.barrier()
-        elapsed = time.perf_counter() - started
-        return (self.step - first_step) * self.train_cfg.batch_size / max(elapsed, 1e-9)
+        return total + self.train_cfg.kl_weight * kl, parts
 
     # ------------------------------------------------------------------------------- outputs
     def _eval_images(self, split: str, limit: int) -> list[dict[str, Any]]:
@@ -417,7 +252,7 @@ class VaeTrainer:
             "val": per_modality,
         }
         fsio.write_json_atomic(self.options.metrics, metrics)
-        _write_history_csv(self.options.plots, self.history)
+        write_history_csv(self.options.plots, self.history)
         fsio.write_bytes_atomic(self.options.grid, grid)
         return metrics
 
@@ -431,15 +266,6 @@ def _save_model_atomic(model: MPVAE, output: str) -> None:
         shutil.rmtree(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, final)
-
-
-def _write_history_csv(path: str, history: list[dict[str, float]]) -> None:
-    columns = sorted({k for row in history for k in row}, key=lambda k: (k != "step", k != "loss", k))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    fsio.write_bytes_atomic(path, buffer.getvalue().encode())
 
 
 def train_vae(
