@@ -178,6 +178,26 @@ def check(
     )
 
 
+@app.command("train-unet")
+def train_unet_cmd(
+    params: ParamsOption = Path("params.yaml"),
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    resume: Annotated[bool, typer.Option(help="continue from the newest matching checkpoint")] = True,
+    resume_from: Annotated[str | None, typer.Option(help="resume from this checkpoint folder")] = None,
+    steps: Annotated[int | None, typer.Option(help="override unet.train.steps")] = None,
+) -> None:
+    """Stage train_unet: DiffX-UNet on MP-VAE latents. Multi-process: torchrun --nproc_per_node N -m diffx.cli."""
+    from diffx.config import load_config
+    from diffx.train.unet import train_unet
+
+    config = _run(lambda: load_config(params))
+    if steps is not None:
+        config.unet.train.steps = steps
+    result = _run(lambda: train_unet(config, resume=resume, resume_from=resume_from, progress=progress))
+    if result.metrics:
+        typer.echo(json.dumps(result.metrics))
+
+
 class ExportFormat(StrEnum):
     coco = "coco"
     yolo = "yolo"

@@ -294,6 +294,64 @@ class RefineConfig(Section):
     report: str = "reports/refine.json"
 
 
+class UnetModelConfig(Section):
+    """DiffX-UNet (diffx/models/unet.py). The paper config is SD v1.x's UNet, frozen, from init_from_sd."""
+
+    block_out_channels: list[int] = Field(default_factory=lambda: [320, 640, 1280, 1280], min_length=1)
+    down_block_types: list[str] = Field(
+        default_factory=lambda: ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+    )
+    up_block_types: list[str] = Field(
+        default_factory=lambda: ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+    )
+    layers_per_block: int = Field(default=2, ge=1)
+    attention_head_dim: int = Field(default=8, ge=1)
+    norm_num_groups: int = Field(default=32, ge=1)
+    layout: Literal["boxes", "dense"] = "boxes"
+    init_from_sd: str | None = Field(default=None, description="SD v1.x pipeline or UNet folder (diffusers)")
+    freeze_base: bool = Field(default=True, description="with init_from_sd: train only fusers, tokenizer, JME")
+
+    @model_validator(mode="after")
+    def _blocks_match(self) -> UnetModelConfig:
+        if not len(self.block_out_channels) == len(self.down_block_types) == len(self.up_block_types):
+            raise ValueError("block_out_channels, down_block_types and up_block_types need the same length")
+        return self
+
+
+class UnetTrainConfig(TrainLoopConfig):
+    caption_dropout: float = Field(default=0.5, ge=0, le=1, description="per sample: the caption becomes ''")
+    layout_dropout: float = Field(default=0.1, ge=0, le=1, description="per sample: every layout slot is null")
+    min_snr_gamma: float | None = Field(default=None, gt=0, description="min-SNR loss weighting (e.g. 5)")
+    gradient_checkpointing: bool = False
+    preview_every: int = Field(default=0, ge=0, description="steps between preview grids; 0 = only at the end")
+
+
+class SamplerConfig(Section):
+    sampler: Literal["ddim", "dpmsolver++", "unipc", "pndm"] = "ddim"
+    steps: int = Field(default=50, ge=1)
+    guidance: float = Field(default=5.0, ge=0)
+
+
+class UnetConfig(Section):
+    data: str = "data/captioned"
+    train_split: str = "train"
+    preview_split: str = "val"
+    vae: str = "models/vae"
+    text_encoder: str = Field(default="minilm", description="minilm | clip:<path> | longclip:<checkpoint>")
+    text_tokenizer: str | None = Field(default=None, description="tokenizer folder for longclip")
+    max_tokens: int = Field(default=77, ge=8, description="caption tokens the UNet sees (Long-CLIP: 248)")
+    max_objects: int = Field(default=30, ge=1)
+    model: UnetModelConfig = UnetModelConfig()
+    train: UnetTrainConfig = UnetTrainConfig()
+    preview: SamplerConfig = SamplerConfig(steps=25)
+    preview_samples: int = Field(default=4, ge=1)
+    output: str = "models/unet"
+    checkpoints: str = "checkpoints/unet"
+    metrics: str = "metrics/unet.json"
+    plots: str = "metrics/unet_loss.csv"
+    grid: str = "reports/unet/preview.png"
+
+
 class ImageGateConfig(Section):
     """Thresholds on per-sample image and box statistics (pixel values scaled to [0, 1])."""
 
@@ -340,6 +398,7 @@ class DiffxConfig(Section):
     caption: CaptionConfig = CaptionConfig()
     refine: RefineConfig = RefineConfig()
     vae: VaeConfig = VaeConfig()
+    unet: UnetConfig = UnetConfig()
     quality: QualityConfig = QualityConfig()
 
     def params_hash(self, *sections: str) -> str:

@@ -7,6 +7,7 @@ inferno and viridis), so no plotting library is needed in the default install.
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -72,3 +73,12 @@ def grid_png(rows: list[list[np.ndarray]], labels: list[str], pad: int = 2) -> b
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def draw_boxes(tile: np.ndarray, boxes: Any, colour: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
+    """Outline pixel boxes (N x 4, x0 y0 x1 y1) on an HxWx3 uint8 tile."""
+    image = Image.fromarray(tile)
+    draw = ImageDraw.Draw(image)
+    for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+        draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour)
+    return np.asarray(image)

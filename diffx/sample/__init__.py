@@ -1,0 +1,1 @@
+"""Sampling: schedulers, the DiffX pipeline (CFG over caption and layout), layout planning, generation."""

@@ -1,0 +1,278 @@
+"""Stage ``train_unet``: the DiffX-UNet on MP-VAE latents of the captioned shards.
+
+Same loop as the MP-VAE (diffx/train/loop.py): launch with ``diffx train-unet`` or ``torchrun ... -m diffx.cli
+train-unet``. Per sample and seeded by its stream position: the latent draw, the timestep, the noise, and
+the classifier-free-guidance dropouts (caption -> '', layout -> all slots null), so N processes train
+like one. Frozen: the MP-VAE, the text encoder, and (with ``init_from_sd``) the SD base UNet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffx import fsio
+from diffx.config import DiffxConfig, UnetConfig
+from diffx.data.spec import DatasetSpec
+from diffx.errors import DataError
+from diffx.eval.grids import draw_boxes, grid_png, to_display
+from diffx.models.layout import pack_boxes
+from diffx.models.mpvae import MPVAE
+from diffx.models.text import TextEncoder
+from diffx.models.unet import DiffXUNet
+from diffx.sample.pipeline import DiffXPipeline, LayoutRequest
+from diffx.sample.schedulers import training_scheduler
+from diffx.shards.dataset import ShardDataset
+from diffx.train.data import sample_generator
+from diffx.train.distributed import DistContext, init_distributed
+from diffx.train.loop import Trainer, write_history_csv
+from diffx.train.vae import check_shards_match
+
+log = logging.getLogger(__name__)
+
+LATENT, TIMESTEP, NOISE, CAPTION_DROP, LAYOUT_DROP = 10, 11, 12, 13, 14  # purposes of per-sample generators
+MODEL_CARD = "diffx.json"
+
+
+def dropped(seed: int, positions: list[int], rate: float, purpose: int) -> list[bool]:
+    """Per-sample dropout decisions, a pure function of (seed, stream position)."""
+    return [bool(torch.rand(1, generator=sample_generator(seed, p, purpose)) < rate) for p in positions]
+
+
+def build_unet(options: UnetConfig, latent_channels: int, text_dim: int, phrase_dim: int) -> DiffXUNet:
+    m = options.model
+    if m.init_from_sd:
+        model = DiffXUNet.from_sd(m.init_from_sd, layout=m.layout, phrase_dim=phrase_dim, freeze=m.freeze_base)
+        if model.config.cross_attention_dim != text_dim:
+            raise DataError(
+                m.init_from_sd,
+                f"the SD UNet expects {model.config.cross_attention_dim}-d text states, "
+                f"text encoder {options.text_encoder!r} gives {text_dim}",
+            )
+        return model
+    return DiffXUNet(
+        sample_size=64,
+        latent_channels=latent_channels,
+        block_out_channels=tuple(m.block_out_channels),
+        down_block_types=tuple(m.down_block_types),
+        up_block_types=tuple(m.up_block_types),
+        layers_per_block=m.layers_per_block,
+        attention_head_dim=m.attention_head_dim,
+        cross_attention_dim=text_dim,
+        norm_num_groups=m.norm_num_groups,
+        phrase_dim=phrase_dim,
+        layout=m.layout,
+        max_objects=options.max_objects,
+    )
+
+
+@dataclass
+class UnetTrainResult:
+    output: str
+    steps: int
+    resumed_from: int
+    metrics: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class UnetTrainer(Trainer):
+    kind = "unet"
+
+    def __init__(
+        self,
+        config: DiffxConfig,
+        ctx: DistContext,
+        *,
+        resume: bool = True,
+        resume_from: str | None = None,
+        progress: bool = True,
+    ):
+        options = config.unet
+        super().__init__(ctx, options.train, options.checkpoints, config.params_hash("data", "unet"), progress=progress)
+        self.config, self.options = config, options
+        self.spec: DatasetSpec = config.data.spec()
+        check_shards_match(options.data, self.spec)
+        if options.model.layout != "boxes":
+            raise DataError(
+                options.data,
+                "train_unet reads box layouts from the shards; dense-layout training "
+                "needs the shards' layout column (not wired yet)",
+            )
+        dataset = ShardDataset(options.data, options.train_split, list(self.spec.modality_names))
+        if len(dataset) == 0:
+            raise DataError(options.data, f"split {options.train_split!r} has no rows")
+        self.vae = MPVAE.from_pretrained(options.vae).to(ctx.device).eval().requires_grad_(False)
+        self.vae.check_modalities(
+            self.spec.modality_names, tuple(m.channels for m in self.spec.modalities), options.vae
+        )
+        self.text = TextEncoder(
+            options.text_encoder, max_tokens=options.max_tokens, tokenizer=options.text_tokenizer, device=ctx.device
+        )
+        self.phrase_table = self.text.phrases(list(self.spec.classes)).to(ctx.device)
+        torch.manual_seed(self.train_cfg.seed)
+        self.model = build_unet(
+            options, self.vae.config.latent_channels, self.text.hidden_size, self.phrase_table.shape[1]
+        ).to(ctx.device)
+        if self.train_cfg.gradient_checkpointing:
+            self.model.unet.enable_gradient_checkpointing()
+        self.noise_scheduler = training_scheduler()
+        self.alphas = self.noise_scheduler.alphas_cumprod.to(ctx.device)
+        self.setup(
+            dataset, [p for p in self.model.parameters() if p.requires_grad], resume=resume, resume_from=resume_from
+        )
+
+    def identity(self) -> dict[str, Any]:
+        return {"modalities": list(self.spec.modality_names), "text_encoder": self.options.text_encoder}
+
+    def loss(
+        self, module: nn.Module, batch: dict[str, Any], positions: list[int]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, device = self.train_cfg, self.ctx.device
+        images = {k: (v * 2 - 1).to(device) for k, v in batch["images"].items()}
+        with torch.no_grad():
+            posterior = self.vae.encode(images)
+            shape = posterior.mean.shape[1:]
+            draw = torch.stack(
+                [torch.randn(shape, generator=sample_generator(cfg.seed, p, LATENT)) for p in positions]
+            ).to(device)
+            latents = (posterior.mean + posterior.std * draw) * self.vae.config.scaling_factor
+            no_caption = dropped(cfg.seed, positions, cfg.caption_dropout, CAPTION_DROP)
+            no_layout = dropped(cfg.seed, positions, cfg.layout_dropout, LAYOUT_DROP)
+            captions = ["" if drop else (c or "") for c, drop in zip(batch["caption"], no_caption, strict=True)]
+            states, text_mask = self.text.encode(captions)
+        sizes = [tuple(img.shape[-2:]) for img in next(iter(batch["images"].values()))]
+        boxes, ids, box_mask = pack_boxes(batch["boxes"], batch["labels"], sizes, self.options.max_objects)
+        box_mask[torch.tensor(no_layout, dtype=torch.bool)] = 0
+        boxes, ids, box_mask = boxes.to(device), ids.to(device), box_mask.to(device)
+        timesteps = torch.stack(
+            [
+                torch.randint(
+                    0,
+                    self.noise_scheduler.config.num_train_timesteps,
+                    (),
+                    generator=sample_generator(cfg.seed, p, TIMESTEP),
+                )
+                for p in positions
+            ]
+        ).to(device)
+        noise = torch.stack([torch.randn(shape, generator=sample_generator(cfg.seed, p, NOISE)) for p in positions]).to(
+            device
+        )
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        with self.autocast():
+            pred = module(
+                noisy, timesteps, states, text_mask, boxes=boxes, phrases=self.phrase_table[ids], box_mask=box_mask
+            )
+        per_sample = ((pred.float() - noise) ** 2).flatten(1).mean(dim=1)
+        if cfg.min_snr_gamma:
+            snr = self.alphas[timesteps] / (1 - self.alphas[timesteps])
+            per_sample = per_sample * torch.clamp(snr, max=cfg.min_snr_gamma) / snr
+        return per_sample.mean(), {
+            "caption_dropped": float(np.mean(no_caption)),
+            "layout_dropped": float(np.mean(no_layout)),
+        }
+
+    def after_step(self) -> None:
+        every = self.train_cfg.preview_every
+        if every and self.step % every == 0 and self.step < self.train_cfg.steps and self.ctx.is_main:
+            fsio.write_bytes_atomic(self.options.grid, self.preview())
+
+    # ------------------------------------------------------------------------------------------ outputs
+    def preview(self) -> bytes:
+        """Samples for validation layouts: every modality with the planned boxes drawn on it."""
+        dataset = ShardDataset(self.options.data, self.options.preview_split, list(self.spec.modality_names))
+        rows = [dataset[i] for i in range(min(self.options.preview_samples, len(dataset)))]
+        if not rows:
+            raise DataError(self.options.data, f"split {self.options.preview_split!r} has no rows to preview")
+        pipeline = DiffXPipeline(
+            self.vae, self.model, self.text, self.spec.classes, self.options.max_objects, self.ctx.device
+        )
+        requests = [
+            LayoutRequest(r["caption"] or "", r["boxes"], r["labels"], r["size"][0], r["size"][1], seed=i)
+            for i, r in enumerate(rows)
+        ]
+        preview = self.options.preview
+        was_training = self.model.training
+        images = pipeline(requests, sampler=preview.sampler, steps=preview.steps, guidance=preview.guidance)
+        self.model.train(was_training)
+        real = "rgb" if "rgb" in self.spec.modality_names else self.spec.modality_names[0]
+        tiles = []
+        for i, row in enumerate(rows):
+            line = [draw_boxes(to_display(row["images"][real].numpy(), real), row["boxes"])]
+            line += [
+                draw_boxes(to_display(images[n][i].cpu().numpy(), n), row["boxes"]) for n in self.spec.modality_names
+            ]
+            tiles.append(line)
+        return grid_png(tiles, [f"real {real}"] + [f"gen {n}" for n in self.spec.modality_names])
+
+    def finish(self, samples_per_second: float) -> dict[str, Any]:
+        if not self.ctx.is_main:
+            return {}
+        if self.ema is not None:
+            self.ema.copy_to(self.model)
+        self.model.eval()
+        final = Path(self.options.output)
+        staging = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self.model.save_pretrained(str(staging), safe_serialization=True)
+        card = {
+            "text_encoder": self.options.text_encoder,
+            "text_tokenizer": self.options.text_tokenizer,
+            "max_tokens": self.options.max_tokens,
+            "max_objects": self.options.max_objects,
+            "classes": list(self.spec.classes),
+            "modalities": list(self.spec.modality_names),
+            "vae": self.options.vae,
+            "steps": self.step,
+        }
+        (staging / MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, final)
+        fsio.write_bytes_atomic(self.options.grid, self.preview())
+        total = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        metrics = {
+            "steps": self.step,
+            "final_loss": self.history[-1]["loss"] if self.history else None,
+            "params_total": total,
+            "params_trainable": trainable,
+            "train_samples_per_second": round(samples_per_second, 2),
+            "processes": self.ctx.world_size,
+        }
+        fsio.write_json_atomic(self.options.metrics, metrics)
+        write_history_csv(self.options.plots, self.history)
+        return metrics
+
+
+def train_unet(
+    config: DiffxConfig, *, resume: bool = True, resume_from: str | None = None, progress: bool = True
+) -> UnetTrainResult:
+    started = time.perf_counter()
+    ctx = init_distributed(config.unet.train.device)
+    try:
+        trainer = UnetTrainer(config, ctx, resume=resume, resume_from=resume_from, progress=progress)
+        samples_per_second = trainer.run()
+        metrics = trainer.finish(samples_per_second)
+        if ctx.is_main:
+            shutil.rmtree(config.unet.checkpoints, ignore_errors=True)  # spent: see train_vae
+            log.info(
+                "train_unet: %d steps in %.0fs, %.1f samples/s",
+                trainer.step,
+                time.perf_counter() - started,
+                samples_per_second,
+            )
+        return UnetTrainResult(config.unet.output, trainer.step, trainer.resumed_from, metrics, trainer.history)
+    finally:
+        ctx.close()

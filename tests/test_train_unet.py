@@ -1,0 +1,166 @@
+"""UNet training: the stage's outputs, and 2 processes (gloo) train like 1 with the same global batch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from diffx.config import parse_config
+from diffx.models.mpvae import MPVAE
+from diffx.models.unet import DiffXUNet
+from diffx.shards.writer import ShardSetWriter
+from diffx.train.unet import MODEL_CARD, train_unet
+
+from .conftest import DEMO_SPEC, make_sample
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Captioned 16x16 shards and a tiny MP-VAE saved like train_vae saves it."""
+    root = tmp_path_factory.mktemp("unet-inputs")
+    writer = ShardSetWriter(str(root / "captioned"), DEMO_SPEC)
+
+    def captioned(sample_id: str, split: str, seed: int) -> Any:
+        sample = make_sample(
+            sample_id, split, width=16, height=16, seed=seed, boxes=[("car", [1, 2, 9, 8]), ("person", [10, 3, 14, 15])]
+        )
+        return dataclasses.replace(
+            sample, caption=f"An image of a car and a person, scene {seed}.", caption_source="template"
+        )
+
+    records = writer.write_split("train", [captioned(f"t{i}", "train", i) for i in range(8)], 4)
+    records += writer.write_split("val", [captioned(f"v{i}", "val", 50 + i) for i in range(2)], 4)
+    writer.finalize(records)
+    torch.manual_seed(0)
+    MPVAE(
+        modalities=("rgb", "thermal", "depth"),
+        channels=(3, 1, 1),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        scaling_factor=0.5,
+    ).save_pretrained(root / "vae")
+    return root
+
+
+def _params(work: Path, inputs: Path, **train: Any) -> dict[str, Any]:
+    return {
+        "data": {"modalities": [m.model_dump() for m in DEMO_SPEC.modalities], "classes": list(DEMO_SPEC.classes)},
+        "ingest": {
+            "source": {
+                "format": "coco_folders",
+                "root": str(work),
+                "modalities": {"rgb": "rgb"},
+                "annotations": {"train": "a.json"},
+            }
+        },
+        "unet": {
+            "data": str(inputs / "captioned"),
+            "vae": str(inputs / "vae"),
+            "max_tokens": 16,
+            "max_objects": 4,
+            "model": {
+                "block_out_channels": [32, 64],
+                "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+                "layers_per_block": 1,
+                "norm_num_groups": 8,
+            },
+            "train": {
+                "steps": 3,
+                "batch_size": 4,
+                "lr": 1e-3,
+                "warmup_steps": 1,
+                "log_every": 1,
+                "ema_decay": None,
+                "device": "cpu",
+                **train,
+            },
+            "preview": {"steps": 2, "guidance": 2.0},
+            "preview_samples": 2,
+            "output": str(work / "unet"),
+            "checkpoints": str(work / "ckpt"),
+            "metrics": str(work / "unet.json"),
+            "plots": str(work / "loss.csv"),
+            "grid": str(work / "preview.png"),
+        },
+    }
+
+
+def test_stage_writes_model_card_metrics_curve_and_preview(tmp_path: Path, inputs: Path) -> None:
+    result = train_unet(parse_config(_params(tmp_path, inputs)), progress=False)
+    assert result.steps == 3
+    model = DiffXUNet.from_pretrained(tmp_path / "unet")
+    card = json.loads((tmp_path / "unet" / MODEL_CARD).read_text())
+    assert card["text_encoder"] == "minilm" and card["classes"] == list(DEMO_SPEC.classes)
+    assert model.config.cross_attention_dim == 384  # MiniLM's width
+    metrics = json.loads((tmp_path / "unet.json").read_text())
+    assert metrics["params_trainable"] == metrics["params_total"] > 0  # from scratch: everything trains
+    history = (tmp_path / "loss.csv").read_text().splitlines()
+    assert history[0].startswith("step,loss") and "caption_dropped" in history[0] and len(history) == 4
+    with Image.open(tmp_path / "preview.png") as grid:
+        assert grid.width >= 4 * 16 and grid.height >= 2 * 16
+    assert not (tmp_path / "ckpt").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path: Path, inputs: Path) -> None:
+    weights = {}
+    for nproc in (1, 2):
+        params = tmp_path / f"params{nproc}.yaml"
+        params.write_text(yaml.safe_dump(_params(tmp_path / f"p{nproc}", inputs)))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nproc_per_node={nproc}",
+                f"--master_port={_free_port()}",
+                "-m",
+                "diffx.cli",
+                "train-unet",
+                "--params",
+                str(params),
+                "--no-progress",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        weights[nproc] = load_file(str(tmp_path / f"p{nproc}" / "unet" / "diffusion_pytorch_model.safetensors"))
+    torch.manual_seed(0)
+    budget = 1e-3 * 3  # AdamW: about lr per step per weight whatever the gradient (see test_train_vae)
+    moved = max((weights[1][k] - v).abs().max().item() for k, v in _initial(tmp_path, inputs).items())
+    differs = max((weights[1][k] - weights[2][k]).abs().max().item() for k in weights[1])
+    assert moved > 0.5 * budget
+    assert differs < 0.02 * budget, f"2-process weights differ by {differs}"
+
+
+def _initial(tmp_path: Path, inputs: Path) -> dict[str, torch.Tensor]:
+    from diffx.train.distributed import init_distributed
+    from diffx.train.unet import UnetTrainer
+
+    trainer = UnetTrainer(
+        parse_config(_params(tmp_path / "init", inputs)), init_distributed("cpu"), resume=False, progress=False
+    )
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
