@@ -33,6 +33,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/shard_io.py
 	$(BIN)/python benchmarks/quality_gate.py
 	$(BIN)/python benchmarks/train_vae.py
+	$(BIN)/python benchmarks/train_unet.py
 
 clean-venv:
 	rm -rf $(VENV)

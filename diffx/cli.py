@@ -198,6 +198,36 @@ def train_unet_cmd(
         typer.echo(json.dumps(result.metrics))
 
 
+@app.command("plan")
+def plan_cmd(params: ParamsOption = Path("params.yaml")) -> None:
+    """Stage plan: decide every synthetic sample's layout, caption, size and seed; write data/plan.parquet."""
+    from diffx.config import load_config
+    from diffx.sample.planner import plan
+
+    config = _run(lambda: load_config(params))
+    typer.echo(json.dumps(_run(lambda: plan(config))))
+
+
+@app.command("generate")
+def generate_cmd(
+    params: ParamsOption = Path("params.yaml"),
+    rank: Annotated[int | None, typer.Option(help="this worker's rank (default: $RANK or 0)")] = None,
+    world_size: Annotated[int | None, typer.Option(help="workers in all (default: $WORLD_SIZE or 1)")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Stage generate: execute the plan into synthetic shards; resumable, any number of workers."""
+    import os
+
+    from diffx.config import load_config
+    from diffx.sample.generate import generate
+
+    config = _run(lambda: load_config(params))
+    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    result = _run(lambda: generate(config, rank=rank, world_size=world_size, progress=progress))
+    typer.echo(json.dumps(result.report()))
+
+
 class ExportFormat(StrEnum):
     coco = "coco"
     yolo = "yolo"

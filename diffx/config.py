@@ -352,6 +352,38 @@ class UnetConfig(Section):
     grid: str = "reports/unet/preview.png"
 
 
+class PlanConfig(Section):
+    """The generation plan: which layouts and captions to draw, written before anything is generated."""
+
+    source: str = Field(default="data/captioned", description="real shards whose layouts are reused")
+    split: str = "train"
+    layouts: str | None = Field(default=None, description="user layouts instead: COCO JSON or JSONL")
+    num_samples: int = Field(default=64, ge=1)
+    rows_per_shard: int = Field(default=16, ge=1)
+    seed: int = 0
+    class_targets: dict[str, float] = Field(
+        default_factory=dict, description="class -> multiple of its real frequency (bicycle: 2.0)"
+    )
+    flip: float = Field(default=0.5, ge=0, le=1)
+    jitter: float = Field(default=0.05, ge=0, le=0.5, description="box shift/scale as a fraction of its size")
+    box_dropout: float = Field(default=0.1, ge=0, le=1)
+    max_paste_overlap: float = Field(default=0.2, ge=0, le=1, description="IoU limit for pasted boxes")
+    max_objects: int = Field(default=30, ge=1)
+    output: str = "data/plan.parquet"
+    report: str = "reports/plan.json"
+
+
+class GenerateConfig(Section):
+    plan: str = "data/plan.parquet"
+    unet: str = "models/unet"
+    sampler: SamplerConfig = SamplerConfig(steps=25, guidance=3.0)
+    batch_size: int = Field(default=8, ge=1)
+    device: str = "auto"
+    split: str = "train"
+    output: str = "data/synthetic"
+    report: str = "reports/generate.json"
+
+
 class ImageGateConfig(Section):
     """Thresholds on per-sample image and box statistics (pixel values scaled to [0, 1])."""
 
@@ -365,6 +397,21 @@ class ImageGateConfig(Section):
     min_box_area: float = Field(default=4.0, ge=0, description="px^2; smaller boxes are label noise")
     max_box_aspect: float = Field(default=20.0, ge=1)
     min_rows: int = Field(default=1, ge=0)
+
+
+class GeneratedGateConfig(ImageGateConfig):
+    """Generated shards: the image checks, plus closeness to the real data and signs the layout was honoured."""
+
+    max_hist_distance: float = Field(default=0.3, ge=0, le=1, description="W1 to the real data's median histogram")
+    reference: str = Field(default="reports/quality/ingest.json", description="the ingest gate's report")
+    max_mean_shift: float = Field(default=0.15, ge=0, le=1, description="|generated - real| mean of a modality")
+    honoured: dict[str, Literal["positive", "negative"]] = Field(
+        default_factory=lambda: {"thermal": "positive"},
+        description="sign of (inside boxes - frame median) when objects are where the layout put them; depth is "
+        "no reliable sign in street scenes (far objects stand behind the near road)",
+    )
+    min_contrast: float = Field(default=0.01, ge=0)
+    min_honoured_share: float = Field(default=0.5, ge=0, le=1)
 
 
 class CaptionGateConfig(Section):
@@ -388,6 +435,7 @@ class QualityConfig(Section):
     ingest: ImageGateConfig = ImageGateConfig()
     captions: CaptionGateConfig = CaptionGateConfig()
     vae: VaeGateConfig = VaeGateConfig()
+    generated: GeneratedGateConfig = GeneratedGateConfig()
 
 
 class DiffxConfig(Section):
@@ -399,6 +447,8 @@ class DiffxConfig(Section):
     refine: RefineConfig = RefineConfig()
     vae: VaeConfig = VaeConfig()
     unet: UnetConfig = UnetConfig()
+    plan: PlanConfig = PlanConfig()
+    generate: GenerateConfig = GenerateConfig()
     quality: QualityConfig = QualityConfig()
 
     def params_hash(self, *sections: str) -> str:

@@ -50,6 +50,13 @@ def repo_copy(tmp_path: Path) -> Path:
     params["vae"]["train"].update(steps=2, log_every=1)  # the chain, not the demo's training length
     params["vae"].update(scale_batches=1, eval_samples=4)
     params["quality"]["vae"].update(default_min_psnr=3.0, min_ssim=-1.0)  # floors for a 2-step model
+    params["unet"]["train"].update(steps=2, log_every=1, batch_size=4)
+    params["unet"].update(preview_samples=2, preview={"sampler": "ddim", "steps": 2, "guidance": 2.0})
+    params["plan"].update(num_samples=6, rows_per_shard=3)
+    params["generate"].update(batch_size=3, sampler={"sampler": "ddim", "steps": 2, "guidance": 2.0})
+    # a 2-step model draws noise: the gate's floors are for the demo model, not this one
+    params["quality"]["generated"].update(max_hist_distance=1.0, max_mean_shift=1.0, min_honoured_share=0.0,
+                                          min_std=0.0, min_nonzero_fraction=0.0)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(work, "git", "init", "-q")
     return work
@@ -61,10 +68,11 @@ def test_pull_repro_and_noop(repo_copy: Path) -> None:
     out = _run(repo_copy, "dvc", "repro")
     assert "Running stage 'ingest'" in out and "Running stage 'check_ingest'" in out
     assert "Running stage 'train_vae'" in out and "Running stage 'check_vae'" in out
-    for stage in ("caption", "refine", "check_captions"):
+    for stage in ("caption", "refine", "check_captions", "train_unet", "plan", "generate", "check_generated"):
         assert f"Running stage '{stage}'" in out
     assert (repo_copy / "models" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
     assert "val" in yaml.safe_load((repo_copy / "metrics" / "vae.json").read_text())
+    assert validate_shard_set(str(repo_copy / "data" / "synthetic")).rows == 6
     report = validate_shard_set(str(repo_copy / "data" / "canonical"))
     assert report.ok and report.rows == 96
     lock = yaml.safe_load((repo_copy / "dvc.lock").read_text())

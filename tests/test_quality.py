@@ -252,3 +252,29 @@ def test_vae_gate_psnr_floor(tmp_path: Path, clean: Path) -> None:
     assert run_gate("vae", config).success
     with pytest.raises(DataError, match="run train_vae first"):
         run_gate("vae", _config(tmp_path, clean, **{"vae.metrics": str(tmp_path / "none.json")}))
+
+
+def _as_generated(samples: list[Sample], root: Path, spec: Any) -> Path:
+    writer = ShardSetWriter(str(root), spec, generated=True)
+    provenance = {"seed": 1, "source_id": "x", "model_id": "m", "sampler": "ddim", "steps": 2, "guidance": 3.0}
+    rows = [dataclasses.replace(s, split="train", id=f"gen-{i}", provenance=provenance) for i, s in enumerate(samples)]
+    writer.finalize(writer.write_split("train", rows, 8))
+    return root
+
+
+def test_generated_gate_compares_with_the_real_data(tmp_path: Path, clean: Path) -> None:
+    config = _config(tmp_path, clean, **{"quality.generated.reference": str(tmp_path / "reports" / "ingest.json")})
+    run_gate("ingest", config)  # the real data's references
+    samples = _samples(clean)
+    good = _as_generated(samples, tmp_path / "good", ShardSet(str(clean)).spec)
+    report = run_gate("generated", config, str(good))
+    assert report.success and report.extra["honoured_share"]["thermal_box_contrast"] > 0.5
+    inverted = [_grey(s, "thermal", 255 - s.images["thermal"].to_array()) for s in samples]
+    bad = _as_generated(inverted, tmp_path / "bad", ShardSet(str(clean)).spec)
+    with pytest.raises(GateFailed):
+        run_gate("generated", config, str(bad))
+    failures = _failures(tmp_path, "generated")
+    for key in ("expect_column_mean_to_be_between:thermal_mean",
+                "expect_column_values_to_be_between:thermal_hist_distance",
+                "expect_column_values_to_be_between:thermal_box_contrast"):
+        assert key in failures, sorted(failures)

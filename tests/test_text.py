@@ -59,6 +59,7 @@ def test_clip_text_tower_from_a_local_folder(tmp_path: Path, monkeypatch: pytest
     encoder = TextEncoder(f"clip:{tmp_path / 'clip'}", max_tokens=12)
     states, mask = encoder.encode(["an image of a car", "a person"])
     assert states.shape == (2, 12, 64) and encoder.pooled(["car"]).shape == (1, 64)
+    assert mask[0].sum() > mask[1].sum()  # the longer caption has more real tokens
     with pytest.raises(ConfigError, match="cannot load"):
         TextEncoder(f"clip:{tmp_path / 'missing'}")
 

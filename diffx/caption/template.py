@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from diffx.caption.layout_text import class_counts, counted, join_words, place
-from diffx.data.sample import Sample
+from diffx.data.sample import BoxObject, Sample
 from diffx.data.spec import DatasetSpec
 from diffx.errors import DataError
 
@@ -34,6 +34,43 @@ def _warm_classes(sample: Sample, thermal: np.ndarray, max_value: int) -> list[s
     return sorted(set(warm), key=warm.index)
 
 
+def when_phrase(caption: str | None) -> str:
+    """The time-of-day phrase of a caption (' at night', ...), to carry over when a layout is edited."""
+    text = (caption or "").lower()
+    for phrase in (" at night", " at dusk", " in daylight"):
+        if phrase.strip() in text:
+            return phrase
+    return ""
+
+
+def layout_sentences(
+    objects: list[BoxObject], width: int, height: int, when: str, classes: tuple[str, ...]
+) -> list[str]:
+    """The sentences that only need the layout: counts, the two most prominent objects, the rest."""
+    sentences = []
+    counts = class_counts(o.category for o in objects)
+    ordered = sorted(counts, key=lambda c: (-counts[c], classes.index(c) if c in classes else 99, c))
+    if counts:
+        sentences.append(
+            f"An image of a street scene{when} with {join_words([counted(c, counts[c]) for c in ordered])}."
+        )
+    else:
+        sentences.append(f"An image of an empty street scene{when} with no people or vehicles.")
+    ranked = sorted((place(o.category, o.bbox, width, height) for o in objects), key=lambda p: -p.area)
+    for rank, box in enumerate(ranked[:2]):
+        where = "in the centre" if box.side == "centre" else f"on the {box.side}"
+        name = box.category.replace("_", " ")
+        lead = f"The most prominent object is a {name}" if rank == 0 else f"A {name} is"
+        sentences.append(f"{lead} {where}, {box.distance}.")
+    if len(ranked) > 2:
+        rest = class_counts(box.category for box in ranked[2:])
+        sentences.append(
+            f"Further away {'is' if sum(rest.values()) == 1 else 'are'} "
+            f"{join_words([counted(c, n) for c, n in sorted(rest.items())])}."
+        )
+    return sentences
+
+
 class TemplateCaptioner:
     """Deterministic captions; ``source`` is what lands in ``caption_source``."""
 
@@ -45,7 +82,7 @@ class TemplateCaptioner:
         self.spec = spec
 
     def caption(self, sample: Sample) -> str:
-        spec, sentences = self.spec, []
+        spec = self.spec
         arrays = {name: image.to_array() for name, image in sample.images.items()}
         rgb_name = next((m.name for m in spec.modalities if m.channels == 3), None)
         when = ""
@@ -53,28 +90,11 @@ class TemplateCaptioner:
             luma = _luma(arrays[rgb_name])
             when = " at night" if luma < 0.22 else " at dusk" if luma < 0.33 else " in daylight"
         counts = class_counts(o.category for o in sample.objects)
-        ordered = sorted(counts, key=lambda c: (-counts[c], spec.classes.index(c) if c in spec.classes else 99, c))
-        if counts:
-            sentences.append(
-                f"An image of a street scene{when} with {join_words([counted(c, counts[c]) for c in ordered])}."
-            )
-        else:
-            sentences.append(f"An image of an empty street scene{when} with no people or vehicles.")
         ranked = sorted(
             ((o, place(o.category, o.bbox, sample.width, sample.height)) for o in sample.objects),
             key=lambda pair: -pair[1].area,
         )
-        for rank, (_, box) in enumerate(ranked[:2]):
-            where = "in the centre" if box.side == "centre" else f"on the {box.side}"
-            name = box.category.replace("_", " ")
-            lead = f"The most prominent object is a {name}" if rank == 0 else f"A {name} is"
-            sentences.append(f"{lead} {where}, {box.distance}.")
-        if len(ranked) > 2:
-            rest = class_counts(box.category for _, box in ranked[2:])
-            sentences.append(
-                f"Further away {'is' if sum(rest.values()) == 1 else 'are'} "
-                f"{join_words([counted(c, n) for c, n in sorted(rest.items())])}."
-            )
+        sentences = layout_sentences(sample.objects, sample.width, sample.height, when, spec.classes)
         for modality in spec.modalities:
             if modality.name == "thermal" and sample.objects:
                 warm = _warm_classes(sample, arrays["thermal"], modality.max_value)

@@ -25,7 +25,7 @@ from diffx.shards.reader import ShardSet
 
 log = logging.getLogger(__name__)
 
-GATES = ("ingest", "captions", "vae")
+GATES = ("ingest", "captions", "vae", "generated")
 
 
 class GateFailed(DiffxError):
@@ -195,7 +195,38 @@ def _ingest_tables(config: DiffxConfig, data: str) -> tuple[dict[str, Any], int,
         "samples": (samples, suites.sample_suite(shard_set.spec, config.quality.ingest, histogram_columns), "id"),
         "shards": (shard_table(shard_set), suites.shard_suite(), "shard"),
     }
-    return tables, len(samples), {"reference_histograms": reference}
+    means = {m.name: round(float(samples[f"{m.name}_mean"].mean()), 6) for m in shard_set.spec.modalities}
+    return tables, len(samples), {"reference_histograms": reference, "reference_means": means}
+
+
+def _generated_tables(config: DiffxConfig, data: str) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    cfg = config.quality.generated
+    try:
+        real = fsio.read_json(cfg.reference)
+    except FileNotFoundError:
+        raise DataError(cfg.reference, "the ingest gate's report (real-data references) is missing") from None
+    shard_set = ShardSet(data)
+    samples, _ = sample_table(shard_set, workers=config.quality.workers, reference=real.get("reference_histograms"))
+    histogram_columns = [c for c in samples.columns if c.endswith("_hist_distance")]
+    contrast_columns = [f"{m}_box_contrast" for m in cfg.honoured if f"{m}_box_contrast" in samples.columns]
+    suite = suites.generated_suite(
+        shard_set.spec, cfg, histogram_columns, real.get("reference_means", {}), contrast_columns
+    )
+    tables = {"samples": (samples, suite, "id"), "shards": (shard_table(shard_set), suites.shard_suite(), "shard")}
+    honoured = {
+        c: round(
+            float(
+                (
+                    (samples[c] > 0)
+                    if cfg.honoured[c.removesuffix("_box_contrast")] == "positive"
+                    else (samples[c] < 0)
+                ).mean()
+            ),
+            4,
+        )
+        for c in contrast_columns
+    }
+    return tables, len(samples), {"honoured_share": honoured}
 
 
 def _caption_tables(config: DiffxConfig, data: str) -> tuple[dict[str, Any], int, dict[str, Any]]:
@@ -228,11 +259,16 @@ def _vae_tables(config: DiffxConfig, data: str) -> tuple[dict[str, Any], int, di
     return {"reconstruction": (pd.DataFrame(rows), suites.vae_suite(), "modality")}, len(rows), {}
 
 
-BUILDERS = {"ingest": _ingest_tables, "captions": _caption_tables, "vae": _vae_tables}
+BUILDERS = {"ingest": _ingest_tables, "captions": _caption_tables, "vae": _vae_tables, "generated": _generated_tables}
 
 
 def default_input(gate: str, config: DiffxConfig) -> str:
-    return {"ingest": config.ingest.output, "captions": config.refine.output, "vae": config.vae.metrics}[gate]
+    return {
+        "ingest": config.ingest.output,
+        "captions": config.refine.output,
+        "vae": config.vae.metrics,
+        "generated": config.generate.output,
+    }[gate]
 
 
 def run_gate(gate: str, config: DiffxConfig, data: str | None = None) -> GateReport:

@@ -46,7 +46,13 @@ def w1_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _image_stats(
-    name: str, data: bytes | None, spec_mode: str, max_value: int, width: int, height: int
+    name: str,
+    data: bytes | None,
+    spec_mode: str,
+    max_value: int,
+    width: int,
+    height: int,
+    objects: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray | None, bytes]:
     """Stats of one modality image; ``decodable`` False (and NaN stats) when the bytes do not decode."""
     out: dict[str, Any] = {
@@ -82,7 +88,24 @@ def _image_stats(
         }
     )
     grey = values if values.ndim == 2 else None
+    if grey is not None and objects and array.shape[:2] == (height, width):
+        out[f"{name}_box_contrast"] = box_contrast(grey, objects)
     return out, (histogram(grey) if grey is not None else None), np.ascontiguousarray(array).tobytes()
+
+
+def box_contrast(values: np.ndarray, objects: list[dict[str, Any]]) -> float:
+    """Mean inside the boxes minus the median of the frame: warm objects (thermal) > 0, near ones (depth) < 0.
+
+    How far a generated sample honoured its layout can be read from this without a detector: the objects
+    must stand out from the background the way they do in the real data.
+    """
+    inside = np.zeros(values.shape, dtype=bool)
+    for obj in objects:
+        x0, y0, x1, y1 = (round(v) if math.isfinite(v) else 0 for v in obj["bbox"])
+        inside[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
+    if not inside.any():
+        return math.nan
+    return float(values[inside].mean() - np.median(values))
 
 
 def _box_stats(objects: list[dict[str, Any]], width: int, height: int, classes: tuple[str, ...]) -> dict[str, Any]:
@@ -122,7 +145,13 @@ def _row_stats(
     for modality in spec.modalities:
         cell = row.get(modality.name)
         image_stats, hist, pixels = _image_stats(
-            modality.name, cell["bytes"] if cell else None, modality.pil_mode, modality.max_value, width, height
+            modality.name,
+            cell["bytes"] if cell else None,
+            modality.pil_mode,
+            modality.max_value,
+            width,
+            height,
+            row.get("objects") or [],
         )
         stats.update(image_stats)
         content.update(pixels)

@@ -11,7 +11,7 @@ import re
 import great_expectations as gx
 from great_expectations.expectations import Expectation
 
-from diffx.config import CaptionGateConfig, ImageGateConfig, VaeGateConfig
+from diffx.config import CaptionGateConfig, GeneratedGateConfig, ImageGateConfig, VaeGateConfig
 from diffx.data.spec import DatasetSpec
 
 E = gx.expectations
@@ -133,3 +133,34 @@ def vae_suite() -> list[Expectation]:
 
 def vae_floors(cfg: VaeGateConfig, modality: str) -> tuple[float, float]:
     return cfg.min_psnr.get(modality, cfg.default_min_psnr), cfg.min_ssim
+
+
+def generated_suite(
+    spec: DatasetSpec,
+    cfg: GeneratedGateConfig,
+    histogram_columns: list[str],
+    real_means: dict[str, float],
+    contrast_columns: list[str],
+) -> list[Expectation]:
+    """The per-sample image checks, plus: modality means near the real data's, and the layout honoured."""
+    out = sample_suite(spec, cfg, histogram_columns)
+    for name, mean in sorted(real_means.items()):
+        out.append(
+            _why(
+                E.ExpectColumnMeanToBeBetween(
+                    column=f"{name}_mean", min_value=mean - cfg.max_mean_shift, max_value=mean + cfg.max_mean_shift
+                ),
+                f"{name}: the generated set's mean level is far from the real data's",
+            )
+        )
+    for column in contrast_columns:
+        name = column.removesuffix("_box_contrast")
+        sign = cfg.honoured[name]
+        bound = {"min_value": cfg.min_contrast} if sign == "positive" else {"max_value": -cfg.min_contrast}
+        out.append(
+            _why(
+                E.ExpectColumnValuesToBeBetween(column=column, mostly=cfg.min_honoured_share, **bound),
+                f"{name}: too few samples show their objects where the layout put them",
+            )
+        )
+    return out

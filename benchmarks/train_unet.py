@@ -1,0 +1,143 @@
+"""DiffX-UNet forward + backward throughput (samples/s), and trainable vs total parameters.
+
+Demo config (3 levels, 64-128 channels, MiniLM width 384, 20x16 latents) and the paper config (SD v1.x UNet:
+320/640/1280/1280, 768-d text, 64x64 latents = 512 px, 30 box slots, base frozen as the paper does). On CUDA
+it also compares fp32 with bf16 autocast, SDPA attention (diffusers' default) and torch.compile.
+Prints one JSON document.
+
+    python benchmarks/train_unet.py [--steps 3] [--skip-paper]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from typing import Any
+
+import torch
+
+from diffx.models.unet import DiffXUNet
+
+DEMO = {
+    "block_out_channels": (64, 128, 128),
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "layers_per_block": 1,
+    "cross_attention_dim": 384,
+    "phrase_dim": 384,
+    "norm_num_groups": 32,
+}
+PAPER: dict[str, Any] = {}  # DiffXUNet's defaults are SD v1.x's UNet
+
+
+def _batch(
+    batch: int, latent_hw: tuple[int, int], text_dim: int, phrase_dim: int, tokens: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.rand(batch, 30, 4, generator=g)
+    boxes = torch.cat([boxes[..., :2].minimum(boxes[..., 2:]), boxes[..., :2].maximum(boxes[..., 2:])], -1)
+    data = {
+        "sample": torch.randn(batch, 4, *latent_hw, generator=g),
+        "timestep": torch.randint(0, 1000, (batch,)),
+        "text_states": torch.randn(batch, tokens, text_dim, generator=g),
+        "text_mask": torch.ones(batch, tokens),
+        "boxes": boxes,
+        "phrases": torch.randn(batch, 30, phrase_dim, generator=g),
+        "box_mask": (torch.rand(batch, 30, generator=g) > 0.5).float(),
+    }
+    return {k: v.to(device) for k, v in data.items()}
+
+
+def measure(
+    config: dict[str, Any],
+    *,
+    batch: int,
+    latent_hw: tuple[int, int],
+    tokens: int,
+    steps: int,
+    device: torch.device,
+    freeze: bool,
+    bf16: bool = False,
+    compile_model: bool = False,
+) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = DiffXUNet(sample_size=latent_hw[0], **config).to(device)
+    if freeze:
+        model.freeze_base()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    forward = torch.compile(model) if compile_model else model
+    data = _batch(batch, latent_hw, model.config.cross_attention_dim, model.config.phrase_dim, tokens, device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = forward(**data).float().pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up (allocator, kernels, compile)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    return {
+        "device": str(device),
+        "batch": batch,
+        "latent": list(latent_hw),
+        "steps_timed": steps,
+        "seconds_per_step": round(elapsed / steps, 3),
+        "samples_per_s": round(steps * batch / elapsed, 2),
+        "params_total_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "params_trainable_m": round(sum(p.numel() for p in params) / 1e6, 2),
+        "bf16": bf16,
+        "compiled": compile_model,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--skip-paper", action="store_true")
+    args = parser.parse_args()
+    cpu = torch.device("cpu")
+    result: dict[str, Any] = {
+        "benchmark": "train_unet",
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpus": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+    }
+    result["demo_cpu"] = measure(
+        DEMO, batch=16, latent_hw=(16, 20), tokens=96, steps=args.steps, device=cpu, freeze=False
+    )
+    if not args.skip_paper:
+        result["paper_512_frozen_base_cpu"] = measure(
+            PAPER, batch=1, latent_hw=(64, 64), tokens=248, steps=1, device=cpu, freeze=True
+        )
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        for name, extra in {
+            "fp32": {},
+            "bf16": {"bf16": True},
+            "bf16_compile": {"bf16": True, "compile_model": True},
+        }.items():
+            result[f"paper_512_frozen_base_cuda_{name}"] = measure(
+                PAPER, batch=8, latent_hw=(64, 64), tokens=248, steps=args.steps * 3, device=gpu, freeze=True, **extra
+            )
+    else:
+        result["cuda"] = "not available on this machine: bf16 / SDPA / torch.compile comparison skipped"
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""Stage ``generate``: execute a plan into synthetic Parquet shards, resumably and in parallel.
+
+A shard is a pure function of (plan rows, model digest, sampler settings), named by its index and keyed by
+a plan key that hashes exactly that. A worker skips a shard whose file and sidecar record are complete
+for the same key, takes an exclusive lock before generating one (so two workers never race on a shard),
+and writes it under a temporary name renamed when complete: a SIGKILL at any moment leaves either
+nothing or a complete shard. The manifest is written only once every planned shard is complete.
+Scale-out: ``--rank/--world-size`` gives worker r the shards with index % world_size == r (Slurm,
+Kubernetes, torchrun); any number of such workers, started in any order, converge on the same set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from diffx import fsio
+from diffx.config import DiffxConfig
+from diffx.data.images import encode_png
+from diffx.data.sample import BoxObject, Sample
+from diffx.data.spec import DatasetSpec
+from diffx.errors import ConfigError
+from diffx.models.mpvae import MPVAE
+from diffx.models.text import TextEncoder
+from diffx.models.unet import DiffXUNet
+from diffx.sample.pipeline import DiffXPipeline, LayoutRequest
+from diffx.sample.planner import read_plan
+from diffx.shards.manifest import MANIFEST_NAME, ShardRecord, new_manifest, write_manifest
+from diffx.shards.writer import ShardSetWriter
+from diffx.train.unet import MODEL_CARD
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerateResult:
+    output: str
+    shards_done: int = 0
+    shards_skipped: int = 0
+    shards_busy: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+    model_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    complete: bool = False
+    shard_seconds: list[float] = field(default_factory=list)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "output": self.output,
+            "complete": self.complete,
+            "shards_generated": self.shards_done,
+            "shards_skipped_complete": self.shards_skipped,
+            "shards_locked_by_others": self.shards_busy,
+            "samples_generated": self.samples,
+            "samples_per_second": round(self.samples / self.seconds, 3) if self.seconds else None,
+            "model_share": round(self.model_seconds / self.seconds, 3) if self.seconds else None,
+        }
+
+
+def model_digest(unet: str, vae: str) -> str:
+    digest = hashlib.sha256()
+    for folder in (unet, vae):
+        for file in sorted(Path(folder).glob("*.safetensors")) + sorted(Path(folder).glob("*.json")):
+            digest.update(file.name.encode())
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def plan_key(rows: list[dict[str, Any]], model_id: str, sampler: dict[str, Any]) -> str:
+    text = json.dumps({"rows": rows, "model": model_id, "sampler": sampler}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@contextlib.contextmanager
+def shard_lock(root: str, split: str, index: int) -> Iterator[bool]:
+    """Exclusive per-shard lock (O_EXCL file with host and pid); a lock whose process died is broken.
+
+    Object stores have no atomic create-if-absent through fsspec, so remote outputs rely on the rank
+    partition and the atomic rename instead (a second writer only ever rewrites identical bytes).
+    """
+    local = fsio.local_path(root)
+    if local is None:
+        yield True
+        return
+    path = Path(local) / split / f".part-{index:05d}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    owner = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            host, _, pid = path.read_text().partition(" ") if path.exists() else ("", "", "")
+            alive = host != socket.gethostname() or (pid.isdigit() and _pid_alive(int(pid)))
+            if alive:
+                yield False
+                return
+            path.unlink(missing_ok=True)  # stale: its process was killed
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(owner)
+        try:
+            yield True
+        finally:
+            path.unlink(missing_ok=True)
+        return
+    yield False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _to_png(array: np.ndarray, bit_depth: int, source: str) -> Any:
+    values = np.clip(array, 0.0, 1.0)
+    if values.shape[0] == 3:
+        return encode_png((values.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8), source)
+    if bit_depth == 16:
+        return encode_png((values[0] * 65535 + 0.5).astype(np.uint16), source)
+    return encode_png((values[0] * 255 + 0.5).astype(np.uint8), source)
+
+
+class Generator:
+    """Models loaded once per worker; ``shard`` turns one shard's plan rows into samples."""
+
+    def __init__(self, config: DiffxConfig, spec: DatasetSpec):
+        options = config.generate
+        card_path = Path(options.unet) / MODEL_CARD
+        if not card_path.is_file():
+            raise ConfigError(f"{options.unet}: no {MODEL_CARD}; is this a train_unet output?")
+        card = json.loads(card_path.read_text())
+        if list(card["modalities"]) != list(spec.modality_names) or list(card["classes"]) != list(spec.classes):
+            raise ConfigError(
+                f"{options.plan}: the plan is for modalities {list(spec.modality_names)} and classes "
+                f"{list(spec.classes)}, the model {options.unet} was trained for {card['modalities']} "
+                f"and {card['classes']}; refusing before any work"
+            )
+        self.device = torch.device(
+            "cuda"
+            if options.device == "auto" and torch.cuda.is_available()
+            else "cpu"
+            if options.device == "auto"
+            else options.device
+        )
+        self.spec, self.options = spec, options
+        vae = MPVAE.from_pretrained(card["vae"]).to(self.device)
+        unet = DiffXUNet.from_pretrained(options.unet).to(self.device)
+        text = TextEncoder(
+            card["text_encoder"],
+            max_tokens=card["max_tokens"],
+            tokenizer=card.get("text_tokenizer"),
+            device=self.device,
+        )
+        self.pipeline = DiffXPipeline(vae, unet, text, spec.classes, card["max_objects"], self.device)
+        self.model_id = model_digest(options.unet, card["vae"])
+        self.sampler = options.sampler.model_dump()
+        self.encoder = ThreadPoolExecutor(max_workers=1)  # PNG encoding overlaps the next batch's sampling
+        self.model_seconds = 0.0
+        self.encode_seconds = 0.0
+
+    def _encode(self, rows: list[dict[str, Any]], images: dict[str, np.ndarray]) -> list[Sample]:
+        started = time.perf_counter()
+        out = []
+        for i, row in enumerate(rows):
+            encoded = {
+                m.name: _to_png(images[m.name][i], m.bit_depth, f"{row['id']}:{m.name}") for m in self.spec.modalities
+            }
+            objects = [BoxObject(tuple(o["bbox"]), o["category"], int(o["category_id"])) for o in row["objects"]]
+            out.append(
+                Sample(
+                    row["id"],
+                    self.options.split,
+                    int(row["width"]),
+                    int(row["height"]),
+                    encoded,
+                    objects,
+                    caption=row["caption"],
+                    caption_source=row["caption_source"],
+                    provenance={
+                        "seed": int(row["seed"]),
+                        "source_id": row["source_id"],
+                        "model_id": self.model_id,
+                        "sampler": self.sampler["sampler"],
+                        "steps": self.sampler["steps"],
+                        "guidance": float(self.sampler["guidance"]),
+                    },
+                )
+            )
+        self.encode_seconds += time.perf_counter() - started
+        return out
+
+    def shard(self, rows: list[dict[str, Any]]) -> list[Sample]:
+        pending: list[Future[list[Sample]]] = []
+        batch = self.options.batch_size
+        for start in range(0, len(rows), batch):
+            chunk = rows[start : start + batch]
+            by_size: dict[tuple[int, int], list[int]] = {}
+            for i, row in enumerate(chunk):
+                by_size.setdefault((row["height"], row["width"]), []).append(i)
+            images: dict[str, list[np.ndarray | None]] = {m: [None] * len(chunk) for m in self.spec.modality_names}
+            tick = time.perf_counter()
+            for (height, width), members in by_size.items():
+                requests = [
+                    LayoutRequest(
+                        chunk[i]["caption"] or "",
+                        torch.tensor([o["bbox"] for o in chunk[i]["objects"]], dtype=torch.float32).reshape(-1, 4),
+                        torch.tensor([o["category_id"] for o in chunk[i]["objects"]], dtype=torch.long),
+                        height,
+                        width,
+                        int(chunk[i]["seed"]),
+                    )
+                    for i in members
+                ]
+                drawn = self.pipeline(
+                    requests,
+                    sampler=self.sampler["sampler"],
+                    steps=self.sampler["steps"],
+                    guidance=self.sampler["guidance"],
+                )
+                for name, tensor in drawn.items():
+                    for k, i in enumerate(members):
+                        images[name][i] = tensor[k].cpu().numpy()
+            self.model_seconds += time.perf_counter() - tick
+            pending.append(self.encoder.submit(self._encode, chunk, {k: v for k, v in images.items()}))  # type: ignore[arg-type]
+        return [sample for future in pending for sample in future.result()]
+
+
+def generate(config: DiffxConfig, *, rank: int = 0, world_size: int = 1, progress: bool = True) -> GenerateResult:
+    started = time.perf_counter()
+    options = config.generate
+    rows, spec, _ = read_plan(options.plan)
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"--rank {rank} is outside --world-size {world_size}")
+    by_shard: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_shard.setdefault(int(row["shard"]), []).append(row)
+    for shard_rows in by_shard.values():
+        shard_rows.sort(key=lambda r: r["row"])
+    generator = Generator(config, spec)  # refuses a model/plan mismatch before any work
+    # provenance by content: the models' digest and the sampler (paths to the plan or models are not content)
+    content_hash = hashlib.sha256(f"{generator.model_id}{sorted(generator.sampler.items())}".encode()).hexdigest()[:16]
+    writer = ShardSetWriter(options.output, spec, generated=True, params_hash=content_hash)
+    result = GenerateResult(options.output)
+    mine = [s for s in sorted(by_shard) if s % world_size == rank]
+    keys = {s: plan_key(by_shard[s], generator.model_id, generator.sampler) for s in by_shard}
+    _retire_stale(writer, options.split, keys)
+    bar = tqdm(
+        total=sum(len(by_shard[s]) for s in mine),
+        desc=f"generate (rank {rank}/{world_size})",
+        unit="sample",
+        disable=not progress,
+        mininterval=1.0,
+    )
+    for index in mine:
+        record = writer.completed_record(options.split, index)
+        if record is not None and record.plan_key == keys[index]:
+            result.shards_skipped += 1
+            bar.update(len(by_shard[index]))
+            continue
+        with shard_lock(options.output, options.split, index) as mine_now:
+            if not mine_now:
+                result.shards_busy += 1
+                continue
+            tick = time.perf_counter()
+            samples = generator.shard(by_shard[index])
+            writer.write_shard(options.split, index, samples, plan_key=keys[index])
+            result.shards_done += 1
+            result.samples += len(samples)
+            result.shard_seconds.append(time.perf_counter() - tick)
+            bar.update(len(samples))
+    bar.close()
+    result.model_seconds, result.encode_seconds = generator.model_seconds, generator.encode_seconds
+    records: list[ShardRecord] = []
+    for index in sorted(by_shard):
+        record = writer.completed_record(options.split, index)
+        if record is None or record.plan_key != keys[index]:
+            break
+        records.append(record)
+    result.complete = len(records) == len(by_shard)
+    if result.complete:  # every rank may get here; the manifest's content is the same whoever writes it
+        write_manifest(options.output, new_manifest(spec, records, generated=True, params_hash=content_hash))
+    result.seconds = time.perf_counter() - started
+    fsio.write_json_atomic(options.report, result.report())
+    log.info(
+        "generate rank %d/%d: %d shards generated, %d already complete, %d locked elsewhere; %s",
+        rank,
+        world_size,
+        result.shards_done,
+        result.shards_skipped,
+        result.shards_busy,
+        "shard set complete" if result.complete else "shard set not complete yet",
+    )
+    return result
+
+
+def _retire_stale(writer: ShardSetWriter, split: str, keys: dict[int, str]) -> None:
+    """A manifest for another plan goes first (the set must not look complete while shards change), then
+    shards the plan no longer has."""
+    fs, root = writer.fs, writer.root_path
+    manifest = f"{root}/{MANIFEST_NAME}"
+    if fs.exists(manifest):
+        current = all((r := writer.completed_record(split, i)) is not None and r.plan_key == k for i, k in keys.items())
+        if not current:
+            fs.rm(manifest)
+    folder = f"{root}/{split}"
+    if fs.exists(folder):
+        for entry in fs.ls(folder, detail=False):
+            name = entry.rsplit("/", 1)[-1]
+            if name.startswith(("part-", "_part-")) and int(name.split("-")[1].split(".")[0]) not in keys:
+                fs.rm(entry)
+
+
+def planned_ids(plan_path: str) -> list[str]:
+    rows, _, _ = read_plan(plan_path)
+    return [r["id"] for r in rows]

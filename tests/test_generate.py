@@ -1,0 +1,294 @@
+"""Planning and generation: targets, determinism, provenance, SIGKILL + resume, concurrent workers, refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from diffx.config import DiffxConfig, parse_config
+from diffx.data.spec import DatasetSpec, ModalitySpec
+from diffx.errors import ConfigError, DataError
+from diffx.models.mpvae import MPVAE
+from diffx.sample.generate import generate
+from diffx.sample.planner import plan, read_plan
+from diffx.shards.dataset import ShardDataset
+from diffx.shards.reader import ShardSet
+from diffx.shards.validate import validate_shard_set
+from diffx.shards.writer import ShardSetWriter
+from diffx.train.unet import train_unet
+
+from .conftest import DEMO_SPEC, make_sample
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Captioned shards, a tiny MP-VAE and a 1-step DiffX-UNet saved by the real train_unet stage."""
+    root = tmp_path_factory.mktemp("generate")
+    writer = ShardSetWriter(str(root / "captioned"), DEMO_SPEC)
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(10):
+        boxes = [("car", [1, 2, 9, 8]), ("person", [10, 3, 14, 15])] + (
+            [("bicycle", [2, 9, 8, 15])] if i % 3 == 0 else []
+        )
+        sample = make_sample(f"t{i}", "train", width=16, height=16, seed=int(rng.integers(1000)), boxes=boxes)
+        samples.append(
+            dataclasses.replace(
+                sample, caption=f"An image of a street scene at night, number {i}.", caption_source="template"
+            )
+        )
+    writer.finalize(
+        writer.write_split("train", samples[:8], 4)
+        + writer.write_split("val", [dataclasses.replace(s, split="val") for s in samples[8:]], 4)
+    )
+    torch.manual_seed(0)
+    MPVAE(
+        modalities=("rgb", "thermal", "depth"),
+        channels=(3, 1, 1),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        scaling_factor=0.5,
+    ).save_pretrained(root / "vae")
+    train_unet(parse_config(_params(root, root / "run")), progress=False)
+    return root
+
+
+def _params(world: Path, work: Path, spec: DatasetSpec = DEMO_SPEC, **plan: Any) -> dict[str, Any]:
+    return {
+        "data": {"modalities": [m.model_dump() for m in spec.modalities], "classes": list(spec.classes)},
+        "ingest": {
+            "source": {
+                "format": "coco_folders",
+                "root": str(work),
+                "modalities": {"rgb": "rgb"},
+                "annotations": {"train": "a.json"},
+            }
+        },
+        "unet": {
+            "data": str(world / "captioned"),
+            "vae": str(world / "vae"),
+            "max_tokens": 16,
+            "max_objects": 4,
+            "model": {
+                "block_out_channels": [32, 64],
+                "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+                "layers_per_block": 1,
+                "norm_num_groups": 8,
+            },
+            "train": {"steps": 1, "batch_size": 4, "ema_decay": None, "device": "cpu"},
+            "preview": {"steps": 1},
+            "preview_samples": 1,
+            "output": str(world / "unet"),
+            "checkpoints": str(work / "ckpt"),
+            "metrics": str(work / "unet.json"),
+            "plots": str(work / "u.csv"),
+            "grid": str(work / "preview.png"),
+        },
+        "plan": {
+            "source": str(world / "captioned"),
+            "num_samples": 12,
+            "rows_per_shard": 2,
+            "max_objects": 4,
+            "output": str(work / "plan.parquet"),
+            "report": str(work / "plan.json"),
+            **plan,
+        },
+        "generate": {
+            "plan": str(work / "plan.parquet"),
+            "unet": str(world / "unet"),
+            "batch_size": 2,
+            "device": "cpu",
+            "sampler": {"sampler": "ddim", "steps": 3, "guidance": 2.0},
+            "output": str(work / "synthetic"),
+            "report": str(work / "generate.json"),
+        },
+    }
+
+
+def _config(world: Path, work: Path, **plan: Any) -> DiffxConfig:
+    return parse_config(_params(world, work, **plan))
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((root / "train").glob("part-*.parquet"))}
+
+
+def test_plan_meets_class_targets_and_is_deterministic(world: Path, tmp_path: Path) -> None:
+    report = plan(_config(world, tmp_path, num_samples=40, class_targets={"bicycle": 2.0}))
+    assert report["per_sample_planned"]["bicycle"] >= 1.8 * report["per_sample_real"]["bicycle"]
+    first = (tmp_path / "plan.parquet").read_bytes()
+    plan(_config(world, tmp_path, num_samples=40, class_targets={"bicycle": 2.0}))
+    assert (tmp_path / "plan.parquet").read_bytes() == first
+    rows, spec, per_shard = read_plan(str(tmp_path / "plan.parquet"))
+    assert len(rows) == 40 and per_shard == 2 and spec == DEMO_SPEC and len({r["seed"] for r in rows}) == 40
+    for row in rows:
+        for obj in row["objects"]:
+            x0, y0, x1, y1 = obj["bbox"]
+            assert 0 <= x0 < x1 <= row["width"] and 0 <= y0 < y1 <= row["height"]
+        if row["edited"]:
+            assert row["caption"].startswith("An image of a street scene at night")  # re-templated, time kept
+    with pytest.raises(DataError, match="unknown classes"):
+        plan(_config(world, tmp_path, class_targets={"zebra": 2.0}))
+
+
+def test_user_layouts_from_jsonl(world: Path, tmp_path: Path) -> None:
+    layouts = tmp_path / "layouts.jsonl"
+    layouts.write_text(
+        json.dumps(
+            {
+                "width": 16,
+                "height": 16,
+                "caption": "An image of one car.",
+                "objects": [{"bbox": [2, 2, 10, 10], "category": "car"}],
+            }
+        )
+        + "\n"
+    )
+    plan(_config(world, tmp_path, layouts=str(layouts), num_samples=3, flip=0, jitter=0, box_dropout=0))
+    rows, _, _ = read_plan(str(tmp_path / "plan.parquet"))
+    assert [r["caption"] for r in rows] == ["An image of one car."] * 3 and rows[0]["caption_source"] == "human"
+    layouts.write_text(
+        '{"width": 16, "height": 16, "objects": [{"bbox": [1, 1, 5, 5], "category": "car"}]}\n{"width": 16}\n'
+    )
+    with pytest.raises(DataError, match=r"layouts.jsonl:2"):
+        plan(_config(world, tmp_path, layouts=str(layouts)))
+
+
+def test_generate_writes_a_valid_set_with_provenance(world: Path, tmp_path: Path) -> None:
+    config = _config(world, tmp_path)
+    plan(config)
+    result = generate(config, progress=False)
+    assert result.complete and result.shards_done == 6 and result.samples == 12
+    report = validate_shard_set(str(tmp_path / "synthetic"))
+    assert report.ok and report.rows == 12, report.problems
+    shard_set = ShardSet(str(tmp_path / "synthetic"))
+    assert shard_set.manifest.generated
+    rows, _, _ = read_plan(str(tmp_path / "plan.parquet"))
+    samples = list(shard_set.iter_samples())
+    assert [s.id for s in samples] == [r["id"] for r in rows]
+    first = samples[0]
+    assert first.provenance["sampler"] == "ddim" and first.provenance["steps"] == 3 and first.provenance["model_id"]
+    assert first.provenance["seed"] == rows[0]["seed"] and first.provenance["source_id"] == rows[0]["source_id"]
+    assert first.images["depth"].mode == "I;16" and first.images["thermal"].mode == "L"
+    item = ShardDataset(str(tmp_path / "synthetic"), "train")[0]  # what a detector team loads
+    assert item["images"]["rgb"].shape == (3, 16, 16) and item["boxes"].shape[1] == 4
+    again = generate(config, progress=False)
+    assert again.shards_done == 0 and again.shards_skipped == 6  # rerun: nothing recomputed
+
+
+def _command(params: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "diffx.cli", "generate", "--params", str(params), "--no-progress", *extra]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count everywhere: float reductions in the same order
+
+
+def _reference(world: Path, tmp_path: Path) -> Path:
+    """An uninterrupted run, in a worker process like the others, for bit-for-bit comparison."""
+    work = tmp_path / "reference"
+    work.mkdir()
+    raw = _params(world, work)
+    (work / "params.yaml").write_text(yaml.safe_dump(raw))
+    plan(parse_config(raw))
+    subprocess.run(_command(work / "params.yaml"), env=ENV, check=True, capture_output=True, timeout=600)
+    return work
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_planned_set(world: Path, tmp_path: Path) -> None:
+    reference = _reference(world, tmp_path)
+    work = tmp_path / "killed"
+    raw = _params(world, work)
+    params = work / "params.yaml"
+    work.mkdir()
+    params.write_text(yaml.safe_dump(raw))
+    plan(parse_config(raw))
+    env = ENV
+    rng = np.random.default_rng(7)
+    for _ in range(4):
+        proc = subprocess.Popen(_command(params), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(float(rng.uniform(2.0, 9.0)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (work / "synthetic" / "_manifest.json").exists() or validate_shard_set(str(work / "synthetic")).ok
+    done = subprocess.run(_command(params), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = validate_shard_set(str(work / "synthetic"))
+    assert report.ok and report.rows == 12, report.problems
+    assert _digests(work / "synthetic") == _digests(reference / "synthetic")  # bit-for-bit the uninterrupted set
+    leftovers = [p.name for p in (work / "synthetic" / "train").iterdir() if ".tmp-" in p.name or p.suffix == ".lock"]
+    assert not leftovers
+
+
+def test_concurrent_workers_never_make_two_files_and_ranks_partition(world: Path, tmp_path: Path) -> None:
+    reference = _reference(world, tmp_path)
+    env = ENV
+    for name, extras in {
+        "same": [[], []],
+        "ranks": [["--rank", "0", "--world-size", "2"], ["--rank", "1", "--world-size", "2"]],
+    }.items():
+        work = tmp_path / name
+        work.mkdir()
+        raw = _params(world, work)
+        (work / "params.yaml").write_text(yaml.safe_dump(raw))
+        plan(parse_config(raw))
+        procs = [
+            subprocess.Popen(
+                _command(work / "params.yaml", *extra),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for extra in extras
+        ]
+        outputs = [p.communicate(timeout=600) for p in procs]
+        assert all(p.returncode == 0 for p in procs), outputs
+        if name == "ranks":  # the last rank to finish sees every shard complete; a plain rerun finalises otherwise
+            subprocess.run(_command(work / "params.yaml"), env=env, check=True, capture_output=True, timeout=600)
+        names = sorted(p.name for p in (work / "synthetic" / "train").iterdir())
+        assert [n for n in names if n.endswith(".parquet")] == [f"part-{i:05d}.parquet" for i in range(6)]
+        assert not [n for n in names if ".tmp-" in n or n.endswith(".lock")]
+        assert validate_shard_set(str(work / "synthetic")).ok
+        assert _digests(work / "synthetic") == _digests(reference / "synthetic")
+
+
+def test_a_plan_for_other_modalities_is_refused_before_any_work(world: Path, tmp_path: Path) -> None:
+    rgb_thermal = DatasetSpec(
+        modalities=(ModalitySpec(name="rgb", channels=3), ModalitySpec(name="thermal", channels=1)),
+        classes=DEMO_SPEC.classes,
+    )
+    source = tmp_path / "rt"
+    writer = ShardSetWriter(str(source), rgb_thermal)
+    writer.finalize(
+        writer.write_split(
+            "train",
+            [
+                dataclasses.replace(
+                    make_sample("x", width=16, height=16), caption="An image.", caption_source="template"
+                )
+            ],
+            4,
+        )
+    )
+    raw = _params(world, tmp_path, spec=rgb_thermal)
+    raw["plan"]["source"] = str(source)
+    config = parse_config(raw)
+    plan(config)
+    with pytest.raises(ConfigError, match="refusing before any work"):
+        generate(config, progress=False)
+    assert not (tmp_path / "synthetic").exists()
