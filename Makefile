@@ -34,6 +34,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/quality_gate.py
 	$(BIN)/python benchmarks/train_vae.py
 	$(BIN)/python benchmarks/train_unet.py
+	$(BIN)/python benchmarks/generate.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -46,3 +46,28 @@ def train_vae_task(config: DiffxConfig) -> dict[str, Any]:
     from diffx.train.vae import train_vae
 
     return train_vae(config, progress=False).metrics
+
+
+@task(name="train-unet", retries=0)
+def train_unet_task(config: DiffxConfig) -> dict[str, Any]:
+    from diffx.train.unet import train_unet
+
+    return train_unet(config, progress=False).metrics
+
+
+@task(name="plan", retries=0)
+def plan_task(config: DiffxConfig) -> dict[str, Any]:
+    from diffx.sample.planner import plan
+
+    return plan(config)
+
+
+@task(name="generate-worker", retries=3, retry_delay_seconds=5)
+def generate_worker_task(config: DiffxConfig, rank: int, world_size: int) -> dict[str, Any]:
+    """One worker: loads the models once, takes the shards whose index % world_size == rank.
+
+    Retrying is safe: complete shards are skipped, and a half-written one never has its final name.
+    """
+    from diffx.sample.generate import generate
+
+    return generate(config, rank=rank, world_size=world_size, progress=False).report()

@@ -108,3 +108,66 @@ def test_interactive_run_pauses_for_review_and_applies_the_answer(params: Path) 
     assert decisions[second.id].action == "reject"
     captions = {s.id: (s.caption, s.caption_source) for s in ShardSet(str(params.parent / "captioned")).iter_samples()}
     assert captions[first.id] == ("An image of a reviewed street.", "human")
+
+
+def test_generate_flow_maps_workers_and_completes_the_set(tmp_path: Path) -> None:
+    import yaml
+
+    from diffx.shards.validate import validate_shard_set
+    from flows.generate import generate_flow
+
+    from .test_generate import _params
+    from .test_generate import world as world_fixture
+
+    world = world_fixture.__wrapped__(_Factory(tmp_path))  # the tiny trained models of test_generate
+    work = tmp_path / "flow"
+    work.mkdir()
+    raw = _params(world, work)
+    raw["quality"] = {
+        "reports": str(work / "quality"),
+        "docs": None,
+        "generated": {
+            "reference": str(work / "ingest.json"),
+            "max_hist_distance": 1.0,
+            "max_mean_shift": 1.0,
+            "min_honoured_share": 0.0,
+            "min_std": 0.0,
+            "min_nonzero_fraction": 0.0,
+        },
+    }
+    (work / "ingest.json").write_text('{"reference_histograms": {}, "reference_means": {}}')
+    params = work / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    result = generate_flow(params=str(params), num_samples=8, workers=2)
+    assert result["final"]["complete"] and result["gate"] is True
+    assert sum(r["samples_generated"] for r in result["workers"]) == 8
+    assert validate_shard_set(str(work / "synthetic")).rows == 8
+
+
+class _Factory:
+    """Stands in for pytest's tmp_path_factory when calling the module fixture directly."""
+
+    def __init__(self, base: Path):
+        self.base = base
+
+    def mktemp(self, name: str) -> Path:
+        path = self.base / name
+        path.mkdir()
+        return path
+
+
+def test_prefect_yaml_deployments_load_and_validate() -> None:
+    import yaml
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.flows import load_flow_from_entrypoint
+
+    from .conftest import REPO
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    names = {d["name"] for d in spec["deployments"]}
+    assert {"nightly-generation", "weekly-retrain"} <= names
+    for deployment in spec["deployments"]:
+        flow_obj = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]))
+        flow_obj.validate_parameters(deployment.get("parameters", {}))  # raises on an unknown or mistyped one
+        for schedule in deployment["schedules"]:
+            CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])

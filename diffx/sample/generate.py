@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,6 +45,7 @@ from diffx.shards.writer import ShardSetWriter
 from diffx.train.unet import MODEL_CARD
 
 log = logging.getLogger(__name__)
+_LOAD_LOCK = threading.Lock()  # workers in one process (Prefect's thread runner) load models one after another
 
 
 @dataclass
@@ -163,14 +165,15 @@ class Generator:
             else options.device
         )
         self.spec, self.options = spec, options
-        vae = MPVAE.from_pretrained(card["vae"]).to(self.device)
-        unet = DiffXUNet.from_pretrained(options.unet).to(self.device)
-        text = TextEncoder(
-            card["text_encoder"],
-            max_tokens=card["max_tokens"],
-            tokenizer=card.get("text_tokenizer"),
-            device=self.device,
-        )
+        with _LOAD_LOCK:  # from_pretrained patches torch globally (meta-device init): one load at a time
+            vae = MPVAE.from_pretrained(card["vae"]).to(self.device)
+            unet = DiffXUNet.from_pretrained(options.unet).to(self.device)
+            text = TextEncoder(
+                card["text_encoder"],
+                max_tokens=card["max_tokens"],
+                tokenizer=card.get("text_tokenizer"),
+                device=self.device,
+            )
         self.pipeline = DiffXPipeline(vae, unet, text, spec.classes, card["max_objects"], self.device)
         self.model_id = model_digest(options.unet, card["vae"])
         self.sampler = options.sampler.model_dump()
