@@ -24,7 +24,15 @@ BIN = Path(sys.executable).parent
 
 
 def _run(cwd: Path, *args: str, ok: bool = True) -> str:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "diffx-test",
+        "GIT_AUTHOR_EMAIL": "test@diffx.local",
+        "GIT_COMMITTER_NAME": "diffx-test",
+        "GIT_COMMITTER_EMAIL": "test@diffx.local",
+    }
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert (done.returncode == 0) == ok, f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
@@ -55,8 +63,9 @@ def repo_copy(tmp_path: Path) -> Path:
     params["plan"].update(num_samples=6, rows_per_shard=3)
     params["generate"].update(batch_size=3, sampler={"sampler": "ddim", "steps": 2, "guidance": 2.0})
     # a 2-step model draws noise: the gate's floors are for the demo model, not this one
-    params["quality"]["generated"].update(max_hist_distance=1.0, max_mean_shift=1.0, min_honoured_share=0.0,
-                                          min_std=0.0, min_nonzero_fraction=0.0)
+    params["quality"]["generated"].update(
+        max_hist_distance=1.0, max_mean_shift=1.0, min_honoured_share=0.0, min_std=0.0, min_nonzero_fraction=0.0
+    )
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(work, "git", "init", "-q")
     return work
@@ -102,3 +111,20 @@ def test_a_planted_defect_stops_the_chain_at_its_gate(repo_copy: Path) -> None:
     assert "thermal_std" in out and "demo-train-00005" in out and "blank or constant image" in out
     report = json.loads((repo_copy / "reports" / "quality" / "ingest.json").read_text())
     assert not report["success"] and not (repo_copy / "models" / "vae").exists()
+
+
+def test_exp_run_with_a_changed_param_reruns_only_what_depends_on_it(repo_copy: Path) -> None:
+    _run(repo_copy, "dvc", "pull", "-q", "data.dvc")
+    _run(repo_copy, "dvc", "repro")
+    _run(repo_copy, "git", "add", "-A")
+    _run(repo_copy, "git", "commit", "-qm", "baseline")
+    out = _run(repo_copy, "dvc", "exp", "run", "-S", "plan.num_samples=9")
+    ran = {
+        stage
+        for stage in ("ingest", "caption", "refine", "train_vae", "train_unet", "plan", "generate", "check_generated")
+        if f"Running stage '{stage}'" in out
+    }
+    assert ran == {"plan", "generate", "check_generated"}, out
+    assert validate_shard_set(str(repo_copy / "data" / "synthetic")).rows == 9
+    shown = _run(repo_copy, "dvc", "metrics", "show", "--json")
+    assert "metrics/vae.json" in shown and "reports/generate.json" in shown

@@ -35,7 +35,6 @@ def tiny_word_tokenizer() -> Any:
 
 def tiny_llava(path: Path) -> Path:
     """A 2-layer LLaVA (CLIP vision tower + Llama) with its processor and a word-level tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import (
         CLIPImageProcessorPil,
         CLIPVisionConfig,
@@ -43,22 +42,9 @@ def tiny_llava(path: Path) -> Path:
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
-        PreTrainedTokenizerFast,
     )
 
-    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(
-        [WORDS], trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "<s>", "</s>", "<image>"])
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
+    fast = tiny_word_tokenizer()
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
         tokenizer=fast,
