@@ -4,6 +4,7 @@ which are optional: tests that need them skip cleanly when the folder is absent.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,16 @@ from diffx.data.spec import DatasetSpec
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("DIFFX_REALDATA", REPO.parent / "shared" / "realdata"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_prefect_temporary_server() -> Any:
+    """Stop Prefect's temporary server while pytest's streams are open (its atexit log would hit closed files)."""
+    yield
+    if "prefect.server.api.server" in sys.modules:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        SubprocessASGIServer().stop()
 
 
 @pytest.fixture(scope="session")

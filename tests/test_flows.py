@@ -26,15 +26,6 @@ from flows.captions import caption_flow
 from .conftest import make_config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _stop_temporary_server() -> Any:
-    """Stop Prefect's temporary server while pytest's streams are open (its atexit log would hit closed files)."""
-    yield
-    from prefect.server.api.server import SubprocessASGIServer
-
-    SubprocessASGIServer().stop()
-
-
 @pytest.fixture
 def params(tmp_path: Path) -> Path:
     import yaml

@@ -274,7 +274,9 @@ def test_generated_gate_compares_with_the_real_data(tmp_path: Path, clean: Path)
     with pytest.raises(GateFailed):
         run_gate("generated", config, str(bad))
     failures = _failures(tmp_path, "generated")
-    for key in ("expect_column_mean_to_be_between:thermal_mean",
-                "expect_column_values_to_be_between:thermal_hist_distance",
-                "expect_column_values_to_be_between:thermal_box_contrast"):
+    for key in (
+        "expect_column_mean_to_be_between:thermal_mean",
+        "expect_column_values_to_be_between:thermal_hist_distance",
+        "expect_column_values_to_be_between:thermal_box_contrast",
+    ):
         assert key in failures, sorted(failures)
