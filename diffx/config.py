@@ -405,6 +405,9 @@ class GeneratedGateConfig(ImageGateConfig):
     max_hist_distance: float = Field(default=0.3, ge=0, le=1, description="W1 to the real data's median histogram")
     reference: str = Field(default="reports/quality/ingest.json", description="the ingest gate's report")
     max_mean_shift: float = Field(default=0.15, ge=0, le=1, description="|generated - real| mean of a modality")
+    max_outlier_share: float = Field(
+        default=0.1, ge=0, le=1, description="share of generated samples allowed past max_hist_distance"
+    )
     honoured: dict[str, Literal["positive", "negative"]] = Field(
         default_factory=lambda: {"thermal": "positive"},
         description="sign of (inside boxes - frame median) when objects are where the layout put them; depth is "
