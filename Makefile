@@ -22,6 +22,7 @@ demo: $(VENV)/.installed
 	dvc pull -q data.dvc
 	dvc repro
 	diffx shards validate data/canonical
+	diffx shards validate data/synthetic
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
