@@ -20,7 +20,7 @@ from diffx import fsio
 from diffx.config import DiffxConfig
 from diffx.errors import DataError, DiffxError
 from diffx.quality import suites
-from diffx.quality.stats import sample_table, shard_table
+from diffx.quality.stats import caption_table, sample_table, shard_table
 from diffx.shards.reader import ShardSet
 
 log = logging.getLogger(__name__)
@@ -233,9 +233,8 @@ def _caption_tables(config: DiffxConfig, data: str) -> tuple[dict[str, Any], int
     from diffx.models.text import token_counter
 
     cfg = config.quality.captions
-    samples, _ = sample_table(ShardSet(data), workers=config.quality.workers, count_tokens=token_counter(cfg.tokenizer))
-    columns = ["id", "caption_present", "caption_blank", "caption_tokens", "caption_source"]
-    return {"captions": (samples[columns], suites.caption_suite(cfg), "id")}, len(samples), {}
+    captions = caption_table(ShardSet(data), token_counter(cfg.tokenizer))
+    return {"captions": (captions, suites.caption_suite(cfg), "id")}, len(captions), {}
 
 
 def _vae_tables(config: DiffxConfig, data: str) -> tuple[dict[str, Any], int, dict[str, Any]]:

@@ -1,9 +1,9 @@
-"""Per-sample and per-shard statistics tables, computed in one pass over a shard set.
+"""Per-sample, per-caption and per-shard statistics tables for the quality gates.
 
 The great_expectations suites run over these tables, not over the raw Parquet: one decode per image
-gives every number a gate needs (sizes, modes, pixel statistics, histograms, content hash, box checks,
-caption length), and the table is small enough to keep for the report. Decoding runs on a thread pool
-(PIL and numpy release the GIL), so a gate costs a few per cent of the stage that made the data.
+gives every number an image gate needs (sizes, modes, pixel statistics, histograms, content hash, box
+checks); the captions gate reads only the caption columns and decodes nothing. Decoding runs on a thread
+pool (PIL and numpy release the GIL); one decode pass is the cost floor of checking content.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def _box_stats(objects: list[dict[str, Any]], width: int, height: int, classes: 
 
 
 def _row_stats(
-    row: dict[str, Any], spec: DatasetSpec, shard: str, index: int, count_tokens: Callable[[str], int] | None
+    row: dict[str, Any], spec: DatasetSpec, shard: str, index: int
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     width, height = int(row["width"]), int(row["height"])
     stats: dict[str, Any] = {
@@ -159,11 +159,6 @@ def _row_stats(
             hists[modality.name] = hist
     stats["content_hash"] = content.hexdigest()
     stats.update(_box_stats(row.get("objects") or [], width, height, spec.classes))
-    caption = row.get("caption")
-    stats["caption_present"] = caption is not None
-    stats["caption_blank"] = caption is not None and not caption.strip()
-    stats["caption_source"] = row.get("caption_source")
-    stats["caption_tokens"] = count_tokens(caption) if (count_tokens and caption) else None
     return stats, hists
 
 
@@ -184,7 +179,6 @@ def sample_table(
     shard_set: ShardSet,
     *,
     workers: int = 0,
-    count_tokens: Callable[[str], int] | None = None,
     reference: dict[str, list[float]] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, list[float]]]:
     """One row of statistics per sample, and the reference histogram per grey modality.
@@ -193,12 +187,10 @@ def sample_table(
     per-bin median of this set is used, so one odd sample among many stands out.
     """
     spec = shard_set.spec
-    columns = ["id", "split", "width", "height", *spec.modality_names, "objects", "caption", "caption_source"]
+    columns = ["id", "split", "width", "height", *spec.modality_names, "objects"]
     pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
     try:
-        results = list(
-            pool.map(lambda item: _row_stats(item[2], spec, item[0], item[1], count_tokens), _rows(shard_set, columns))
-        )
+        results = list(pool.map(lambda item: _row_stats(item[2], spec, item[0], item[1]), _rows(shard_set, columns)))
     finally:
         pool.shutdown()
     table = pd.DataFrame([r[0] for r in results])
@@ -216,6 +208,23 @@ def sample_table(
         chosen[name] = [round(float(v), 8) for v in ref]
         table[f"{name}_hist_distance"] = [w1_distance(r[1][name], ref) if name in r[1] else math.nan for r in results]
     return table, chosen
+
+
+def caption_table(shard_set: ShardSet, count_tokens: Callable[[str], int]) -> pd.DataFrame:
+    """One row per sample from the caption columns alone: no image is decoded for the captions gate."""
+    rows = []
+    for _, _, row in _rows(shard_set, ["id", "caption", "caption_source"]):
+        caption = row["caption"]
+        rows.append(
+            {
+                "id": row["id"],
+                "caption_present": caption is not None,
+                "caption_blank": caption is not None and not caption.strip(),
+                "caption_tokens": count_tokens(caption) if caption else None,
+                "caption_source": row["caption_source"],
+            }
+        )
+    return pd.DataFrame(rows, columns=["id", "caption_present", "caption_blank", "caption_tokens", "caption_source"])
 
 
 def shard_table(shard_set: ShardSet) -> pd.DataFrame:
