@@ -107,7 +107,8 @@ def refine(config: DiffxConfig) -> RefineResult:
     shard_set = ShardSet(options.data)
     spec = shard_set.spec
     captions = read_captions(options.captions)
-    samples = list(shard_set.iter_samples())
+    by_shard = [(record, list(shard_set.iter_samples_of(record))) for record in shard_set.manifest.shards]
+    samples = [sample for _, members in by_shard for sample in members]
     ids = {s.id for s in samples}
     missing = sorted(ids - set(captions))
     if missing:
@@ -166,9 +167,8 @@ def refine(config: DiffxConfig) -> RefineResult:
     )
     writer.clear()
     records = []
-    for record in shard_set.manifest.shards:  # keep the canonical shard layout
-        members = [out_samples[s.id] for s in shard_set.iter_samples_of(record)]
-        records.append(writer.write_shard(record.split, record.index, members))
+    for record, members in by_shard:  # keep the canonical shard layout
+        records.append(writer.write_shard(record.split, record.index, [out_samples[s.id] for s in members]))
     writer.finalize(records)
     lines = "".join(
         json.dumps(dataclasses.asdict(q), ensure_ascii=False, sort_keys=True) + "\n"
