@@ -36,6 +36,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/train_vae.py
 	$(BIN)/python benchmarks/train_unet.py
 	$(BIN)/python benchmarks/generate.py
+	$(BIN)/python benchmarks/evaluate.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -228,6 +228,27 @@ def generate_cmd(
     typer.echo(json.dumps(result.report()))
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    params: ParamsOption = Path("params.yaml"),
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Stage evaluate: FID/KID/precision/recall, cross-modal alignment, layout fidelity, downstream mAP."""
+    from diffx.config import load_config
+    from diffx.eval.stage import evaluate
+
+    config = _run(lambda: load_config(params))
+    result = _run(lambda: evaluate(config, progress=progress))
+    downstream = result.metrics["downstream"]
+    summary = {
+        "metrics": config.evaluate.metrics,
+        "map50": {"real": downstream["real"]["map50"], "real+synthetic": downstream["real+synthetic"]["map50"]},
+        "layout_fidelity_map50": result.metrics["layout_fidelity"]["generated"]["map50"],
+        "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+    }
+    typer.echo(json.dumps(summary))
+
+
 class ExportFormat(StrEnum):
     coco = "coco"
     yolo = "yolo"

@@ -323,6 +323,11 @@ class UnetTrainConfig(TrainLoopConfig):
     layout_dropout: float = Field(default=0.1, ge=0, le=1, description="per sample: every layout slot is null")
     min_snr_gamma: float | None = Field(default=None, gt=0, description="min-SNR loss weighting (e.g. 5)")
     gradient_checkpointing: bool = False
+    cache_conditioning: bool = Field(
+        default=False,
+        description="encode every training image (VAE posterior) and caption (text states) once up front instead of "
+        "every step; memory grows with the split, so for small and medium sets",
+    )
     preview_every: int = Field(default=0, ge=0, description="steps between preview grids; 0 = only at the end")
 
 
@@ -382,6 +387,64 @@ class GenerateConfig(Section):
     split: str = "train"
     output: str = "data/synthetic"
     report: str = "reports/generate.json"
+
+
+class FeatureConfig(Section):
+    """The image features behind FID / KID / precision-recall (diffx/eval/features.py)."""
+
+    extractor: Literal["random-conv", "inception"] = Field(
+        default="random-conv",
+        description="random-conv: a seeded, untrained conv net (offline; Naeem et al. 2020); inception: the FID "
+        "InceptionV3 from a local weights file (needs torch-fidelity, the 'inception' extra)",
+    )
+    inception_weights: str | None = Field(default=None, description="local pt_inception-2015-12-05 weights file")
+    dims: int = Field(default=256, ge=8, description="random-conv feature width")
+    seed: int = 0
+    batch_size: int = Field(default=32, ge=1)
+
+
+class DetectorModelConfig(Section):
+    """The compact CenterNet-style detector of diffx/eval/detector.py (no torchvision)."""
+
+    inputs: list[str] | None = Field(default=None, description="modalities stacked as input; None = all")
+    width: int = Field(default=16, ge=8, description="channels of the first stage (x1, x2, x4, x4 deeper)")
+    stride: Literal[4] = 4
+    max_detections: int = Field(default=100, ge=1)
+    score_threshold: float = Field(default=0.01, ge=0, lt=1)
+
+
+class DetectorTrainConfig(TrainLoopConfig):
+    hflip: bool = True
+    size_weight: float = Field(default=0.1, ge=0, description="L1 weight of the box size head (CenterNet: 0.1)")
+
+
+class EvaluateConfig(Section):
+    """Stage evaluate: realism, cross-modal alignment, layout fidelity and the downstream detector gain."""
+
+    real: str = "data/canonical"
+    reference_split: str = Field(default="train", description="real split the generated set is compared with")
+    test_split: str = Field(default="test", description="real split the detectors are scored on")
+    synthetic: str = "data/synthetic"
+    synthetic_split: str = "train"
+    features: FeatureConfig = FeatureConfig()
+    kid_subset_size: int = Field(default=50, ge=2)
+    kid_subsets: int = Field(default=50, ge=1)
+    nearest_k: int = Field(default=3, ge=1, description="k of the k-NN manifolds for precision / recall")
+    align_max_shift: int = Field(default=4, ge=0, description="px searched when finding the best registration")
+    control_shift: int = Field(
+        default=6, ge=0, description="px the misaligned control set is shifted by (RGB one way, X the other); 0 = off"
+    )
+    detector: DetectorModelConfig = DetectorModelConfig()
+    detector_train: DetectorTrainConfig = DetectorTrainConfig(
+        steps=400, batch_size=16, lr=2e-3, warmup_steps=50, ema_decay=None, weight_decay=1e-4, log_every=20
+    )
+    grid_samples: int = Field(default=6, ge=0)
+    device: str = "auto"
+    output: str = Field(default="models/detector", description="the two detectors (real, real+synthetic)")
+    checkpoints: str = "checkpoints/detector"
+    metrics: str = "metrics/eval.json"
+    plots: str = Field(default="metrics/eval", description="folder of CSVs for dvc plots (PR curves, losses)")
+    grid: str = "reports/eval/samples.png"
 
 
 class ImageGateConfig(Section):
@@ -452,6 +515,7 @@ class DiffxConfig(Section):
     unet: UnetConfig = UnetConfig()
     plan: PlanConfig = PlanConfig()
     generate: GenerateConfig = GenerateConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     quality: QualityConfig = QualityConfig()
 
     def params_hash(self, *sections: str) -> str:

@@ -11,7 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from diffx.config import load_config
@@ -40,8 +46,19 @@ def generate_flow(
         config.generate.output = output_url
     planned = plan_task(config)
     futures = generate_worker_task.map(config=unmapped(config), rank=list(range(workers)), world_size=unmapped(workers))
-    reports = [f.result() for f in futures]
+    progress = create_progress_artifact(
+        0.0, key="generation-progress", description=f"samples of {config.plan.num_samples} written, by worker"
+    )
+    by_future = {id(f): rank for rank, f in enumerate(futures)}
+    reports: list[dict[str, Any]] = [{} for _ in futures]
+    written = 0
+    for future in as_completed(list(futures)):
+        reports[by_future[id(future)]] = future.result()
+        written += reports[by_future[id(future)]]["samples_generated"]
+        update_progress_artifact(progress, min(100.0, 100.0 * written / max(1, config.plan.num_samples)))
     final = generate_worker_task(config, 0, 1)  # finishes anything left and writes the manifest
+    if final["complete"]:
+        update_progress_artifact(progress, 100.0)  # shards done by an earlier run count as written
     logger.info(
         "generated %d samples with %d workers; set complete: %s",
         sum(r["samples_generated"] for r in reports),

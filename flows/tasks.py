@@ -1,7 +1,8 @@
 """Prefect tasks: one per diffx stage, each a thin call into the library.
 
-Stages that write DVC outputs are never cached by Prefect (DVC decides what is stale). I/O-bound stages
-retry on transient errors; gates never retry: a failed gate is an answer, not an accident.
+Training and generation are never cached by Prefect (their own checkpoints and shard skipping make
+reruns cheap, and DVC decides what is stale); the evaluation is cached on its inputs (flows/caching.py).
+I/O-bound stages retry on transient errors; gates never retry: a failed gate is an answer, not an accident.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 from prefect import task
 
 from diffx.config import DiffxConfig
+from flows.caching import evaluate_cache_key
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=10)
@@ -71,3 +73,14 @@ def generate_worker_task(config: DiffxConfig, rank: int, world_size: int) -> dic
     from diffx.sample.generate import generate
 
     return generate(config, rank=rank, world_size=world_size, progress=False).report()
+
+
+@task(name="evaluate", retries=0, cache_key_fn=evaluate_cache_key, persist_result=True, result_serializer="json")
+def evaluate_task(config: DiffxConfig) -> dict[str, Any]:
+    """Cached on its params and the digests of the real and synthetic shard sets (flows/caching.py).
+
+    Resumable by itself (detector checkpoints), so a retry would only repeat the same answer.
+    """
+    from diffx.eval.stage import evaluate
+
+    return evaluate(config, progress=False).metrics

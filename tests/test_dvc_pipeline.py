@@ -66,6 +66,8 @@ def repo_copy(tmp_path: Path) -> Path:
     params["quality"]["generated"].update(
         max_hist_distance=1.0, max_mean_shift=1.0, min_honoured_share=0.0, min_std=0.0, min_nonzero_fraction=0.0
     )
+    params["evaluate"]["detector_train"].update(steps=2, batch_size=4, log_every=1)
+    params["evaluate"].update(kid_subsets=5, grid_samples=2)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(work, "git", "init", "-q")
     return work
@@ -77,8 +79,20 @@ def test_pull_repro_and_noop(repo_copy: Path) -> None:
     out = _run(repo_copy, "dvc", "repro")
     assert "Running stage 'ingest'" in out and "Running stage 'check_ingest'" in out
     assert "Running stage 'train_vae'" in out and "Running stage 'check_vae'" in out
-    for stage in ("caption", "refine", "check_captions", "train_unet", "plan", "generate", "check_generated"):
+    for stage in (
+        "caption",
+        "refine",
+        "check_captions",
+        "train_unet",
+        "plan",
+        "generate",
+        "check_generated",
+        "evaluate",
+    ):
         assert f"Running stage '{stage}'" in out
+    evaluation = json.loads((repo_copy / "metrics" / "eval.json").read_text())
+    assert set(evaluation) >= {"realism", "alignment", "layout_fidelity", "downstream"}
+    assert (repo_copy / "metrics" / "eval" / "pr_real_synthetic.csv").is_file()
     assert (repo_copy / "models" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
     assert "val" in yaml.safe_load((repo_copy / "metrics" / "vae.json").read_text())
     assert validate_shard_set(str(repo_copy / "data" / "synthetic")).rows == 6
@@ -121,13 +135,25 @@ def test_exp_run_with_a_changed_param_reruns_only_what_depends_on_it(repo_copy: 
     out = _run(repo_copy, "dvc", "exp", "run", "-S", "plan.num_samples=9")
     ran = {
         stage
-        for stage in ("ingest", "caption", "refine", "train_vae", "train_unet", "plan", "generate", "check_generated")
+        for stage in (
+            "ingest",
+            "caption",
+            "refine",
+            "train_vae",
+            "train_unet",
+            "plan",
+            "generate",
+            "check_generated",
+            "evaluate",
+        )
         if f"Running stage '{stage}'" in out
     }
-    assert ran == {"plan", "generate", "check_generated"}, out
+    assert ran == {"plan", "generate", "check_generated", "evaluate"}, out
     assert validate_shard_set(str(repo_copy / "data" / "synthetic")).rows == 9
     shown = _run(repo_copy, "dvc", "metrics", "show", "--json")
-    assert "metrics/vae.json" in shown and "reports/generate.json" in shown
+    assert "metrics/vae.json" in shown and "reports/generate.json" in shown and "metrics/eval.json" in shown
+    plots = _run(repo_copy, "dvc", "plots", "show", "--json")
+    assert "pr_real_synthetic.csv" in plots and "unet_loss.csv" in plots
 
 
 def _tree_digests(root: Path, folders: tuple[str, ...]) -> dict[str, str]:
@@ -155,6 +181,7 @@ def test_prefect_chain_flow_produces_what_dvc_repro_produces(
     monkeypatch.chdir(twin)
     result = chain_flow(params="params.yaml")
     assert result["gate_generated"] is True
-    folders = ("data/canonical", "data/captioned", "models/vae", "models/unet", "data/synthetic")
+    folders = ("data/canonical", "data/captioned", "models/vae", "models/unet", "data/synthetic", "models/detector")
     dvc_outputs, flow_outputs = _tree_digests(repo_copy, folders), _tree_digests(twin, folders)
-    assert len(dvc_outputs) >= 12 and flow_outputs == dvc_outputs
+    assert len(dvc_outputs) >= 14 and flow_outputs == dvc_outputs
+    assert (twin / "metrics" / "eval.json").read_bytes() == (repo_copy / "metrics" / "eval.json").read_bytes()

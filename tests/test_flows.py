@@ -162,3 +162,162 @@ def test_prefect_yaml_deployments_load_and_validate() -> None:
         flow_obj.validate_parameters(deployment.get("parameters", {}))  # raises on an unknown or mistyped one
         for schedule in deployment["schedules"]:
             CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_nightly_deployment_starts_as_the_readme_says(tmp_path: Path) -> None:
+    """A real Prefect server, work pool, `prefect deploy`, a triggered run and a process worker, as in the README."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import urllib.request
+
+    import yaml
+
+    from diffx.shards.validate import validate_shard_set
+
+    from .conftest import REPO
+    from .test_generate import _params
+    from .test_generate import world as world_fixture
+
+    world = world_fixture.__wrapped__(_Factory(tmp_path))
+    repo = tmp_path / "repo"  # prefect.yaml + flows/, the working directory the deployment pulls into
+    repo.mkdir()
+    shutil.copy2(REPO / "prefect.yaml", repo / "prefect.yaml")
+    shutil.copytree(REPO / "flows", repo / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    raw = _params(world, tmp_path / "work")
+    raw["quality"] = {
+        "reports": str(tmp_path / "quality"),
+        "docs": None,
+        "generated": {
+            "reference": str(tmp_path / "ingest.json"),
+            "max_hist_distance": 1.0,
+            "max_mean_shift": 1.0,
+            "min_honoured_share": 0.0,
+            "min_std": 0.0,
+            "min_nonzero_fraction": 0.0,
+        },
+    }
+    (tmp_path / "ingest.json").write_text('{"reference_histograms": {}, "reference_means": {}}')
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    output = tmp_path / "nightly"
+
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "DIFFX_REPO": str(repo),
+        "PYTHONPATH": str(repo),
+    }
+
+    def prefect(*args: str, timeout: int = 120) -> str:
+        done = subprocess.run(
+            [str(bin_dir / "prefect"), "--no-prompt", *args],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+        return done.stdout + done.stderr
+
+    server = subprocess.Popen(
+        [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the Prefect server did not come up in 120 s"
+            time.sleep(1)
+        prefect("work-pool", "create", "diffx", "--type", "process")
+        prefect("deploy", "--name", "nightly-generation")
+        started = prefect(
+            "deployment",
+            "run",
+            "diffx-generate/nightly-generation",
+            "-p",
+            f"params={params}",
+            "-p",
+            "num_samples=6",
+            "-p",
+            "workers=1",
+            "-p",
+            f"output_url={output}",
+            "-p",
+            f"model={world / 'unet'}",
+        )
+        worker = prefect("worker", "start", "--pool", "diffx", "--run-once", timeout=600)
+        run_id = next(line.split()[-1] for line in started.splitlines() if "UUID" in line)
+        inspected = prefect("flow-run", "inspect", run_id)
+        assert "COMPLETED" in inspected, worker[-4000:]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert validate_shard_set(str(output)).rows == 6
+
+
+def test_evaluate_flow_is_cached_on_its_inputs_and_remakes_missing_outputs(tmp_path: Path) -> None:
+    import yaml
+
+    from flows.evaluate import evaluate_flow
+
+    from .test_generate import _params
+    from .test_generate import world as world_fixture
+
+    world = world_fixture.__wrapped__(_Factory(tmp_path))
+    raw = _params(world, tmp_path / "work")
+    raw["evaluate"] = {
+        "real": str(world / "captioned"),
+        "test_split": "val",
+        "synthetic": str(world / "captioned"),
+        "synthetic_split": "val",
+        "features": {"dims": 16},
+        "kid_subset_size": 2,
+        "kid_subsets": 2,
+        "detector": {"width": 8},
+        "detector_train": {"steps": 2, "batch_size": 4, "ema_decay": None},
+        "output": str(tmp_path / "detector"),
+        "checkpoints": str(tmp_path / "ckpt"),
+        "metrics": str(tmp_path / "eval.json"),
+        "plots": str(tmp_path / "plots"),
+        "grid": str(tmp_path / "samples.png"),
+    }
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    metrics = tmp_path / "eval.json"
+    first = evaluate_flow(params=str(params))
+    written = metrics.stat().st_mtime_ns
+    assert evaluate_flow(params=str(params)) == first
+    assert metrics.stat().st_mtime_ns == written  # cached: the stage did not run again
+    metrics.unlink()
+    assert evaluate_flow(params=str(params)) == first  # an output is gone: it runs and makes it again
+    remade = metrics.stat().st_mtime_ns
+    raw["evaluate"]["detector_train"]["steps"] = 3
+    params.write_text(yaml.safe_dump(raw))
+    evaluate_flow(params=str(params))
+    assert metrics.stat().st_mtime_ns != remade  # a changed param is a changed key

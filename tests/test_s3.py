@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,3 +74,45 @@ def test_ingest_writes_its_shards_to_s3(s3: str, demo_root: Path, tmp_path: Path
     result = ingest(config, progress=False)
     report = validate_shard_set(f"{s3}/canonical")
     assert report.ok and report.rows == result.total_rows == 14
+
+
+def test_generate_writes_to_s3_and_evaluate_reads_from_it(s3: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from diffx.config import parse_config
+    from diffx.eval.stage import evaluate
+    from diffx.sample.generate import generate
+    from diffx.sample.planner import plan
+
+    from .test_flows import _Factory
+    from .test_generate import _params
+    from .test_generate import world as world_fixture
+
+    tmp = tmp_path_factory.mktemp("s3-generate")
+    world = world_fixture.__wrapped__(_Factory(tmp))
+    raw = _params(world, tmp / "work")
+    raw["plan"]["num_samples"], raw["plan"]["rows_per_shard"] = 6, 3
+    raw["generate"]["output"] = f"{s3}/synthetic"
+    raw["evaluate"] = {
+        "real": str(world / "captioned"),
+        "test_split": "val",
+        "synthetic": f"{s3}/synthetic",
+        "features": {"dims": 16},
+        "kid_subset_size": 4,
+        "kid_subsets": 2,
+        "detector": {"width": 8},
+        "detector_train": {"steps": 2, "batch_size": 4, "ema_decay": None, "checkpoint_every": 2},
+        "output": str(tmp / "detector"),
+        "checkpoints": str(tmp / "ckpt"),
+        "metrics": f"{s3}/metrics/eval.json",
+        "plots": f"{s3}/metrics/eval",
+        "grid": f"{s3}/reports/samples.png",
+    }
+    config = parse_config(raw)
+    plan(config)
+    assert generate(config, progress=False).complete
+    assert validate_shard_set(f"{s3}/synthetic").rows == 6
+    metrics = evaluate(config, progress=False).metrics
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    assert json.loads(fs.cat("diffx-test/metrics/eval.json")) == metrics
+    assert fs.exists("diffx-test/metrics/eval/pr_real.csv") and fs.exists("diffx-test/reports/samples.png")

@@ -164,3 +164,18 @@ def _initial(tmp_path: Path, inputs: Path) -> dict[str, torch.Tensor]:
         parse_config(_params(tmp_path / "init", inputs)), init_distributed("cpu"), resume=False, progress=False
     )
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_cached_conditioning_trains_like_encoding_every_step(tmp_path: Path, inputs: Path) -> None:
+    """The cache holds what the loss would encode: same losses, weights within float noise of each other."""
+    results = {}
+    for cached in (False, True):
+        config = parse_config(_params(tmp_path / str(cached), inputs, cache_conditioning=cached))
+        results[cached] = train_unet(config, progress=False)
+    losses = {c: [row["loss"] for row in r.history] for c, r in results.items()}
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+    weights = {
+        c: load_file(str(tmp_path / str(c) / "unet" / "diffusion_pytorch_model.safetensors")) for c in (False, True)
+    }
+    differs = max((weights[True][k] - weights[False][k]).abs().max().item() for k in weights[True])
+    assert differs < 1e-4

@@ -58,18 +58,37 @@ def to_display(array: np.ndarray, modality: str) -> np.ndarray:
     return _lut(COLOUR_MAPS.get(modality, "inferno"))[(values * 255 + 0.5).astype(np.uint8)]
 
 
-def grid_png(rows: list[list[np.ndarray]], labels: list[str], pad: int = 2) -> bytes:
-    """Tiles (HxWx3 uint8, equal sizes) in rows, with a header of column labels; PNG bytes."""
+def _wrap(text: str, width_px: int, char_px: int = 6) -> list[str]:
+    """Greedy word wrap for PIL's default bitmap font (about 6 px per character)."""
+    per_line = max(8, width_px // char_px)
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= per_line:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def grid_png(rows: list[list[np.ndarray]], labels: list[str], pad: int = 2, captions: list[str] | None = None) -> bytes:
+    """Tiles (HxWx3 uint8, equal sizes) in rows, a header of column labels, optional caption under each row."""
     tile_h, tile_w = rows[0][0].shape[:2]
-    header = 14
+    header, line_h = 14, 11
     cols = len(rows[0])
-    canvas = Image.new("RGB", (cols * (tile_w + pad) + pad, header + len(rows) * (tile_h + pad) + pad), "white")
+    canvas_w = cols * (tile_w + pad) + pad
+    wrapped = [_wrap(c, canvas_w - 2 * pad) for c in captions] if captions else [[] for _ in rows]
+    row_heights = [tile_h + pad + len(lines) * line_h for lines in wrapped]
+    canvas = Image.new("RGB", (canvas_w, header + sum(row_heights) + pad), "white")
     draw = ImageDraw.Draw(canvas)
     for c, label in enumerate(labels):
         draw.text((pad + c * (tile_w + pad) + 2, 1), label, fill=(0, 0, 0))
-    for r, row in enumerate(rows):
+    top = header + pad
+    for row, lines, row_h in zip(rows, wrapped, row_heights, strict=True):
         for c, tile in enumerate(row):
-            canvas.paste(Image.fromarray(tile), (pad + c * (tile_w + pad), header + pad + r * (tile_h + pad)))
+            canvas.paste(Image.fromarray(tile), (pad + c * (tile_w + pad), top))
+        for i, line in enumerate(lines):
+            draw.text((pad + 2, top + tile_h + 1 + i * line_h), line, fill=(40, 40, 40))
+        top += row_h
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -137,3 +137,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 def latest_checkpoint(root: str | Path) -> Checkpoint | None:
     found = list_checkpoints(root)
     return load_checkpoint(found[-1]) if found else None
+
+
+def save_model_atomic(model: Any, output: str) -> None:
+    """save_pretrained into a sibling folder, then swap it in: a killed run never leaves half a model."""
+    final = Path(output)
+    staging = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    model.save_pretrained(str(staging), safe_serialization=True)
+    if final.exists():
+        shutil.rmtree(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, final)

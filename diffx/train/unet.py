@@ -33,7 +33,7 @@ from diffx.models.text import TextEncoder
 from diffx.models.unet import DiffXUNet
 from diffx.sample.pipeline import DiffXPipeline, LayoutRequest
 from diffx.sample.schedulers import training_scheduler
-from diffx.shards.dataset import ShardDataset
+from diffx.shards.dataset import ShardDataset, detection_collate
 from diffx.train.data import sample_generator
 from diffx.train.distributed import DistContext, init_distributed
 from diffx.train.loop import Trainer, write_history_csv
@@ -48,6 +48,12 @@ MODEL_CARD = "diffx.json"
 def dropped(seed: int, positions: list[int], rate: float, purpose: int) -> list[bool]:
     """Per-sample dropout decisions, a pure function of (seed, stream position)."""
     return [bool(torch.rand(1, generator=sample_generator(seed, p, purpose)) < rate) for p in positions]
+
+
+def _encode_one(text: TextEncoder, caption: str, cache: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    states, mask = text.encode([caption])
+    cache[caption] = (states[0], mask[0])
+    return cache[caption]
 
 
 def build_unet(options: UnetConfig, latent_channels: int, text_dim: int, phrase_dim: int) -> DiffXUNet:
@@ -128,6 +134,7 @@ class UnetTrainer(Trainer):
             self.model.unet.enable_gradient_checkpointing()
         self.noise_scheduler = training_scheduler()
         self.alphas = self.noise_scheduler.alphas_cumprod.to(ctx.device)
+        self.cache: dict[str, Any] | None = self._encode_all(dataset) if self.train_cfg.cache_conditioning else None
         self.setup(
             dataset, [p for p in self.model.parameters() if p.requires_grad], resume=resume, resume_from=resume_from
         )
@@ -135,22 +142,59 @@ class UnetTrainer(Trainer):
     def identity(self) -> dict[str, Any]:
         return {"modalities": list(self.spec.modality_names), "text_encoder": self.options.text_encoder}
 
+    @torch.no_grad()
+    def _encode_all(self, dataset: ShardDataset, chunk: int = 16) -> dict[str, Any]:
+        """Posterior mean/std per image and text states per caption, in fixed chunks of the split's order.
+
+        Fixed chunks make the cache the same whatever the world size or resume point, so cached runs stay
+        deterministic; the values are what ``loss`` would compute, just once instead of every step.
+        """
+        device = self.ctx.device
+        posteriors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        texts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for start in range(0, len(dataset), chunk):
+            batch = detection_collate([dataset[i] for i in range(start, min(start + chunk, len(dataset)))])
+            posterior = self.vae.encode({k: (v * 2 - 1).to(device) for k, v in batch["images"].items()})
+            for i, sample_id in enumerate(batch["id"]):
+                posteriors[sample_id] = (posterior.mean[i], posterior.std[i])
+            captions = sorted({c or "" for c in batch["caption"]} - set(texts))
+            if captions:
+                states, mask = self.text.encode(captions)
+                texts.update({c: (states[j], mask[j]) for j, c in enumerate(captions)})
+        if "" not in texts:
+            states, mask = self.text.encode([""])
+            texts[""] = (states[0], mask[0])
+        log.info("cached the conditioning of %d images and %d captions", len(posteriors), len(texts))
+        return {"posteriors": posteriors, "texts": texts}
+
+    def _conditioning(self, batch: dict[str, Any], captions: list[str]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """(posterior mean, posterior std), text states and mask for a batch: from the cache or encoded now."""
+        if self.cache is None:
+            images = {k: (v * 2 - 1).to(self.ctx.device) for k, v in batch["images"].items()}
+            posterior = self.vae.encode(images)
+            states, text_mask = self.text.encode(captions)
+            return (posterior.mean, posterior.std), states, text_mask
+        means, stds = zip(*(self.cache["posteriors"][i] for i in batch["id"]), strict=True)
+        texts = self.cache["texts"]
+        states, masks = zip(
+            *(texts[c] if c in texts else _encode_one(self.text, c, texts) for c in captions), strict=True
+        )
+        return (torch.stack(means), torch.stack(stds)), torch.stack(states), torch.stack(masks)
+
     def loss(
         self, module: nn.Module, batch: dict[str, Any], positions: list[int]
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, device = self.train_cfg, self.ctx.device
-        images = {k: (v * 2 - 1).to(device) for k, v in batch["images"].items()}
         with torch.no_grad():
-            posterior = self.vae.encode(images)
-            shape = posterior.mean.shape[1:]
-            draw = torch.stack(
-                [torch.randn(shape, generator=sample_generator(cfg.seed, p, LATENT)) for p in positions]
-            ).to(device)
-            latents = (posterior.mean + posterior.std * draw) * self.vae.config.scaling_factor
             no_caption = dropped(cfg.seed, positions, cfg.caption_dropout, CAPTION_DROP)
             no_layout = dropped(cfg.seed, positions, cfg.layout_dropout, LAYOUT_DROP)
             captions = ["" if drop else (c or "") for c, drop in zip(batch["caption"], no_caption, strict=True)]
-            states, text_mask = self.text.encode(captions)
+            (mean, std), states, text_mask = self._conditioning(batch, captions)
+            shape = mean.shape[1:]
+            draw = torch.stack(
+                [torch.randn(shape, generator=sample_generator(cfg.seed, p, LATENT)) for p in positions]
+            ).to(device)
+            latents = (mean + std * draw) * self.vae.config.scaling_factor
         sizes = [tuple(img.shape[-2:]) for img in next(iter(batch["images"].values()))]
         boxes, ids, box_mask = pack_boxes(batch["boxes"], batch["labels"], sizes, self.options.max_objects)
         box_mask[torch.tensor(no_layout, dtype=torch.bool)] = 0

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +28,7 @@ from diffx.eval.image_metrics import psnr, ssim
 from diffx.models.mpvae import MPVAE
 from diffx.shards.dataset import ShardDataset, detection_collate
 from diffx.shards.reader import ShardSet
+from diffx.train.checkpoint import save_model_atomic
 from diffx.train.data import sample_generator
 from diffx.train.distributed import DistContext, init_distributed
 from diffx.train.loop import Trainer, TrainingError, write_history_csv
@@ -240,7 +238,7 @@ class VaeTrainer(Trainer):
         model.eval()
         scale = self.estimate_scale(model)
         model.register_to_config(scaling_factor=round(scale, 6))
-        _save_model_atomic(model, self.options.output)
+        save_model_atomic(model, self.options.output)
         per_modality, grid = self.evaluate(model)
         metrics = {
             "steps": self.step,
@@ -255,17 +253,6 @@ class VaeTrainer(Trainer):
         write_history_csv(self.options.plots, self.history)
         fsio.write_bytes_atomic(self.options.grid, grid)
         return metrics
-
-
-def _save_model_atomic(model: MPVAE, output: str) -> None:
-    """save_pretrained into a sibling folder, then swap it in: a killed run never leaves half a model."""
-    final = Path(output)
-    staging = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-    model.save_pretrained(str(staging), safe_serialization=True)
-    if final.exists():
-        shutil.rmtree(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, final)
 
 
 def train_vae(

@@ -1,0 +1,61 @@
+"""Prefect cache keys for stages whose inputs can be named: params sections and input shard sets.
+
+The key is what DVC would look at: the stage's params sections, the manifests (sha256 of every shard) of
+its input shard sets, and where its outputs go. A key alone cannot know whether the outputs are still
+there, so the flow calls the task with ``refresh_cache=outputs_missing(...)``: a deleted output is made
+again, and a cache hit never leaves a missing file behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from diffx import fsio
+from diffx.config import DiffxConfig
+
+
+def _digest(url: str) -> str:
+    """sha256 of a file, the manifest of a shard set (a folder), or 'missing'."""
+    fs, path = fsio.get_fs(url)
+    target = fsio.join(path, "_manifest.json") if fs.isdir(path) else path
+    if not fs.exists(target):
+        return "missing"
+    return fsio.sha256_file(fs, target)
+
+
+def stage_cache_key(
+    sections: tuple[str, ...], inputs: Callable[[DiffxConfig], list[str]], outputs: Callable[[DiffxConfig], list[str]]
+) -> Callable[[Any, dict[str, Any]], str]:
+    """A ``cache_key_fn`` for a task whose first parameter is ``config``."""
+
+    def key(_context: Any, parameters: dict[str, Any]) -> str:
+        config: DiffxConfig = parameters["config"]
+        parts = [config.params_hash(*sections)]
+        parts += [f"{url}={_digest(url)}" for url in inputs(config)]
+        parts += outputs(config)
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    return key
+
+
+def outputs_missing(urls: list[str]) -> bool:
+    for url in urls:
+        fs, path = fsio.get_fs(url)
+        if not fs.exists(path):
+            return True
+    return False
+
+
+def evaluate_outputs(c: DiffxConfig) -> list[str]:
+    return [
+        c.evaluate.metrics,
+        fsio.join(c.evaluate.output, "real", "diffusion_pytorch_model.safetensors"),
+        fsio.join(c.evaluate.output, "real+synthetic", "diffusion_pytorch_model.safetensors"),
+    ]
+
+
+evaluate_cache_key = stage_cache_key(
+    ("data", "evaluate"), lambda c: [c.evaluate.real, c.evaluate.synthetic], evaluate_outputs
+)
