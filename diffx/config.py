@@ -310,6 +310,13 @@ class UnetModelConfig(Section):
     layout: Literal["boxes", "dense"] = "boxes"
     init_from_sd: str | None = Field(default=None, description="SD v1.x pipeline or UNet folder (diffusers)")
     freeze_base: bool = Field(default=True, description="with init_from_sd: train only fusers, tokenizer, JME")
+    fuser_gate_init: float = Field(
+        default=0.0,
+        description="initial gamma of every GLIGEN fuser gate (tanh(gamma) scales the layout path). 0 = GLIGEN's, "
+        "so a pretrained base starts unchanged; a UNet trained from scratch has nothing to preserve, and at 0 the "
+        "layout tokenizer and JME get no gradient until the gates move (the demo's stayed within +-0.06 in 1,500 "
+        "steps)",
+    )
 
     @model_validator(mode="after")
     def _blocks_match(self) -> UnetModelConfig:

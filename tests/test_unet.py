@@ -189,3 +189,35 @@ def test_permutation_of_objects_in_a_batch_is_per_sample(batch: int) -> None:
         single = model(**x)
         repeated = model(**{k: v.repeat(batch, *([1] * (v.dim() - 1))) for k, v in x.items()})
     torch.testing.assert_close(repeated, single.repeat(batch, 1, 1, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_fuser_gates_can_start_open_for_training_from_scratch() -> None:
+    """With the gates open the layout changes the output; GLIGEN's zero gates leave it unchanged."""
+    from diffusers.models.attention import GatedSelfAttentionDense
+
+    torch.manual_seed(0)
+    model = DiffXUNet(
+        latent_channels=4,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        norm_num_groups=8,
+        phrase_dim=16,
+        max_objects=4,
+    ).eval()
+    latents, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
+    states, mask = torch.randn(1, 5, 32), torch.ones(1, 5, dtype=torch.long)
+    phrases = torch.randn(1, 4, 16)
+
+    def run(box_mask: torch.Tensor) -> torch.Tensor:
+        boxes = torch.tensor([[[0.1, 0.1, 0.5, 0.6]] * 4])
+        return model(latents, t, states, mask, boxes=boxes, phrases=phrases, box_mask=box_mask)
+
+    with torch.no_grad():
+        assert torch.equal(run(torch.ones(1, 4)), run(torch.zeros(1, 4)))
+        model.set_fuser_gates(1.0)
+        gates = [m.alpha_attn.item() for m in model.modules() if isinstance(m, GatedSelfAttentionDense)]
+        assert gates and all(g == 1.0 for g in gates)
+        assert not torch.allclose(run(torch.ones(1, 4)), run(torch.zeros(1, 4)))

@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import GatedSelfAttentionDense
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
@@ -89,6 +90,14 @@ class DiffXUNet(ModelMixin, ConfigMixin):
         self.jme = JointModalityEmbedder(
             cross_attention_dim, cross_attention_dim, heads=max(1, min(jme_heads, cross_attention_dim // 8))
         )
+
+    @torch.no_grad()
+    def set_fuser_gates(self, gamma: float) -> None:
+        """Set every gated fuser's attention and feed-forward gate (GLIGEN initialises them to 0)."""
+        for module in self.unet.modules():
+            if isinstance(module, GatedSelfAttentionDense):
+                module.alpha_attn.fill_(gamma)
+                module.alpha_dense.fill_(gamma)
 
     # ------------------------------------------------------------------------------------------ forward
     def layout_tokens(

@@ -66,7 +66,15 @@ def build_unet(options: UnetConfig, latent_channels: int, text_dim: int, phrase_
                 f"the SD UNet expects {model.config.cross_attention_dim}-d text states, "
                 f"text encoder {options.text_encoder!r} gives {text_dim}",
             )
-        return model
+    else:
+        model = _from_scratch(options, latent_channels, text_dim, phrase_dim)
+    if m.fuser_gate_init:
+        model.set_fuser_gates(m.fuser_gate_init)
+    return model
+
+
+def _from_scratch(options: UnetConfig, latent_channels: int, text_dim: int, phrase_dim: int) -> DiffXUNet:
+    m = options.model
     return DiffXUNet(
         sample_size=64,
         latent_channels=latent_channels,
