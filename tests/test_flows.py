@@ -281,25 +281,18 @@ def test_evaluate_flow_is_cached_on_its_inputs_and_remakes_missing_outputs(tmp_p
 
     from .test_generate import _params
     from .test_generate import world as world_fixture
+    from .tiny_models import tiny_evaluate
 
     world = world_fixture.__wrapped__(_Factory(tmp_path))
     raw = _params(world, tmp_path / "work")
-    raw["evaluate"] = {
-        "real": str(world / "captioned"),
-        "test_split": "val",
-        "synthetic": str(world / "captioned"),
-        "synthetic_split": "val",
-        "features": {"dims": 16},
-        "kid_subset_size": 2,
-        "kid_subsets": 2,
-        "detector": {"width": 8},
-        "detector_train": {"steps": 2, "batch_size": 4, "ema_decay": None},
-        "output": str(tmp_path / "detector"),
-        "checkpoints": str(tmp_path / "ckpt"),
-        "metrics": str(tmp_path / "eval.json"),
-        "plots": str(tmp_path / "plots"),
-        "grid": str(tmp_path / "samples.png"),
-    }
+    raw["evaluate"] = tiny_evaluate(
+        world / "captioned",
+        tmp_path,
+        synthetic=str(world / "captioned"),
+        synthetic_split="val",
+        kid_subset_size=2,
+        detector_train={"steps": 2, "batch_size": 4, "ema_decay": None},
+    )
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     metrics = tmp_path / "eval.json"

@@ -31,6 +31,7 @@ from diffx.shards.writer import ShardSetWriter
 from diffx.train.unet import train_unet
 
 from .conftest import DEMO_SPEC, make_sample
+from .tiny_models import TINY_UNET_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +84,7 @@ def _params(world: Path, work: Path, spec: DatasetSpec = DEMO_SPEC, **plan: Any)
             "vae": str(world / "vae"),
             "max_tokens": 16,
             "max_objects": 4,
-            "model": {
-                "block_out_channels": [32, 64],
-                "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-                "layers_per_block": 1,
-                "norm_num_groups": 8,
-            },
+            "model": TINY_UNET_MODEL,
             "train": {"steps": 1, "batch_size": 4, "ema_decay": None, "device": "cpu"},
             "preview": {"steps": 1},
             "preview_samples": 1,

@@ -85,27 +85,21 @@ def test_generate_writes_to_s3_and_evaluate_reads_from_it(s3: str, tmp_path_fact
     from .test_flows import _Factory
     from .test_generate import _params
     from .test_generate import world as world_fixture
+    from .tiny_models import tiny_evaluate
 
     tmp = tmp_path_factory.mktemp("s3-generate")
     world = world_fixture.__wrapped__(_Factory(tmp))
     raw = _params(world, tmp / "work")
     raw["plan"]["num_samples"], raw["plan"]["rows_per_shard"] = 6, 3
     raw["generate"]["output"] = f"{s3}/synthetic"
-    raw["evaluate"] = {
-        "real": str(world / "captioned"),
-        "test_split": "val",
-        "synthetic": f"{s3}/synthetic",
-        "features": {"dims": 16},
-        "kid_subset_size": 4,
-        "kid_subsets": 2,
-        "detector": {"width": 8},
-        "detector_train": {"steps": 2, "batch_size": 4, "ema_decay": None, "checkpoint_every": 2},
-        "output": str(tmp / "detector"),
-        "checkpoints": str(tmp / "ckpt"),
-        "metrics": f"{s3}/metrics/eval.json",
-        "plots": f"{s3}/metrics/eval",
-        "grid": f"{s3}/reports/samples.png",
-    }
+    raw["evaluate"] = tiny_evaluate(
+        world / "captioned",
+        tmp,
+        synthetic=f"{s3}/synthetic",
+        metrics=f"{s3}/metrics/eval.json",
+        plots=f"{s3}/metrics/eval",
+        grid=f"{s3}/reports/samples.png",
+    )
     config = parse_config(raw)
     plan(config)
     assert generate(config, progress=False).complete

@@ -24,6 +24,7 @@ from diffx.shards.writer import ShardSetWriter
 from diffx.train.unet import MODEL_CARD, train_unet
 
 from .conftest import DEMO_SPEC, make_sample
+from .tiny_models import TINY_UNET_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +72,7 @@ def _params(work: Path, inputs: Path, **train: Any) -> dict[str, Any]:
             "vae": str(inputs / "vae"),
             "max_tokens": 16,
             "max_objects": 4,
-            "model": {
-                "block_out_channels": [32, 64],
-                "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-                "layers_per_block": 1,
-                "norm_num_groups": 8,
-            },
+            "model": TINY_UNET_MODEL,
             "train": {
                 "steps": 3,
                 "batch_size": 4,

@@ -7,6 +7,35 @@ from typing import Any
 
 import torch
 
+TINY_UNET_MODEL: dict[str, Any] = {
+    "block_out_channels": [32, 64],
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+}
+"""The two-level DiffX-UNet the training and generation tests build (params.yaml's unet.model section)."""
+
+
+def tiny_evaluate(real: Path, tmp: Path, **overrides: Any) -> dict[str, Any]:
+    """An evaluate section for 16x16 test shards: 2 detector steps, small features; outputs under ``tmp``."""
+    return {
+        "real": str(real),
+        "test_split": "val",
+        "features": {"dims": 16},
+        "kid_subset_size": 4,
+        "kid_subsets": 2,
+        "detector": {"width": 8},
+        "detector_train": {"steps": 2, "batch_size": 4, "ema_decay": None, "checkpoint_every": 2},
+        "output": str(tmp / "detector"),
+        "checkpoints": str(tmp / "ckpt"),
+        "metrics": str(tmp / "eval.json"),
+        "plots": str(tmp / "plots"),
+        "grid": str(tmp / "samples.png"),
+        **overrides,
+    }
+
+
 WORDS = (
     "an image of a street scene with car cars person people bicycle at night day left right centre far away close "
     "USER ASSISTANT describe this RGB thermal and depth"

@@ -15,7 +15,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,9 +53,6 @@ class ImageSet:
     features: dict[str, torch.Tensor]
     edge_correlation: dict[str, torch.Tensor]
     best_shift: dict[str, torch.Tensor]
-    boxes: list[np.ndarray] = field(default_factory=list)
-    labels: list[np.ndarray] = field(default_factory=list)
-    size: tuple[int, int] = (0, 0)
 
     def alignment(self) -> dict[str, Any]:
         return {name: summarize(scores, self.best_shift[name]) for name, scores in self.edge_correlation.items()}
@@ -96,7 +93,6 @@ def scan(
     others = [m for m in dataset.modalities if m != "rgb"] if "rgb" in dataset.modalities else []
     zero: dict[str, list[torch.Tensor]] = {m: [] for m in others}
     shifts: dict[str, list[torch.Tensor]] = {m: [] for m in others}
-    result = ImageSet(name, {}, {}, {})
     for batch in _batches(dataset, options.features.batch_size, f"scan {name}", progress):
         images = transform(batch["images"]) if transform else batch["images"]
         for modality, value in images.items():
@@ -105,13 +101,12 @@ def scan(
             z, s = pair_scores(images["rgb"], images[modality], options.align_max_shift)
             zero[modality].append(z)
             shifts[modality].append(s)
-        result.boxes += [b.numpy() for b in batch["boxes"]]
-        result.labels += [lab.numpy() for lab in batch["labels"]]
-        result.size = tuple(next(iter(images.values())).shape[-2:])  # type: ignore[assignment]
-    result.features = {m: torch.cat(v) for m, v in features.items()}
-    result.edge_correlation = {m: torch.cat(v) for m, v in zero.items()}
-    result.best_shift = {m: torch.cat(v) for m, v in shifts.items()}
-    return result
+    return ImageSet(
+        name,
+        features={m: torch.cat(v) for m, v in features.items()},
+        edge_correlation={m: torch.cat(v) for m, v in zero.items()},
+        best_shift={m: torch.cat(v) for m, v in shifts.items()},
+    )
 
 
 @torch.no_grad()
