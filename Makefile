@@ -23,6 +23,9 @@ demo: $(VENV)/.installed
 	dvc repro
 	diffx shards validate data/canonical
 	diffx shards validate data/synthetic
+	dvc metrics show metrics/vae.json metrics/eval.json
+	@echo "done: data/synthetic (shards), metrics/ (headline numbers), reports/ (run reports, images),"
+	@echo "      reports/quality/docs/index.html (great_expectations data docs), reports/eval/samples.png"
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

@@ -156,7 +156,7 @@ def train_vae(
 
 @app.command()
 def check(
-    gate: Annotated[str, typer.Argument(help="ingest | captions | vae")],
+    gate: Annotated[str, typer.Argument(help="ingest | captions | vae | generated")],
     params: ParamsOption = Path("params.yaml"),
     data: Annotated[str | None, typer.Option(help="what to check (default: the guarded stage's output)")] = None,
 ) -> None:
@@ -298,12 +298,34 @@ def shards_export(
     out: str,
     fmt: Annotated[ExportFormat, typer.Option("--format", "-f")] = ExportFormat.coco,
     split: Annotated[str | None, typer.Option(help="only this split")] = None,
+    overwrite: Annotated[bool, typer.Option(help="clear OUT first when it is not empty")] = False,
+    val_from: Annotated[
+        str | None, typer.Option(help="yolo: take the val split from this shard set (e.g. data/canonical)")
+    ] = None,
+    val_split: Annotated[str, typer.Option(help="the split of --val-from to export as val")] = "val",
 ) -> None:
-    """Export a shard set as COCO JSON + image folders, or as YOLO datasets (one per modality)."""
+    """Export a shard set as COCO JSON + image folders, or as YOLO datasets (one per modality).
+
+    OUT must be new or empty (or pass --overwrite). A synthetic-only set has no val split, which Ultralytics
+    requires: --val-from data/canonical adds the real val split.
+    """
     from diffx.shards.export import export_coco, export_yolo
 
-    exporter = export_coco if fmt is ExportFormat.coco else export_yolo
-    counts = _run(lambda: exporter(root, out, split))
+    if fmt is ExportFormat.coco:
+        if val_from:
+            typer.secho("error: --val-from is for --format yolo", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+        counts = _run(lambda: export_coco(root, out, split, overwrite=overwrite))
+    else:
+        counts = _run(
+            lambda: export_yolo(root, out, split, val_from=val_from, val_split=val_split, overwrite=overwrite)
+        )
+        if "val" not in counts:
+            typer.secho(
+                "warning: the export has no val split, which Ultralytics requires; add one with --val-from",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
     typer.echo(json.dumps({"out": out, "format": fmt.value, "images": counts}))
 
 

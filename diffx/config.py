@@ -178,7 +178,8 @@ class ShardsConfig(Section):
 class IngestConfig(Section):
     source: Source
     output: str = "data/canonical"
-    report: str = "reports/ingest.json"
+    report: str = Field(default="reports/ingest.json", description="run report: timings, the quarantine list")
+    metrics: str = Field(default="metrics/ingest.json", description="headline counts (dvc metrics)")
     on_invalid: Literal["quarantine", "raise"] = "quarantine"
     max_quarantine_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
 
@@ -251,7 +252,8 @@ class VaeConfig(Section):
     eval_samples: int = Field(default=64, ge=1)
     output: str = "models/vae"
     checkpoints: str = "checkpoints/vae"
-    metrics: str = "metrics/vae.json"
+    metrics: str = Field(default="metrics/vae.json", description="headline quality (dvc metrics)")
+    report: str = Field(default="reports/vae/run.json", description="run report: speed, processes, resume")
     plots: str = "metrics/vae_loss.csv"
     grid: str = "reports/vae/reconstructions.png"
 
@@ -359,7 +361,8 @@ class UnetConfig(Section):
     preview_samples: int = Field(default=4, ge=1)
     output: str = "models/unet"
     checkpoints: str = "checkpoints/unet"
-    metrics: str = "metrics/unet.json"
+    metrics: str = Field(default="metrics/unet.json", description="headline numbers (dvc metrics)")
+    report: str = Field(default="reports/unet/run.json", description="run report: speed, processes, resume")
     plots: str = "metrics/unet_loss.csv"
     grid: str = "reports/unet/preview.png"
 
@@ -449,7 +452,8 @@ class EvaluateConfig(Section):
     device: str = "auto"
     output: str = Field(default="models/detector", description="the two detectors (real, real+synthetic)")
     checkpoints: str = "checkpoints/detector"
-    metrics: str = "metrics/eval.json"
+    metrics: str = Field(default="metrics/eval.json", description="headline numbers (dvc metrics)")
+    report: str = Field(default="reports/eval.json", description="every measurement, per set and modality")
     plots: str = Field(default="metrics/eval", description="folder of CSVs for dvc plots (PR curves, losses)")
     grid: str = "reports/eval/samples.png"
 
@@ -501,7 +505,8 @@ class VaeGateConfig(Section):
 
 
 class QualityConfig(Section):
-    reports: str = "reports/quality"
+    reports: str = Field(default="reports/quality", description="full gate reports (outcomes, reference stats)")
+    metrics: str = Field(default="metrics/quality", description="each gate's verdict and counts (dvc metrics)")
     docs: str | None = Field(default="reports/quality/docs", description="great_expectations data docs (HTML)")
     max_failed_rows_shown: int = Field(default=20, ge=1)
     workers: int = Field(default=0, ge=0, description="decode threads; 0 = one per CPU")

@@ -51,6 +51,7 @@ def outputs_missing(urls: list[str]) -> bool:
 def evaluate_outputs(c: DiffxConfig) -> list[str]:
     return [
         c.evaluate.metrics,
+        c.evaluate.report,
         fsio.join(c.evaluate.output, "real", "diffusion_pytorch_model.safetensors"),
         fsio.join(c.evaluate.output, "real+synthetic", "diffusion_pytorch_model.safetensors"),
     ]

@@ -75,7 +75,15 @@ def generate_worker_task(config: DiffxConfig, rank: int, world_size: int) -> dic
     return generate(config, rank=rank, world_size=world_size, progress=False).report()
 
 
-@task(name="evaluate", retries=0, cache_key_fn=evaluate_cache_key, persist_result=True, result_serializer="json")
+# log_prints=False: pycocotools prints its 12-line table for every score; our own progress goes through logging
+@task(
+    name="evaluate",
+    retries=0,
+    cache_key_fn=evaluate_cache_key,
+    persist_result=True,
+    result_serializer="json",
+    log_prints=False,
+)
 def evaluate_task(config: DiffxConfig) -> dict[str, Any]:
     """Cached on its params and the digests of the real and synthetic shard sets (flows/caching.py).
 

@@ -41,6 +41,31 @@ def _stop_prefect_temporary_server() -> Any:
         SubprocessASGIServer().stop()
 
 
+def _untracked_in_repo() -> set[str] | None:
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    if done.returncode != 0:
+        return None  # not a git checkout
+    return {line[3:] for line in done.stdout.splitlines() if line.startswith("??")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tests_write_nothing_into_the_repo() -> Any:
+    """Every test writes under tmp: a default output path (e.g. ``metrics/...``) left in a test's config would
+    otherwise land in the checkout, and in the worst case overwrite the committed metrics."""
+    before = _untracked_in_repo()
+    yield
+    after = _untracked_in_repo()
+    if before is not None and after is not None and after - before:
+        pytest.fail(f"the tests wrote into the repository: {sorted(after - before)}")
+
+
 @pytest.fixture(scope="session")
 def realdata() -> Path:
     if not REALDATA.is_dir():
@@ -77,6 +102,7 @@ def make_config(root: Path | str, output: Path | str, **overrides: Any) -> Diffx
             },
             "output": str(output),
             "report": str(Path(output).parent / "ingest-report.json"),
+            "metrics": str(Path(output).parent / "ingest-metrics.json"),
         },
     }
     for dotted, value in overrides.items():

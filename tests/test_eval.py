@@ -18,7 +18,7 @@ from diffx.eval.alignment import alignment, shift_image
 from diffx.eval.coco_map import coco_scores
 from diffx.eval.features import RandomConvFeatures, build_extractor, extract
 from diffx.eval.realism import fid, precision_recall, realism
-from diffx.eval.stage import evaluate
+from diffx.eval.stage import evaluate, headline
 from diffx.models.detector import CenterNet, decode, encode_targets
 from diffx.shards.dataset import ShardDataset, detection_collate
 from tests.conftest import make_config
@@ -178,6 +178,7 @@ def _eval_config(canonical: Path, tmp: Path, **evaluate: Any) -> Any:
         "output": str(tmp / "detector"),
         "checkpoints": str(tmp / "ckpt"),
         "metrics": str(tmp / "eval.json"),
+        "report": str(tmp / "eval-report.json"),
         "plots": str(tmp / "plots"),
         "grid": str(tmp / "samples.png"),
         **evaluate,
@@ -194,7 +195,12 @@ def evaluated(canonical: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 
 def test_stage_writes_every_metric_plot_grid_and_both_detectors(evaluated: tuple[Path, dict[str, Any]]) -> None:
     tmp, metrics = evaluated
-    assert json.loads((tmp / "eval.json").read_text()) == metrics
+    assert json.loads((tmp / "eval-report.json").read_text()) == metrics
+    summary = json.loads((tmp / "eval.json").read_text())  # the headline: a few numbers read off the report
+    assert summary == headline(metrics)
+    assert summary["map50"]["real"] == metrics["downstream"]["real"]["map50"]
+    assert set(summary["fid"]) == {"rgb", "thermal", "depth"}
+    assert set(summary["registered_share"]) == {"thermal", "depth"}
     for modality in ("rgb", "thermal", "depth"):
         assert set(metrics["realism"]["generated"][modality]) >= {"fid", "kid", "precision", "recall"}
     assert set(metrics["alignment"]["generated"]) == {"thermal", "depth"}

@@ -49,7 +49,7 @@ def params(tmp_path: Path) -> Path:
         report=str(tmp_path / "refine.json"),
         near_duplicate=0.3,
     )  # street-scene templates overlap: makes a review queue
-    raw["quality"].update(reports=str(tmp_path / "quality"), docs=None)
+    raw["quality"].update(reports=str(tmp_path / "quality"), metrics=str(tmp_path / "quality-metrics"), docs=None)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -128,6 +128,7 @@ def lenient_generated_gate(folder: Path) -> dict[str, Any]:
     (folder / "ingest.json").write_text('{"reference_histograms": {}, "reference_means": {}}')
     return {
         "reports": str(folder / "quality"),
+        "metrics": str(folder / "quality-metrics"),
         "docs": None,
         "generated": {
             "reference": str(folder / "ingest.json"),

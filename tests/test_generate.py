@@ -91,6 +91,7 @@ def _params(world: Path, work: Path, spec: DatasetSpec = DEMO_SPEC, **plan: Any)
             "output": str(world / "unet"),
             "checkpoints": str(work / "ckpt"),
             "metrics": str(work / "unet.json"),
+            "report": str(work / "unet-run.json"),
             "plots": str(work / "u.csv"),
             "grid": str(work / "preview.png"),
         },

@@ -28,7 +28,14 @@ from .conftest import make_config
 
 def _config(tmp: Path, data: Path, **overrides: Any) -> DiffxConfig:
     return make_config(
-        tmp / "raw", data, **{"quality.reports": str(tmp / "reports"), "quality.docs": None, **overrides}
+        tmp / "raw",
+        data,
+        **{
+            "quality.reports": str(tmp / "reports"),
+            "quality.metrics": str(tmp / "gate-metrics"),
+            "quality.docs": None,
+            **overrides,
+        },
     )
 
 

@@ -71,6 +71,7 @@ def test_shards_round_trip_and_validate_on_s3(s3: str, spec) -> None:
 def test_ingest_writes_its_shards_to_s3(s3: str, demo_root: Path, tmp_path: Path) -> None:
     config = make_config(demo_root, f"{s3}/canonical")
     config.ingest.report = str(tmp_path / "ingest.json")
+    config.ingest.metrics = str(tmp_path / "ingest-metrics.json")
     result = ingest(config, progress=False)
     report = validate_shard_set(f"{s3}/canonical")
     assert report.ok and report.rows == result.total_rows == 14
@@ -97,6 +98,7 @@ def test_generate_writes_to_s3_and_evaluate_reads_from_it(s3: str, tmp_path_fact
         tmp,
         synthetic=f"{s3}/synthetic",
         metrics=f"{s3}/metrics/eval.json",
+        report=f"{s3}/reports/eval.json",
         plots=f"{s3}/metrics/eval",
         grid=f"{s3}/reports/samples.png",
     )
@@ -104,9 +106,10 @@ def test_generate_writes_to_s3_and_evaluate_reads_from_it(s3: str, tmp_path_fact
     plan(config)
     assert generate(config, progress=False).complete
     assert validate_shard_set(f"{s3}/synthetic").rows == 6
-    metrics = evaluate(config, progress=False).metrics
+    result = evaluate(config, progress=False)
     import s3fs
 
     fs = s3fs.S3FileSystem()
-    assert json.loads(fs.cat("diffx-test/metrics/eval.json")) == metrics
+    assert json.loads(fs.cat("diffx-test/reports/eval.json")) == result.metrics
+    assert json.loads(fs.cat("diffx-test/metrics/eval.json")) == result.headline
     assert fs.exists("diffx-test/metrics/eval/pr_real.csv") and fs.exists("diffx-test/reports/samples.png")

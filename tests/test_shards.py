@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from diffx.errors import ShardError
+from diffx.errors import DataError, ShardError
 from diffx.shards.dataset import ShardDataset, detection_collate
 from diffx.shards.export import export_coco, export_yolo
 from diffx.shards.manifest import read_manifest
@@ -138,12 +138,15 @@ def test_schema_metadata_and_pyarrow_dataset(shard_root: Path, spec) -> None:
 def test_huggingface_datasets_decodes_images(shard_root: Path) -> None:
     datasets = pytest.importorskip("datasets")
     shard_set = ShardSet(str(shard_root))
-    ds = datasets.load_dataset(
-        "parquet", data_files={"train": shard_set.data_files("train")}, cache_dir=str(shard_root.parent / "hf-cache")
-    )["train"]
+    cache = str(shard_root.parent / "hf-cache")
+    assert set(shard_set.data_files()) == {"train", "val"}
+    ds = datasets.load_dataset("parquet", data_files=shard_set.data_files("train"), split="train", cache_dir=cache)
     row = ds[0]
     assert row["rgb"].mode == "RGB" and row["depth"].mode == "I;16" and row["thermal"].mode == "L"
     assert row["objects"][0] == {"bbox": [1.0, 2.0, 10.0, 12.0], "category": "car", "category_id": 2}
+    # the shard-set folder as it is: the per-shard sidecar records next to the shards are not read as Parquet
+    whole = datasets.load_dataset("parquet", data_dir=str(shard_root), cache_dir=cache)
+    assert {name: len(split) for name, split in whole.items()} == {"train": 10, "validation": 3}  # val: validation
 
 
 def test_torch_dataset_and_loader(shard_root: Path) -> None:
@@ -174,6 +177,31 @@ def test_export_coco_and_yolo(shard_root: Path, tmp_path: Path) -> None:
     label = (tmp_path / "yolo" / "rgb" / "labels" / "val" / "v0.txt").read_text().splitlines()
     assert label[0] == "2 0.137500 0.218750 0.225000 0.312500"
     assert "names:\n  0: person" in (tmp_path / "yolo" / "depth" / "data.yaml").read_text()
+
+
+def test_export_refuses_a_folder_with_files_unless_overwrite(shard_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "coco"
+    export_coco(str(shard_root), str(out), "val")
+    stray = out / "images" / "rgb" / "val" / "stray.png"
+    stray.write_bytes(b"not ours")
+    with pytest.raises(DataError, match=r"not empty.*--overwrite"):
+        export_coco(str(shard_root), str(out), "train")
+    assert stray.exists() and not (out / "annotations" / "train.json").exists()  # nothing merged, nothing lost
+    assert export_coco(str(shard_root), str(out), "train", overwrite=True) == {"train": 10}
+    assert not stray.exists() and not (out / "annotations" / "val.json").exists()  # the old export is gone
+
+
+def test_yolo_export_takes_val_from_the_real_set(shard_root: Path, tmp_path: Path, spec) -> None:
+    synthetic = tmp_path / "synthetic"
+    writer = ShardSetWriter(str(synthetic), spec, generated=True)
+    writer.finalize(writer.write_split("train", (make_sample(f"g{i}", seed=50 + i) for i in range(4)), 4))
+    counts = export_yolo(str(synthetic), str(tmp_path / "yolo"), val_from=str(shard_root))
+    assert counts == {"train": 4, "val": 3}
+    data_yaml = (tmp_path / "yolo" / "thermal" / "data.yaml").read_text()
+    assert "train: images/train" in data_yaml and "val: images/val" in data_yaml
+    assert sorted(p.stem for p in (tmp_path / "yolo" / "rgb" / "images" / "val").iterdir()) == ["v0", "v1", "v2"]
+    with pytest.raises(DataError, match="no rows in split 'test'"):
+        export_yolo(str(synthetic), str(tmp_path / "yolo2"), val_from=str(shard_root), val_split="test")
 
 
 def test_fsspec_remote_protocol(spec) -> None:

@@ -88,6 +88,7 @@ def _params(work: Path, inputs: Path, **train: Any) -> dict[str, Any]:
             "output": str(work / "unet"),
             "checkpoints": str(work / "ckpt"),
             "metrics": str(work / "unet.json"),
+            "report": str(work / "unet-run.json"),
             "plots": str(work / "loss.csv"),
             "grid": str(work / "preview.png"),
         },

@@ -74,6 +74,7 @@ def _raw_params(tmp: Path, shards: Path, spec: DatasetSpec = DEMO_SPEC, **train:
             "output": str(tmp / "model"),
             "checkpoints": str(tmp / "ckpt"),
             "metrics": str(tmp / "vae.json"),
+            "report": str(tmp / "vae-run.json"),
             "plots": str(tmp / "loss.csv"),
             "grid": str(tmp / "grid.png"),
         },
@@ -190,21 +191,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _launch(params: Path, nproc: int) -> None:
+def _launch(params: Path, nproc: int, launcher: str = "torchrun") -> None:
+    """The README's launch lines: ``torchrun ... -m diffx.cli`` or ``accelerate launch ... -m diffx.cli``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    args = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        f"--master_port={_free_port()}",
-        "-m",
-        "diffx.cli",
-        "train-vae",
-        "--params",
-        str(params),
-        "--no-progress",
-    ]
+    port = str(_free_port())
+    if launcher == "accelerate":
+        accelerate = Path(sys.executable).parent / "accelerate"
+        # --multi_gpu picks accelerate's torchrun path (RANK/WORLD_SIZE/MASTER_*); with no GPU our loop takes gloo.
+        # (--cpu with several processes would need mpirun/oneCCL instead.)
+        head = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(nproc), "--main_process_port", port]
+        head += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    else:
+        head = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}"]
+    args = [*head, "-m", "diffx.cli", "train-vae", "--params", str(params), "--no-progress"]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -216,10 +215,10 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Pa
         raw = _raw_params(tmp_path / f"p{nproc}", shards, ema_decay=None, steps=3, hflip=True)
         params = tmp_path / f"params{nproc}.yaml"
         params.write_text(yaml.safe_dump(raw))
-        _launch(params, nproc)
+        _launch(params, nproc, launcher="torchrun" if nproc == 1 else "accelerate")  # both launchers work
         weights[nproc] = load_file(str(tmp_path / f"p{nproc}" / "model" / "diffusion_pytorch_model.safetensors"))
-        metrics = json.loads((tmp_path / f"p{nproc}" / "vae.json").read_text())
-        assert metrics["processes"] == nproc
+        run = json.loads((tmp_path / f"p{nproc}" / "vae-run.json").read_text())
+        assert run["processes"] == nproc and run["steps"] == 3
     torch.manual_seed(0)
     initial = VaeTrainer(
         parse_config(_raw_params(tmp_path / "init", shards)), init_distributed("cpu"), resume=False, progress=False

@@ -30,6 +30,7 @@ def tiny_evaluate(real: Path, tmp: Path, **overrides: Any) -> dict[str, Any]:
         "output": str(tmp / "detector"),
         "checkpoints": str(tmp / "ckpt"),
         "metrics": str(tmp / "eval.json"),
+        "report": str(tmp / "eval-report.json"),
         "plots": str(tmp / "plots"),
         "grid": str(tmp / "samples.png"),
         **overrides,

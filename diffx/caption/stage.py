@@ -14,7 +14,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from diffx import fsio
 from diffx.caption.cache import CaptionCache, cache_key
@@ -24,6 +23,7 @@ from diffx.config import DiffxConfig
 from diffx.data.sample import Sample
 from diffx.data.spec import DatasetSpec
 from diffx.errors import DataError
+from diffx.progress import Progress
 from diffx.shards.reader import ShardSet
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,7 @@ def caption(config: DiffxConfig, *, progress: bool = True) -> CaptionResult:
     cache = CaptionCache(options.cache)
     rows: list[dict[str, Any]] = []
     compute_seconds, computed = 0.0, 0
-    bar = tqdm(
-        total=len(shard_set), desc=f"caption ({captioner.source})", unit="img", disable=not progress, mininterval=1.0
-    )
+    bar = Progress(f"caption ({captioner.source})", len(shard_set), unit="images", bar=progress)
     try:
         for batch in _batches(shard_set, options.batch_size):
             keys = [

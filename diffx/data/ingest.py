@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-
-from tqdm import tqdm
 
 from diffx import fsio
 from diffx.config import DiffxConfig
 from diffx.data.readers import ReadContext, read_source
 from diffx.data.sample import Rejected, Sample, validated
 from diffx.errors import DataError
+from diffx.progress import Progress
 from diffx.shards.manifest import ShardRecord
 from diffx.shards.writer import ShardSetWriter
 
@@ -51,6 +50,11 @@ class IngestResult:
             "quarantine": [{"id": r.id, "split": r.split, "reason": r.reason} for r in self.quarantined],
         }
 
+    def headline(self) -> dict[str, Any]:
+        """What the data is, for ``dvc metrics show``: counts only, no timings (the report has those)."""
+        report = self.report()
+        return {k: report[k] for k in ("rows", "rows_by_split", "quarantined", "quarantined_fraction")}
+
 
 def _write_split_streams(
     writer: ShardSetWriter, stream: Iterable[Sample], rows_per_shard: int, rows: dict[str, int]
@@ -73,6 +77,13 @@ def _write_split_streams(
     return records
 
 
+def _counted(items: Iterable[Any], counter: Progress) -> Iterator[Any]:
+    """Count what the reader yields (readers stream, so the total is unknown until the end)."""
+    for item in items:
+        yield item
+        counter.update(1)
+
+
 def ingest(config: DiffxConfig, *, progress: bool = True) -> IngestResult:
     started = time.perf_counter()
     spec = config.data.spec()
@@ -88,11 +99,13 @@ def ingest(config: DiffxConfig, *, progress: bool = True) -> IngestResult:
     rejected: list[Rejected] = []
     rows: dict[str, int] = {}
     items = read_source(options.source, ReadContext(spec, config.shards.png_compress_level))
-    stream = validated(tqdm(items, desc="ingest", unit="sample", disable=not progress, mininterval=1.0), spec, rejected)
-    records = _write_split_streams(writer, stream, config.shards.rows_per_shard, rows)
+    with Progress("ingest", None, unit="samples", bar=progress) as counter:
+        stream = validated(_counted(items, counter), spec, rejected)
+        records = _write_split_streams(writer, stream, config.shards.rows_per_shard, rows)
     result = IngestResult(options.output, rows, len(records), rejected, time.perf_counter() - started)
     report = result.report()
     fsio.write_json_atomic(options.report, report)
+    fsio.write_json_atomic(options.metrics, result.headline())
     for item in rejected:
         log.warning("quarantined %s (%s): %s", item.id, item.split, item.reason)
     if rejected and options.on_invalid == "raise":

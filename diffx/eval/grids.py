@@ -70,18 +70,38 @@ def _wrap(text: str, width_px: int, char_px: int = 6) -> list[str]:
     return lines or [""]
 
 
-def grid_png(rows: list[list[np.ndarray]], labels: list[str], pad: int = 2, captions: list[str] | None = None) -> bytes:
-    """Tiles (HxWx3 uint8, equal sizes) in rows, a header of column labels, optional caption under each row."""
+def grid_png(
+    rows: list[list[np.ndarray]],
+    labels: list[str],
+    pad: int = 2,
+    captions: list[str] | None = None,
+    legend: list[tuple[str, tuple[int, int, int]]] | None = None,
+) -> bytes:
+    """Tiles (HxWx3 uint8, equal sizes) in rows, a header of column labels, optional caption under each row.
+
+    ``legend``: (text, colour) entries drawn as a line under the header, so a reader can tell box sets apart.
+    """
     tile_h, tile_w = rows[0][0].shape[:2]
-    header, line_h = 14, 11
+    line_h = 11
     cols = len(rows[0])
     canvas_w = cols * (tile_w + pad) + pad
+    legend_lines = _wrap("   ".join(text for text, _ in legend), canvas_w - 2 * pad) if legend else []
+    header = 14 + len(legend_lines) * line_h
     wrapped = [_wrap(c, canvas_w - 2 * pad) for c in captions] if captions else [[] for _ in rows]
     row_heights = [tile_h + pad + len(lines) * line_h for lines in wrapped]
     canvas = Image.new("RGB", (canvas_w, header + sum(row_heights) + pad), "white")
     draw = ImageDraw.Draw(canvas)
     for c, label in enumerate(labels):
         draw.text((pad + c * (tile_w + pad) + 2, 1), label, fill=(0, 0, 0))
+    if legend:
+        x, y = pad + 2, 14
+        for text, colour in legend:
+            width = 6 * len(text) + 18
+            if x > pad + 2 and x + width > canvas_w - pad:
+                x, y = pad + 2, y + line_h
+            draw.rectangle([x, y + 2, x + 8, y + 8], outline=colour, width=2)
+            draw.text((x + 12, y), text, fill=(0, 0, 0))
+            x += width
     top = header + pad
     for row, lines, row_h in zip(rows, wrapped, row_heights, strict=True):
         for c, tile in enumerate(row):
@@ -94,10 +114,26 @@ def grid_png(rows: list[list[np.ndarray]], labels: list[str], pad: int = 2, capt
     return buffer.getvalue()
 
 
-def draw_boxes(tile: np.ndarray, boxes: Any, colour: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
-    """Outline pixel boxes (N x 4, x0 y0 x1 y1) on an HxWx3 uint8 tile."""
+def draw_boxes(
+    tile: np.ndarray,
+    boxes: Any,
+    colour: tuple[int, int, int] = (0, 255, 0),
+    names: list[str] | None = None,
+    below: bool = False,
+) -> np.ndarray:
+    """Outline pixel boxes (N x 4, x0 y0 x1 y1) on an HxWx3 uint8 tile, each with its name when given.
+
+    Names sit above the box (``below``: under it), so two box sets on one tile keep their labels apart.
+    """
     image = Image.fromarray(tile)
     draw = ImageDraw.Draw(image)
-    for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+    coords = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    for i, (x0, y0, x1, y1) in enumerate(coords):
         draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour)
+        if names and i < len(names) and names[i]:
+            text = names[i]
+            y = min(y1, tile.shape[0] - 10) if below else max(0, y0 - 10)
+            x = min(max(0, x0), max(0, tile.shape[1] - 6 * len(text) - 2))
+            draw.rectangle([x, y, x + 6 * len(text) + 1, y + 9], fill=(0, 0, 0))
+            draw.text((x + 1, y - 1), text, fill=colour)
     return np.asarray(image)

@@ -86,6 +86,11 @@ class GateReport:
             **self.extra,
         }
 
+    def headline(self) -> dict[str, Any]:
+        """The verdict and its counts: what ``dvc metrics show`` lists (the full report is an output)."""
+        failed = len(self.failures)
+        return {"success": self.success, "rows": self.rows, "evaluated": len(self.outcomes), "failed": failed}
+
 
 def _clean(value: Any) -> Any:
     """JSON-safe scalars (numpy types, NaN) for the report."""
@@ -280,6 +285,7 @@ def run_gate(gate: str, config: DiffxConfig, data: str | None = None) -> GateRep
     outcomes = validate_tables(gate, tables, docs=config.quality.docs, max_rows=config.quality.max_failed_rows_shown)
     report = GateReport(gate, data, rows, outcomes, extra)
     fsio.write_json_atomic(fsio.join(config.quality.reports, f"{gate}.json"), report.to_dict())
+    fsio.write_json_atomic(fsio.join(config.quality.metrics, f"{gate}.json"), report.headline())
     log.info(
         "gate %s: %d expectations over %d rows, %d failed (%.1fs)",
         gate,

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from diffx import fsio
 from diffx.config import DiffxConfig
@@ -38,9 +37,10 @@ from diffx.errors import ConfigError
 from diffx.models.mpvae import MPVAE
 from diffx.models.text import TextEncoder
 from diffx.models.unet import DiffXUNet
+from diffx.progress import Progress
 from diffx.sample.pipeline import DiffXPipeline, LayoutRequest
 from diffx.sample.planner import read_plan
-from diffx.shards.manifest import MANIFEST_NAME, ShardRecord, new_manifest, write_manifest
+from diffx.shards.manifest import MANIFEST_NAME, RECORD_PREFIXES, ShardRecord, new_manifest, write_manifest
 from diffx.shards.writer import ShardSetWriter
 from diffx.train.unet import MODEL_CARD
 
@@ -267,18 +267,14 @@ def generate(config: DiffxConfig, *, rank: int = 0, world_size: int = 1, progres
     mine = [s for s in sorted(by_shard) if s % world_size == rank]
     keys = {s: plan_key(by_shard[s], generator.model_id, generator.sampler) for s in by_shard}
     _retire_stale(writer, options.split, keys)
-    bar = tqdm(
-        total=sum(len(by_shard[s]) for s in mine),
-        desc=f"generate (rank {rank}/{world_size})",
-        unit="sample",
-        disable=not progress,
-        mininterval=1.0,
+    bar = Progress(
+        f"generate (rank {rank}/{world_size})", sum(len(by_shard[s]) for s in mine), unit="samples", bar=progress
     )
     for index in mine:
         record = writer.completed_record(options.split, index)
         if record is not None and record.plan_key == keys[index]:
             result.shards_skipped += 1
-            bar.update(len(by_shard[index]))
+            bar.total -= len(by_shard[index])  # already there: not work this run, so not in the rate or ETA
             continue
         with shard_lock(options.output, options.split, index) as mine_now:
             if not mine_now:
@@ -290,7 +286,7 @@ def generate(config: DiffxConfig, *, rank: int = 0, world_size: int = 1, progres
             result.shards_done += 1
             result.samples += len(samples)
             result.shard_seconds.append(time.perf_counter() - tick)
-            bar.update(len(samples))
+            bar.update(len(samples), shard=index)
     bar.close()
     result.model_seconds, result.encode_seconds = generator.model_seconds, generator.encode_seconds
     records: list[ShardRecord] = []
@@ -329,7 +325,7 @@ def _retire_stale(writer: ShardSetWriter, split: str, keys: dict[int, str]) -> N
     if fs.exists(folder):
         for entry in fs.ls(folder, detail=False):
             name = entry.rsplit("/", 1)[-1]
-            if name.startswith(("part-", "_part-")) and int(name.split("-")[1].split(".")[0]) not in keys:
+            if name.startswith(("part-", *RECORD_PREFIXES)) and int(name.split("-")[1].split(".")[0]) not in keys:
                 fs.rm(entry)
 
 

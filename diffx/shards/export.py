@@ -10,11 +10,31 @@ from collections import defaultdict
 from typing import Any
 
 from diffx import fsio
+from diffx.data.sample import Sample
+from diffx.errors import DataError
 from diffx.shards.reader import ShardSet
 
 
-def export_coco(root: str, out: str, split: str | None = None, **storage_options: Any) -> dict[str, int]:
+def prepare_destination(out: str, overwrite: bool) -> None:
+    """An export into a folder that already holds files would mix two datasets without a word: refuse it,
+    or with ``overwrite`` clear the folder first."""
+    fs, path = fsio.get_fs(out)
+    if not fs.exists(path):
+        return
+    if not fs.isdir(path):
+        raise DataError(out, "the export destination is a file; give a folder")
+    if not fs.ls(path, detail=False):
+        return
+    if not overwrite:
+        raise DataError(out, "the export destination is not empty; choose a new folder or pass --overwrite")
+    fs.rm(path, recursive=True)
+
+
+def export_coco(
+    root: str, out: str, split: str | None = None, *, overwrite: bool = False, **storage_options: Any
+) -> dict[str, int]:
     shard_set = ShardSet(root, **storage_options)
+    prepare_destination(out, overwrite)
     spec = shard_set.spec
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(spec.classes)]
     per_split: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: {"images": [], "annotations": []})
@@ -62,24 +82,59 @@ def export_coco(root: str, out: str, split: str | None = None, **storage_options
     return counts
 
 
-def export_yolo(root: str, out: str, split: str | None = None, **storage_options: Any) -> dict[str, int]:
-    """``<out>/<modality>/{images,labels}/<split>/`` + ``data.yaml`` per modality (Ultralytics layout)."""
+def _write_yolo_sample(out: str, sample: Sample, split: str, modalities: tuple[str, ...]) -> None:
+    lines = []
+    for obj in sample.objects:
+        x0, y0, x1, y1 = obj.bbox
+        lines.append(
+            f"{obj.category_id} {(x0 + x1) / 2 / sample.width:.6f} {(y0 + y1) / 2 / sample.height:.6f} "
+            f"{(x1 - x0) / sample.width:.6f} {(y1 - y0) / sample.height:.6f}"
+        )
+    label = ("\n".join(lines) + "\n" if lines else "").encode()
+    for name in modalities:
+        image = sample.images[name]
+        fsio.write_bytes_atomic(fsio.join(out, name, "images", split, f"{sample.id}.png"), image.data)
+        fsio.write_bytes_atomic(fsio.join(out, name, "labels", split, f"{sample.id}.txt"), label)
+
+
+def export_yolo(
+    root: str,
+    out: str,
+    split: str | None = None,
+    *,
+    val_from: str | None = None,
+    val_split: str = "val",
+    overwrite: bool = False,
+    **storage_options: Any,
+) -> dict[str, int]:
+    """``<out>/<modality>/{images,labels}/<split>/`` + ``data.yaml`` per modality (Ultralytics layout).
+
+    Ultralytics needs a ``val`` split, which a synthetic-only set lacks: ``val_from`` takes it from another
+    shard set (the real data's ``val_split``), which must have the same classes and every modality.
+    """
     shard_set = ShardSet(root, **storage_options)
     spec = shard_set.spec
+    val_set = ShardSet(val_from, **storage_options) if val_from else None
+    if val_set is not None:
+        theirs = val_set.spec
+        if tuple(theirs.classes) != tuple(spec.classes):
+            raise DataError(val_from, f"--val-from classes {list(theirs.classes)} differ from {list(spec.classes)}")
+        missing = set(spec.modality_names) - set(theirs.modality_names)
+        if missing:
+            raise DataError(val_from, f"--val-from lacks modalities {sorted(missing)}")
+        if not val_set.manifest.total_rows(val_split):
+            raise DataError(val_from, f"--val-from has no rows in split {val_split!r}")
+    prepare_destination(out, overwrite)
     counts: dict[str, int] = defaultdict(int)
     for sample in shard_set.iter_samples(split):
-        lines = []
-        for obj in sample.objects:
-            x0, y0, x1, y1 = obj.bbox
-            lines.append(
-                f"{obj.category_id} {(x0 + x1) / 2 / sample.width:.6f} {(y0 + y1) / 2 / sample.height:.6f} "
-                f"{(x1 - x0) / sample.width:.6f} {(y1 - y0) / sample.height:.6f}"
-            )
-        label = ("\n".join(lines) + "\n" if lines else "").encode()
-        for name, image in sample.images.items():
-            fsio.write_bytes_atomic(fsio.join(out, name, "images", sample.split, f"{sample.id}.png"), image.data)
-            fsio.write_bytes_atomic(fsio.join(out, name, "labels", sample.split, f"{sample.id}.txt"), label)
+        if val_set is not None and sample.split == "val":
+            continue  # the val split comes from val_from alone, never a mix of the two sets
+        _write_yolo_sample(out, sample, sample.split, spec.modality_names)
         counts[sample.split] += 1
+    if val_set is not None:
+        for sample in val_set.iter_samples(val_split):
+            _write_yolo_sample(out, sample, "val", spec.modality_names)
+            counts["val"] += 1
     for name in spec.modality_names:
         yaml_lines = [f"path: {fsio.join(out, name)}"]
         yaml_lines += [f"{s}: images/{s}" for s in sorted(counts)]

@@ -22,9 +22,13 @@ def shard_relpath(split: str, index: int) -> str:
     return f"{split}/part-{index:05d}.parquet"
 
 
+RECORD_PREFIXES = (".part-", "_part-")  # the sidecar's name, then the name it had before 0.2 (still cleaned up)
+
+
 def record_relpath(split: str, index: int) -> str:
-    """Per-shard sidecar record ('_' prefix: ignored by pyarrow.dataset and by parquet globs)."""
-    return f"{split}/_part-{index:05d}.json"
+    """Per-shard sidecar record. Hidden ('.'): pyarrow.dataset and Hugging Face ``datasets`` (``data_dir=``)
+    skip it, where a '_' file made ``load_dataset("parquet", data_dir=root)`` read JSON as Parquet."""
+    return f"{split}/.part-{index:05d}.json"
 
 
 @dataclass

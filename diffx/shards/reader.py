@@ -61,6 +61,8 @@ class ShardSet:
         files = [self.shard_path(r) for r in self.manifest.shards_of(split)]
         return pads.dataset(files, format="parquet", filesystem=self.fs)
 
-    def data_files(self, split: str | None = None) -> list[str]:
-        """Paths for ``datasets.load_dataset('parquet', data_files=...)``."""
-        return [fsio.join(self.root, r.path) for r in self.manifest.shards_of(split)]
+    def data_files(self, split: str | None = None) -> dict[str, list[str]]:
+        """``{split: [shard paths]}`` for ``datasets.load_dataset('parquet', data_files=...)``: a split mapping,
+        so ``split="train"`` works and each split stays a split (a plain list would all be called train)."""
+        splits = [split] if split is not None else self.manifest.splits
+        return {s: [fsio.join(self.root, r.path) for r in self.manifest.shards_of(s)] for s in splits}

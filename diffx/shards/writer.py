@@ -20,6 +20,7 @@ from diffx import fsio
 from diffx.data.sample import Sample
 from diffx.data.spec import DatasetSpec
 from diffx.shards.manifest import (
+    RECORD_PREFIXES,
     ShardRecord,
     new_manifest,
     record_relpath,
@@ -160,7 +161,7 @@ class ShardSetWriter:
                 name = entry.rsplit("/", 1)[-1]
                 if (
                     name.endswith(".parquet")
-                    or (name.startswith("_part-") and name.endswith(".json"))
+                    or (name.startswith(RECORD_PREFIXES) and name.endswith(".json"))
                     or ".tmp-" in name
                 ):
                     self.fs.rm(entry)

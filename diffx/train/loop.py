@@ -22,11 +22,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from diffx import fsio
 from diffx.config import TrainLoopConfig
 from diffx.errors import ConfigError, DiffxError
+from diffx.progress import Progress
 from diffx.shards.dataset import detection_collate
 from diffx.train.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from diffx.train.data import BatchPlan, PlanSampler
@@ -199,6 +199,17 @@ class Trainer:
         self.step += 1
         return totals
 
+    def run_report(self, samples_per_second: float) -> dict[str, Any]:
+        """How the run went (speed, processes, resume): a report beside the metrics, never a DVC metric,
+        since it changes on every run while the model does not."""
+        return {
+            "steps": self.step,
+            "resumed_from": self.resumed_from,
+            "processes": self.ctx.world_size,
+            "device": self.ctx.device.type,
+            "train_samples_per_second": round(samples_per_second, 2),
+        }
+
     def after_step(self) -> None:
         """Hook after every optimizer step on every rank (e.g. a preview grid every N steps)."""
 
@@ -217,12 +228,15 @@ class Trainer:
         if self.step >= end:
             return 0.0
         batches = self._batches(end)
-        bar = tqdm(
-            total=end - self.step,
-            desc=f"train {self.kind}",
-            unit="step",
-            disable=not (self.progress and self.ctx.is_main),
-            mininterval=1.0,
+        progress = Progress(
+            f"train {self.kind}",
+            end,
+            unit="steps",
+            bar=self.progress,
+            scale=cfg.batch_size,  # the global batch: every rank and micro-batch together
+            rate_unit="samples",
+            start=self.step,
+            enabled=self.ctx.is_main,
         )
         started, first_step = time.perf_counter(), self.step
         self.model.train()
@@ -231,12 +245,11 @@ class Trainer:
             if self.step % cfg.log_every == 0 or self.step == end:
                 row = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **totals}
                 self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-                bar.set_postfix(loss=f"{totals['loss']:.4f}")
             if self.step % cfg.checkpoint_every == 0 or self.step == end:
                 self.save()
             self.after_step()
-            bar.update(1)
-        bar.close()
+            progress.update(1, loss=totals["loss"])
+        progress.close()
         self.ctx.barrier()
         return (self.step - first_step) * cfg.batch_size / max(time.perf_counter() - started, 1e-9)
 

@@ -300,10 +300,9 @@ class UnetTrainer(Trainer):
             "final_loss": self.history[-1]["loss"] if self.history else None,
             "params_total": total,
             "params_trainable": trainable,
-            "train_samples_per_second": round(samples_per_second, 2),
-            "processes": self.ctx.world_size,
         }
         fsio.write_json_atomic(self.options.metrics, metrics)
+        fsio.write_json_atomic(self.options.report, self.run_report(samples_per_second))
         write_history_csv(self.options.plots, self.history)
         return metrics
 

@@ -245,11 +245,10 @@ class VaeTrainer(Trainer):
             "use_pyramid": self.options.model.use_pyramid,
             "scaling_factor": round(scale, 6),
             "final_loss": self.history[-1]["loss"] if self.history else None,
-            "train_samples_per_second": round(samples_per_second, 2),
-            "processes": self.ctx.world_size,
             "val": per_modality,
         }
         fsio.write_json_atomic(self.options.metrics, metrics)
+        fsio.write_json_atomic(self.options.report, self.run_report(samples_per_second))
         write_history_csv(self.options.plots, self.history)
         fsio.write_bytes_atomic(self.options.grid, grid)
         return metrics
