@@ -5,7 +5,8 @@
 when it will end, so every long loop reports through :class:`Progress`: a log line at the first
 update, then at a steady rhythm (``DIFFX_PROGRESS_SECONDS``, default 30 s) and at the end, each
 with done/total, the caller's numbers (loss, ...), the rate and the ETA. The bar is drawn only when
-asked for and stderr is a terminal, so log lines never fight the bar.
+asked for and stderr is a terminal; then it carries the rhythm and only the closing line is logged,
+so log lines never break the bar.
 """
 
 from __future__ import annotations
@@ -71,8 +72,10 @@ class Progress:
         self._last_log: float | None = None
         self._logged_done = -1
         self.postfix: dict[str, Any] = {}
-        show_bar = enabled and bar and sys.stderr.isatty()
-        self.bar = tqdm(total=self.total, initial=start, desc=desc, unit=unit, disable=not show_bar, mininterval=1.0)
+        self.show_bar = enabled and bar and sys.stderr.isatty()
+        self.bar = tqdm(
+            total=self.total, initial=start, desc=desc, unit=unit, disable=not self.show_bar, mininterval=1.0
+        )
 
     def update(self, n: int = 1, **postfix: Any) -> None:
         self.done += n
@@ -81,8 +84,15 @@ class Progress:
             self.bar.set_postfix({k: _format_value(v) for k, v in postfix.items()}, refresh=False)
         self.bar.update(n)
         now = time.perf_counter()
-        if self.enabled and (self._last_log is None or now - self._last_log >= self.interval):
+        if self.enabled and not self.show_bar and (self._last_log is None or now - self._last_log >= self.interval):
             self._log(now)
+
+    def skip(self, n: int) -> None:
+        """Work found already done (a resumed run): out of the total, so the rate and the ETA stay honest."""
+        if self.total is not None:
+            self.total -= n
+            self.bar.total = self.total
+            self.bar.refresh()
 
     def line(self, now: float | None = None) -> str:
         now = time.perf_counter() if now is None else now
@@ -108,7 +118,7 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
-        if self.enabled and self._last_log is not None and self.done != self._logged_done:
+        if self.enabled and self.done != self._logged_done and (self._last_log is not None or self.show_bar):
             self._log(time.perf_counter())  # the closing line: the final numbers
 
     def __enter__(self) -> Progress:

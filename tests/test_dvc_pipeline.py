@@ -9,10 +9,7 @@ check uncommitted changes.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,23 +20,8 @@ from diffx.shards.validate import validate_shard_set
 
 from . import tiny_chain
 from .conftest import REPO
-
-BIN = Path(sys.executable).parent
-
-
-def _run(cwd: Path, *args: str, ok: bool = True) -> str:
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "diffx-test",
-        "GIT_AUTHOR_EMAIL": "test@diffx.local",
-        "GIT_COMMITTER_NAME": "diffx-test",
-        "GIT_COMMITTER_EMAIL": "test@diffx.local",
-    }
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert (done.returncode == 0) == ok, f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
+from .tiny_chain import BIN
+from .tiny_chain import run as _run
 
 
 @pytest.fixture

@@ -11,10 +11,8 @@ Uncommitted changes are not in the clone: commit before trusting this test (CI r
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,9 @@ from diffx.shards.validate import validate_shard_set
 
 from . import tiny_chain
 from .conftest import REPO
+from .tiny_chain import BIN
+from .tiny_chain import run as _run
 
-BIN = Path(sys.executable).parent
 STAGES = (
     "ingest",
     "check_ingest",
@@ -42,24 +41,6 @@ STAGES = (
     "evaluate",
 )
 TIMING_KEYS = ("seconds", "samples_per_second", "train_samples_per_second", "cached", "model_share")
-
-
-def _env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "diffx-test",
-        "GIT_AUTHOR_EMAIL": "test@diffx.local",
-        "GIT_COMMITTER_NAME": "diffx-test",
-        "GIT_COMMITTER_EMAIL": "test@diffx.local",
-    }
-
-
-def _run(cwd: Path, *args: str, ok: bool = True, timeout: int = 600) -> str:
-    done = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    assert (done.returncode == 0) == ok, f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
 
 
 def _needs_git_checkout() -> None:

@@ -1,4 +1,5 @@
-"""The whole chain at smoke-test size, as dotted params overrides a user would pass to ``dvc exp run -S``.
+"""The whole chain at smoke-test size, as dotted params overrides a user would pass to ``dvc exp run -S``,
+and the runner of the real ``git`` / ``dvc`` / ``diffx`` executables of this environment.
 
 One list for every test that runs the real pipeline (the fresh-clone test, the repo-copy tests), so they all
 exercise the same short chain: a few VAE/UNet/detector steps, a handful of generated samples, and gate floors
@@ -7,7 +8,13 @@ that a 2-step model's noise can pass (the floors in params.yaml are for the demo
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
+
+BIN = Path(sys.executable).parent  # this environment's dvc and diffx
 
 TINY_CHAIN: dict[str, Any] = {
     "vae.train.steps": 2,
@@ -59,3 +66,19 @@ def apply(params: dict[str, Any]) -> dict[str, Any]:
             raise KeyError(f"{dotted}: not in params.yaml, so DVC could not see it")
         node[leaf] = value
     return params
+
+
+def run(cwd: Path, *args: str, ok: bool = True, timeout: int = 600) -> str:
+    """Run a tool as a user would (this environment first on PATH, a git identity for experiments); its output."""
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "diffx-test",
+        "GIT_AUTHOR_EMAIL": "test@diffx.local",
+        "GIT_COMMITTER_NAME": "diffx-test",
+        "GIT_COMMITTER_EMAIL": "test@diffx.local",
+    }
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert (done.returncode == 0) == ok, f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr

@@ -274,7 +274,7 @@ def generate(config: DiffxConfig, *, rank: int = 0, world_size: int = 1, progres
         record = writer.completed_record(options.split, index)
         if record is not None and record.plan_key == keys[index]:
             result.shards_skipped += 1
-            bar.total -= len(by_shard[index])  # already there: not work this run, so not in the rate or ETA
+            bar.skip(len(by_shard[index]))
             continue
         with shard_lock(options.output, options.split, index) as mine_now:
             if not mine_now:

@@ -31,6 +31,7 @@ from diffx.models.layout import pack_boxes
 from diffx.models.mpvae import MPVAE
 from diffx.models.text import TextEncoder
 from diffx.models.unet import DiffXUNet
+from diffx.progress import Progress
 from diffx.sample.pipeline import DiffXPipeline, LayoutRequest
 from diffx.sample.schedulers import training_scheduler
 from diffx.shards.dataset import ShardDataset, detection_collate
@@ -160,6 +161,9 @@ class UnetTrainer(Trainer):
         device = self.ctx.device
         posteriors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         texts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        counter = Progress(
+            "cache conditioning", len(dataset), unit="images", bar=self.progress, enabled=self.ctx.is_main
+        )
         for start in range(0, len(dataset), chunk):
             batch = detection_collate([dataset[i] for i in range(start, min(start + chunk, len(dataset)))])
             posterior = self.vae.encode({k: (v * 2 - 1).to(device) for k, v in batch["images"].items()})
@@ -169,6 +173,8 @@ class UnetTrainer(Trainer):
             if captions:
                 states, mask = self.text.encode(captions)
                 texts.update({c: (states[j], mask[j]) for j, c in enumerate(captions)})
+            counter.update(len(batch["id"]))
+        counter.close()
         if "" not in texts:
             states, mask = self.text.encode([""])
             texts[""] = (states[0], mask[0])
