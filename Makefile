@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test params lint bench clean-venv
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+params: $(VENV)/.installed  # re-render params.yaml after changing a default in diffx/config.py
+	diffx params render params.yaml --out params.yaml
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

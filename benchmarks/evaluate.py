@@ -23,6 +23,7 @@ from diffx.eval.alignment import pair_scores
 from diffx.eval.features import build_extractor, extract
 from diffx.eval.stage import detect, score
 from diffx.shards.dataset import ShardDataset, detection_collate
+from diffx.shards.reader import ShardSet
 from diffx.train.detector import DetectorTrainer, build_detector
 from diffx.train.distributed import init_distributed
 
@@ -40,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.params)
     options = config.evaluate
-    spec = config.data.spec()
+    spec = ShardSet(options.real).spec  # what the data is comes from its manifest
     names = list(spec.modality_names)
     dataset = ShardDataset(options.real, options.reference_split, names)
     batch, load_s = _timed(lambda: detection_collate([dataset[i] for i in range(len(dataset))]))

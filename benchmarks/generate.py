@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffx.config import load_config
+from diffx.config import load_config, with_overrides
 from diffx.eval.image_metrics import psnr
-from diffx.sample.generate import Generator
-from diffx.sample.planner import plan, read_plan
+from diffx.sample.generate import PlanExecutor
+from diffx.sample.planner import read_plan
 from diffx.shards.writer import ShardSetWriter
+from diffx.stages import plan
 
 SETTINGS = [("ddim", 50), ("pndm", 50), ("ddim", 25), ("dpmsolver++", 20), ("unipc", 20), ("dpmsolver++", 10)]
 
@@ -40,7 +41,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--samples", type=int, default=16)
     args = parser.parse_args()
-    config = load_config(args.params)
+    base = load_config(args.params)
     result: dict[str, Any] = {
         "benchmark": "generate",
         "cpus": os.cpu_count(),
@@ -49,15 +50,24 @@ def main() -> None:
         "settings": {},
     }
     with tempfile.TemporaryDirectory(prefix="diffx-bench-gen-") as tmp:
-        config.plan.output, config.plan.report = f"{tmp}/plan.parquet", f"{tmp}/plan.json"
-        config.plan.num_samples, config.plan.rows_per_shard = args.samples, args.samples
-        config.generate.plan = config.plan.output
+        config = with_overrides(
+            base,
+            {
+                "plan.output": f"{tmp}/plan.parquet",
+                "plan.report": f"{tmp}/plan.json",
+                "plan.num_samples": args.samples,
+                "plan.rows_per_shard": args.samples,
+                "generate.plan": f"{tmp}/plan.parquet",
+            },
+        )
         plan(config)
         rows, spec, _ = read_plan(config.plan.output)
         outputs: dict[str, dict[str, torch.Tensor]] = {}
         for sampler, steps in SETTINGS:
-            config.generate.sampler.sampler, config.generate.sampler.steps = sampler, steps
-            generator = Generator(config, spec)
+            options = with_overrides(
+                config, {"generate.sampler.sampler": sampler, "generate.sampler.steps": steps}
+            ).generate
+            generator = PlanExecutor(options, spec)
             generator.shard(rows[: config.generate.batch_size])  # warm-up
             generator.model_seconds = generator.encode_seconds = 0.0
             started = time.perf_counter()

@@ -20,8 +20,9 @@ from PIL import Image
 
 from diffx.config import parse_config
 from diffx.data.demo import write_demo
-from diffx.data.ingest import ingest
-from diffx.quality.gate import GateFailed, run_gate
+from diffx.quality.gate import GateFailed
+from diffx.stages import check as run_gate
+from diffx.stages import ingest
 
 
 def _params(raw: Path, out: Path, modalities: list[dict], names: dict[str, str], splits: list[str]) -> dict:

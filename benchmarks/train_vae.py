@@ -91,7 +91,7 @@ def measure(
     spec: DatasetSpec, shards: Path, work: Path, model: dict[str, Any], train: dict[str, Any], steps: int
 ) -> dict[str, Any]:
     config = parse_config(_params(spec, shards, work, model, {**train, "steps": steps + 1}))
-    trainer = VaeTrainer(config, init_distributed(train.get("device", "auto")), resume=False, progress=False)
+    trainer = VaeTrainer(config.vae, init_distributed(train.get("device", "auto")), resume=False, progress=False)
     trainer.run(until=1)  # warm-up: allocator, first-call kernels
     if trainer.ctx.device.type == "cuda":
         torch.cuda.synchronize()

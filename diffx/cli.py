@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from diffx import __version__
+from diffx import __version__, stages
 from diffx.errors import DiffxError
 
 app = typer.Typer(
@@ -27,7 +27,14 @@ app = typer.Typer(
 shards_app = typer.Typer(help="Inspect, validate and export Parquet shard sets.", no_args_is_help=True)
 app.add_typer(shards_app, name="shards")
 
+params_app = typer.Typer(help="Check and render params files (nothing runs).", no_args_is_help=True)
+app.add_typer(params_app, name="params")
+
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params file")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-S", help="override one setting, KEY=VALUE with a dotted key (YAML value); repeatable"),
+]
 T = TypeVar("T")
 
 
@@ -37,6 +44,36 @@ def _run(action: Callable[[], T]) -> T:
     except DiffxError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+
+
+def _parse_sets(pairs: list[str] | None) -> dict[str, Any]:
+    """``["plan.num_samples=8"]`` -> ``{"plan.num_samples": 8}``; values are YAML, as with ``dvc exp run -S``."""
+    import yaml
+
+    from diffx.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE with a dotted key, e.g. plan.num_samples=8")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({err})") from None
+    return out
+
+
+def _load(params: Path, sets: list[str] | None, flags: dict[str, Any] | None = None, overlays: Any = ()) -> Any:
+    """The params file, overlays, --set pairs, then dedicated flags (e.g. --steps): validated together."""
+    from diffx.config import load_config
+
+    def load() -> Any:
+        overrides = _parse_sets(sets)
+        overrides.update({k: v for k, v in (flags or {}).items() if v is not None})
+        return load_config(params, overlays, overrides)
+
+    return _run(load)
 
 
 @app.callback()
@@ -62,10 +99,9 @@ def demo(
     output: Annotated[str | None, typer.Option(help="override demo.output")] = None,
 ) -> None:
     """(Re)generate the procedural demo dataset (RGB + thermal + depth street scenes)."""
-    from diffx.config import load_config
     from diffx.data.demo import write_demo
 
-    config = _run(lambda: load_config(params))
+    config = _load(params, None)
     options = config.demo
     counts = write_demo(
         output or options.output, seed=options.seed, width=options.width, height=options.height, splits=options.splits
@@ -77,13 +113,11 @@ def demo(
 def ingest(
     params: ParamsOption = Path("params.yaml"),
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    overrides: SetOption = None,
 ) -> None:
     """Stage ingest: raw dataset -> validated canonical shards (data/canonical) + reports/ingest.json."""
-    from diffx.config import load_config
-    from diffx.data.ingest import ingest as run_ingest
-
-    config = _run(lambda: load_config(params))
-    result = _run(lambda: run_ingest(config, progress=progress))
+    config = _load(params, overrides)
+    result = _run(lambda: stages.ingest(config, progress=progress))
     summary = {k: v for k, v in result.report().items() if k != "quarantine"}
     typer.echo(json.dumps(summary))
 
@@ -92,24 +126,19 @@ def ingest(
 def caption_cmd(
     params: ParamsOption = Path("params.yaml"),
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    overrides: SetOption = None,
 ) -> None:
     """Stage caption: a caption per canonical sample from the configured backend (template or LMM), cached."""
-    from diffx.caption.stage import caption
-    from diffx.config import load_config
-
-    config = _run(lambda: load_config(params))
-    result = _run(lambda: caption(config, progress=progress))
+    config = _load(params, overrides)
+    result = _run(lambda: stages.caption(config, progress=progress))
     typer.echo(json.dumps(result.report()))
 
 
 @app.command("refine")
-def refine_cmd(params: ParamsOption = Path("params.yaml")) -> None:
+def refine_cmd(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
     """Stage refine: fix/flag captions, re-apply review decisions, write captioned shards + review queue."""
-    from diffx.caption.refine import refine
-    from diffx.config import load_config
-
-    config = _run(lambda: load_config(params))
-    result = _run(lambda: refine(config))
+    config = _load(params, overrides)
+    result = _run(lambda: stages.refine(config))
     typer.echo(json.dumps(result.report()))
 
 
@@ -120,12 +149,11 @@ def review_cmd(
 ) -> None:
     """Review flagged captions in the terminal; decisions go to refine.decisions (commit it, then dvc repro)."""
     from diffx.caption.review import review
-    from diffx.config import load_config
 
-    config = _run(lambda: load_config(params))
+    config = _load(params, None)
     counts = _run(
         lambda: review(
-            config,
+            config.refine,
             ask=lambda text: typer.prompt(text, default="s", show_default=False),
             say=typer.echo,
             reviewer=reviewer,
@@ -141,15 +169,11 @@ def train_vae(
     resume: Annotated[bool, typer.Option(help="continue from the newest matching checkpoint")] = True,
     resume_from: Annotated[str | None, typer.Option(help="resume from this checkpoint folder")] = None,
     steps: Annotated[int | None, typer.Option(help="override vae.train.steps")] = None,
+    overrides: SetOption = None,
 ) -> None:
     """Stage train_vae: MP-VAE on the canonical shards. Multi-process: torchrun --nproc_per_node N -m diffx.cli."""
-    from diffx.config import load_config
-    from diffx.train.vae import train_vae as run_train_vae
-
-    config = _run(lambda: load_config(params))
-    if steps is not None:
-        config.vae.train.steps = steps
-    result = _run(lambda: run_train_vae(config, resume=resume, resume_from=resume_from, progress=progress))
+    config = _load(params, overrides, {"vae.train.steps": steps})
+    result = _run(lambda: stages.train_vae(config, resume=resume, resume_from=resume_from, progress=progress))
     if result.metrics:
         typer.echo(json.dumps(result.metrics))
 
@@ -159,14 +183,14 @@ def check(
     gate: Annotated[str, typer.Argument(help="ingest | captions | vae | generated")],
     params: ParamsOption = Path("params.yaml"),
     data: Annotated[str | None, typer.Option(help="what to check (default: the guarded stage's output)")] = None,
+    overrides: SetOption = None,
 ) -> None:
     """Run a great_expectations quality gate; exit 1 when it fails (stops dvc repro), 2 on bad input."""
-    from diffx.config import load_config
-    from diffx.quality.gate import GateFailed, run_gate
+    from diffx.quality.gate import GateFailed
 
-    config = _run(lambda: load_config(params))
+    config = _load(params, overrides)
     try:
-        report = run_gate(gate, config, data)
+        report = stages.check(gate, config, data)
     except GateFailed as err:
         typer.secho(str(err), fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
@@ -185,27 +209,20 @@ def train_unet_cmd(
     resume: Annotated[bool, typer.Option(help="continue from the newest matching checkpoint")] = True,
     resume_from: Annotated[str | None, typer.Option(help="resume from this checkpoint folder")] = None,
     steps: Annotated[int | None, typer.Option(help="override unet.train.steps")] = None,
+    overrides: SetOption = None,
 ) -> None:
     """Stage train_unet: DiffX-UNet on MP-VAE latents. Multi-process: torchrun --nproc_per_node N -m diffx.cli."""
-    from diffx.config import load_config
-    from diffx.train.unet import train_unet
-
-    config = _run(lambda: load_config(params))
-    if steps is not None:
-        config.unet.train.steps = steps
-    result = _run(lambda: train_unet(config, resume=resume, resume_from=resume_from, progress=progress))
+    config = _load(params, overrides, {"unet.train.steps": steps})
+    result = _run(lambda: stages.train_unet(config, resume=resume, resume_from=resume_from, progress=progress))
     if result.metrics:
         typer.echo(json.dumps(result.metrics))
 
 
 @app.command("plan")
-def plan_cmd(params: ParamsOption = Path("params.yaml")) -> None:
+def plan_cmd(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
     """Stage plan: decide every synthetic sample's layout, caption, size and seed; write data/plan.parquet."""
-    from diffx.config import load_config
-    from diffx.sample.planner import plan
-
-    config = _run(lambda: load_config(params))
-    typer.echo(json.dumps(_run(lambda: plan(config))))
+    config = _load(params, overrides)
+    typer.echo(json.dumps(_run(lambda: stages.plan(config))))
 
 
 @app.command("generate")
@@ -214,17 +231,15 @@ def generate_cmd(
     rank: Annotated[int | None, typer.Option(help="this worker's rank (default: $RANK or 0)")] = None,
     world_size: Annotated[int | None, typer.Option(help="workers in all (default: $WORLD_SIZE or 1)")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    overrides: SetOption = None,
 ) -> None:
     """Stage generate: execute the plan into synthetic shards; resumable, any number of workers."""
     import os
 
-    from diffx.config import load_config
-    from diffx.sample.generate import generate
-
-    config = _run(lambda: load_config(params))
+    config = _load(params, overrides)
     rank = int(os.environ.get("RANK", "0")) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
-    result = _run(lambda: generate(config, rank=rank, world_size=world_size, progress=progress))
+    result = _run(lambda: stages.generate(config, rank=rank, world_size=world_size, progress=progress))
     typer.echo(json.dumps(result.report()))
 
 
@@ -232,13 +247,11 @@ def generate_cmd(
 def evaluate_cmd(
     params: ParamsOption = Path("params.yaml"),
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    overrides: SetOption = None,
 ) -> None:
     """Stage evaluate: FID/KID/precision/recall, cross-modal alignment, layout fidelity, downstream mAP."""
-    from diffx.config import load_config
-    from diffx.eval.stage import evaluate
-
-    config = _run(lambda: load_config(params))
-    result = _run(lambda: evaluate(config, progress=progress))
+    config = _load(params, overrides)
+    result = _run(lambda: stages.evaluate(config, progress=progress))
     downstream = result.metrics["downstream"]
     summary = {
         "metrics": config.evaluate.metrics,
@@ -247,6 +260,36 @@ def evaluate_cmd(
         "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
     }
     typer.echo(json.dumps(summary))
+
+
+@params_app.command("check")
+def params_check(
+    file: Annotated[Path, typer.Argument(help="params file")] = Path("params.yaml"),
+    overlay: Annotated[list[Path] | None, typer.Option(help="overlay files (presets), applied in order")] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Validate a params file (with overlays and --set overrides) without running anything; exit 2 on error."""
+    config = _load(file, overrides, overlays=tuple(overlay or ()))
+    _run(config.conditioning.token_limit)  # cross-section facts: the text encoder must be readable
+    typer.echo(f"ok: {file}" + "".join(f" + {o}" for o in overlay or ()))
+
+
+@params_app.command("render")
+def params_render(
+    file: Annotated[Path, typer.Argument(help="params file to read")] = Path("params.yaml"),
+    out: Annotated[Path | None, typer.Option(help="write here (default: print)")] = None,
+    overlay: Annotated[list[Path] | None, typer.Option(help="overlay files (presets), applied in order")] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Print (or write) the file with every key spelled out, defaults filled in and documented."""
+    from diffx.config import render_params
+    from diffx.fsio import write_bytes_atomic
+
+    text = render_params(_load(file, overrides, overlays=tuple(overlay or ())))
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        write_bytes_atomic(str(out), text.encode("utf-8"))
 
 
 class ExportFormat(StrEnum):

@@ -1,6 +1,6 @@
 """Prefect cache keys for stages whose inputs can be named: params sections and input shard sets.
 
-The key is what DVC would look at: the stage's params sections, the manifests (sha256 of every shard) of
+The key is what DVC would look at: the settings the stage takes, the manifests (sha256 of every shard) of
 its input shard sets, and where its outputs go. A key alone cannot know whether the outputs are still
 there, so the flow calls the task with ``refresh_cache=outputs_missing(...)``: a deleted output is made
 again, and a cache hit never leaves a missing file behind.
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from diffx import fsio
-from diffx.config import DiffxConfig
+from diffx.config import DiffxConfig, Section, section_hash
 
 
 def _digest(url: str) -> str:
@@ -26,13 +26,15 @@ def _digest(url: str) -> str:
 
 
 def stage_cache_key(
-    sections: tuple[str, ...], inputs: Callable[[DiffxConfig], list[str]], outputs: Callable[[DiffxConfig], list[str]]
+    sections: Callable[[DiffxConfig], tuple[Section, ...]],
+    inputs: Callable[[DiffxConfig], list[str]],
+    outputs: Callable[[DiffxConfig], list[str]],
 ) -> Callable[[Any, dict[str, Any]], str]:
     """A ``cache_key_fn`` for a task whose first parameter is ``config``."""
 
     def key(_context: Any, parameters: dict[str, Any]) -> str:
         config: DiffxConfig = parameters["config"]
-        parts = [config.params_hash(*sections)]
+        parts = [section_hash(*sections(config))]
         parts += [f"{url}={_digest(url)}" for url in inputs(config)]
         parts += outputs(config)
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
@@ -58,5 +60,5 @@ def evaluate_outputs(c: DiffxConfig) -> list[str]:
 
 
 evaluate_cache_key = stage_cache_key(
-    ("data", "evaluate"), lambda c: [c.evaluate.real, c.evaluate.synthetic], evaluate_outputs
+    lambda c: (c.evaluate,), lambda c: [c.evaluate.real, c.evaluate.synthetic], evaluate_outputs
 )

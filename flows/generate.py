@@ -34,16 +34,15 @@ def generate_flow(
     workers: int = 2,
 ) -> dict[str, Any]:
     """Generate ``num_samples`` synthetic samples into ``output_url`` (any fsspec URL) with ``workers`` workers."""
+    overrides = {
+        "plan.num_samples": num_samples,
+        "plan.class_targets": class_targets,
+        "generate.unet": model,
+        "generate.output": output_url,
+    }
+    # one validated load: a flow parameter can never skip a check (num_samples=-5 fails here)
+    config = load_config(params, overrides={k: v for k, v in overrides.items() if v is not None})
     logger = get_run_logger()
-    config = load_config(params)
-    if num_samples is not None:
-        config.plan.num_samples = num_samples
-    if class_targets is not None:
-        config.plan.class_targets = class_targets
-    if model is not None:
-        config.generate.unet = model
-    if output_url is not None:
-        config.generate.output = output_url
     planned = plan_task(config)
     futures = generate_worker_task.map(config=unmapped(config), rank=list(range(workers)), world_size=unmapped(workers))
     progress = create_progress_artifact(

@@ -11,57 +11,44 @@ from typing import Any
 
 from prefect import task
 
+from diffx import stages
 from diffx.config import DiffxConfig
 from flows.caching import evaluate_cache_key
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=10)
 def ingest_task(config: DiffxConfig) -> dict[str, Any]:
-    from diffx.data.ingest import ingest
-
-    return ingest(config, progress=False).report()
+    return stages.ingest(config, progress=False).report()
 
 
 @task(name="gate", retries=0)
 def gate_task(config: DiffxConfig, gate: str) -> dict[str, Any]:
-    from diffx.quality.gate import run_gate
-
-    return run_gate(gate, config).to_dict()
+    return stages.check(gate, config).to_dict()
 
 
 @task(name="caption", retries=2, retry_delay_seconds=10)
 def caption_task(config: DiffxConfig) -> dict[str, Any]:
-    from diffx.caption.stage import caption
-
-    return caption(config, progress=False).report()
+    return stages.caption(config, progress=False).report()
 
 
 @task(name="refine", retries=0)
 def refine_task(config: DiffxConfig) -> dict[str, Any]:
-    from diffx.caption.refine import refine
-
-    return refine(config).report()
+    return stages.refine(config).report()
 
 
 @task(name="train-vae", retries=0)
 def train_vae_task(config: DiffxConfig) -> dict[str, Any]:
-    from diffx.train.vae import train_vae
-
-    return train_vae(config, progress=False).metrics
+    return stages.train_vae(config, progress=False).metrics
 
 
 @task(name="train-unet", retries=0)
 def train_unet_task(config: DiffxConfig) -> dict[str, Any]:
-    from diffx.train.unet import train_unet
-
-    return train_unet(config, progress=False).metrics
+    return stages.train_unet(config, progress=False).metrics
 
 
 @task(name="plan", retries=0)
 def plan_task(config: DiffxConfig) -> dict[str, Any]:
-    from diffx.sample.planner import plan
-
-    return plan(config)
+    return stages.plan(config)
 
 
 @task(name="generate-worker", retries=3, retry_delay_seconds=5)
@@ -70,9 +57,7 @@ def generate_worker_task(config: DiffxConfig, rank: int, world_size: int) -> dic
 
     Retrying is safe: complete shards are skipped, and a half-written one never has its final name.
     """
-    from diffx.sample.generate import generate
-
-    return generate(config, rank=rank, world_size=world_size, progress=False).report()
+    return stages.generate(config, rank=rank, world_size=world_size, progress=False).report()
 
 
 # log_prints=False: pycocotools prints its 12-line table for every score; our own progress goes through logging
@@ -89,6 +74,4 @@ def evaluate_task(config: DiffxConfig) -> dict[str, Any]:
 
     Resumable by itself (detector checkpoints), so a retry would only repeat the same answer.
     """
-    from diffx.eval.stage import evaluate
-
-    return evaluate(config, progress=False).metrics
+    return stages.evaluate(config, progress=False).metrics

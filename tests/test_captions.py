@@ -11,19 +11,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from diffx.caption.decisions import Decision, append_decision, caption_digest, read_decisions
-from diffx.caption.refine import read_queue, refine
+from diffx.caption.refine import read_queue
 from diffx.caption.review import review
 from diffx.caption.rules import near_duplicates, refine_caption
-from diffx.caption.stage import caption
 from diffx.caption.template import TemplateCaptioner
 from diffx.config import DiffxConfig
 from diffx.data.demo import write_demo
-from diffx.data.ingest import ingest
 from diffx.data.sample import BoxObject
 from diffx.errors import DataError
 from diffx.models.text import token_counter
 from diffx.shards.reader import ShardSet
 from diffx.shards.writer import ShardSetWriter
+from diffx.stages import caption, ingest, refine
 
 from .conftest import DEMO_SPEC, make_config
 from .tiny_models import tiny_llava
@@ -204,7 +203,9 @@ def test_terminal_review_appends_decisions(tmp_path: Path, canonical: Path) -> N
     refine(config)
     answers = iter(["x", "e", "An image of a quiet street.", "r", "s"])
     shown: list[str] = []
-    counts = review(config, ask=lambda _: next(answers), say=shown.append, reviewer="qa", images=tmp_path / "images")
+    counts = review(
+        config.refine, ask=lambda _: next(answers), say=shown.append, reviewer="qa", images=tmp_path / "images"
+    )
     assert counts == {"accept": 0, "edit": 1, "reject": 1, "skip": 1}
     assert any("image:" in line and line.endswith("rgb.png") for line in shown)
     assert any("please answer" in line for line in shown)
@@ -270,3 +271,30 @@ def test_unreadable_image_names_the_sample(tmp_path: Path, canonical: Path) -> N
     with pytest.raises(DataError, match=rf"{broken.id}.*cannot decode image"):
         caption(config, progress=False)
     assert not (tmp_path / "captions.parquet").exists()
+
+
+def test_a_caption_the_unet_would_truncate_is_flagged_by_refine_and_fails_the_gate(
+    tmp_path: Path, canonical: Path
+) -> None:
+    """One token limit (conditioning.max_tokens, 96 here) for refine, the captions gate and the UNet: a caption of
+    97-248 tokens used to pass both (they allowed Long-CLIP's 248) and was then truncated in training."""
+    from diffx.quality.gate import GateFailed
+    from diffx.stages import check
+
+    config = _config(
+        tmp_path,
+        canonical,
+        **{"quality.reports": str(tmp_path / "q"), "quality.metrics": str(tmp_path / "qm"), "quality.docs": None},
+    )
+    caption(config, progress=False)
+    victim = next(ShardSet(str(canonical)).iter_samples())
+    long = "An image of a wide street at dusk. " + " ".join(["A quiet lane runs past low houses."] * 12)
+    tokens = token_counter("minilm")(long)
+    assert 96 < tokens <= 248
+    _override_caption(config, victim.id, long)
+    result = refine(config)
+    assert result.flag_kinds["tokens"] == 1
+    queue = {item.id: item for item in read_queue(config.refine.queue)}
+    assert any("over the text encoder's 96" in f for f in queue[victim.id].flags)
+    with pytest.raises(GateFailed, match="caption_tokens"):
+        check("captions", config)

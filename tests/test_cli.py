@@ -64,3 +64,41 @@ def test_demo_command_writes_coco_folders(tmp_path: Path) -> None:
         "demo-train-00000.png",
         "demo-train-00001.png",
     ]
+
+
+def test_params_check_validates_files_overlays_and_overrides_without_running(tmp_path: Path) -> None:
+    params = REPO / "params.yaml"
+    ok = runner.invoke(app, ["params", "check", str(params)])
+    assert ok.exit_code == 0 and "ok:" in ok.stdout
+    overlay = tmp_path / "preset.yaml"
+    overlay.write_text("vae:\n  train:\n    lr: -1\n")
+    bad = runner.invoke(app, ["params", "check", str(params), "--overlay", str(overlay)])
+    assert bad.exit_code == 2 and "vae.train.lr" in bad.output and "preset.yaml" in bad.output
+    bad = runner.invoke(app, ["params", "check", str(params), "--set", "plan.num_samples=-5"])
+    assert bad.exit_code == 2 and "plan.num_samples" in bad.output
+    bad = runner.invoke(app, ["params", "check", str(params), "--set", "conditioning.text_encoder=clip:/nowhere"])
+    assert bad.exit_code == 2 and "clip:/nowhere" in bad.output  # cross-section facts are checked too
+
+
+def test_stage_flags_go_through_the_same_validation(tmp_path: Path) -> None:
+    """`--steps 0` or `--set plan.num_samples=-5` used to be written into the loaded config after validation."""
+    for args, key in (
+        (["train-vae", "--steps", "0"], "vae.train.steps"),
+        (["train-unet", "--steps", "-1"], "unet.train.steps"),
+        (["plan", "--set", "plan.num_samples=-5"], "plan.num_samples"),
+        (["generate", "--set", "generate.batch_size=0"], "generate.batch_size"),
+        (["evaluate", "--set", "evaluate.detector_train.stesp=3"], "evaluate.detector_train.stesp: unknown key"),
+    ):
+        result = runner.invoke(app, [*args, "--params", str(REPO / "params.yaml")])
+        assert result.exit_code == 2 and key in result.output, (args, result.output)
+    assert not (tmp_path / "data").exists()
+
+
+def test_params_render_spells_out_every_key(tmp_path: Path) -> None:
+    partial = tmp_path / "mine.yaml"
+    partial.write_text("plan:\n  num_samples: 7\n")
+    out = tmp_path / "full.yaml"
+    assert runner.invoke(app, ["params", "render", str(partial), "--out", str(out)]).exit_code == 0
+    full = yaml.safe_load(out.read_text())
+    assert full["plan"]["num_samples"] == 7 and full["vae"]["train"]["steps"] == 1500
+    assert "# caption tokens the UNet sees" in out.read_text()  # the field's description, as a comment

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from diffx.config import load_config, parse_config
+from diffx.config import DiffxConfig, load_config, parse_config, render_params, section_hash, with_overrides
 from diffx.errors import ConfigError
 
 from .conftest import REPO
@@ -70,10 +70,49 @@ def test_missing_file_and_bad_yaml(tmp_path) -> None:
         load_config(bad)
 
 
-def test_params_hash_tracks_sections() -> None:
+def test_section_hash_tracks_only_the_sections_given() -> None:
     a = parse_config(_params())
     raw = _params()
     raw["shards"]["rows_per_shard"] = 7
+    raw["shards"]["rows_per_shard"] = 7
+    raw["vae"]["output"] = "elsewhere"  # where a result goes is not what it is
     b = parse_config(raw)
-    assert a.params_hash("data") == b.params_hash("data")
-    assert a.params_hash("shards") != b.params_hash("shards")
+    assert section_hash(a.data) == section_hash(b.data)
+    assert section_hash(a.vae) == section_hash(b.vae)
+    assert section_hash(a.shards) != section_hash(b.shards)
+
+
+def test_params_yaml_is_the_rendered_typed_config() -> None:
+    """Every key a stage can read is spelled out in params.yaml (DVC sees it), and each value's one written
+    default lives in diffx/config.py: `diffx params render params.yaml --out params.yaml` keeps them in step."""
+    text = (REPO / "params.yaml").read_text()
+    assert render_params(load_config(REPO / "params.yaml")) == text
+    assert render_params(DiffxConfig()) == text  # the demo's params are the typed defaults
+
+
+def test_overrides_are_validated_like_the_file(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"plan\.num_samples: Input should be greater than or equal to 1"):
+        load_config(REPO / "params.yaml", overrides={"plan.num_samples": -5})
+    config = load_config(REPO / "params.yaml")
+    with pytest.raises(ConfigError, match=r"vae\.train\.steps"):
+        with_overrides(config, {"vae.train.steps": 0})
+    with pytest.raises(ConfigError, match=r"plan\.num_smples: unknown key"):
+        with_overrides(config, {"plan.num_smples": 3})
+    assert with_overrides(config, {"plan.num_samples": 5}).plan.num_samples == 5
+    assert config.plan.num_samples == 64  # the loaded config is never changed in place
+
+
+def test_overlays_merge_key_by_key(tmp_path) -> None:
+    overlay = tmp_path / "preset.yaml"
+    overlay.write_text("vae:\n  train:\n    steps: 7\nconditioning:\n  max_objects: 8\n")
+    config = load_config(REPO / "params.yaml", [overlay])
+    assert config.vae.train.steps == 7 and config.vae.train.lr == 1e-3 and config.conditioning.max_objects == 8
+
+
+def test_one_token_limit_for_refine_the_gate_and_the_unet(tmp_path) -> None:
+    """The limit is the UNet's (conditioning.max_tokens), capped by the encoder's own context."""
+    config = load_config(REPO / "params.yaml")
+    assert config.conditioning.token_limit() == 96
+    assert with_overrides(config, {"conditioning.max_tokens": None}).conditioning.token_limit() == 512  # MiniLM
+    assert with_overrides(config, {"conditioning.max_tokens": 4096}).conditioning.token_limit() == 512
+    assert not hasattr(config.refine, "max_tokens") and not hasattr(config.quality.captions, "max_tokens")

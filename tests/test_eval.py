@@ -12,15 +12,15 @@ import torch
 
 from diffx.config import FeatureConfig
 from diffx.data.demo import write_demo
-from diffx.data.ingest import ingest
 from diffx.errors import ConfigError
 from diffx.eval.alignment import alignment, shift_image
 from diffx.eval.coco_map import coco_scores
 from diffx.eval.features import RandomConvFeatures, build_extractor, extract
 from diffx.eval.realism import fid, precision_recall, realism
-from diffx.eval.stage import evaluate, headline
+from diffx.eval.stage import headline
 from diffx.models.detector import CenterNet, decode, encode_targets
 from diffx.shards.dataset import ShardDataset, detection_collate
+from diffx.stages import evaluate, ingest
 from tests.conftest import make_config
 
 CLASSES = ["person", "bicycle", "car"]

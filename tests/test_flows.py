@@ -19,8 +19,8 @@ from prefect.flow_runs import resume_flow_run
 from diffx.caption.decisions import read_decisions
 from diffx.caption.refine import read_queue
 from diffx.data.demo import write_demo
-from diffx.data.ingest import ingest
 from diffx.shards.reader import ShardSet
+from diffx.stages import ingest
 from flows.captions import caption_flow
 
 from .conftest import make_config
@@ -121,6 +121,18 @@ def test_generate_flow_maps_workers_and_completes_the_set(tmp_path: Path) -> Non
     assert result["final"]["complete"] and result["gate"] is True
     assert sum(r["samples_generated"] for r in result["workers"]) == 8
     assert validate_shard_set(str(work / "synthetic")).rows == 8
+
+
+def test_flow_parameters_are_validated_before_any_task(tmp_path: Path) -> None:
+    """Flow parameters are overrides like any other: ``num_samples=-5`` fails in the load, naming the key."""
+    from diffx.errors import ConfigError
+    from flows.generate import generate_flow
+
+    from .conftest import REPO
+
+    with pytest.raises(ConfigError, match=r"plan\.num_samples"):
+        generate_flow.fn(params=str(REPO / "params.yaml"), num_samples=-5, output_url=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
 
 
 def lenient_generated_gate(folder: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,15 +21,14 @@ import yaml
 
 from diffx.config import DiffxConfig, parse_config
 from diffx.data.spec import DatasetSpec, ModalitySpec
-from diffx.errors import ConfigError, DataError
+from diffx.errors import DataError
 from diffx.models.mpvae import MPVAE
-from diffx.sample.generate import generate
-from diffx.sample.planner import plan, read_plan
+from diffx.sample.planner import read_plan
 from diffx.shards.dataset import ShardDataset
 from diffx.shards.reader import ShardSet
 from diffx.shards.validate import validate_shard_set
 from diffx.shards.writer import ShardSetWriter
-from diffx.train.unet import train_unet
+from diffx.stages import generate, plan, train_unet
 
 from .conftest import DEMO_SPEC, make_sample
 from .tiny_models import TINY_UNET_MODEL
@@ -79,11 +79,10 @@ def _params(world: Path, work: Path, spec: DatasetSpec = DEMO_SPEC, **plan: Any)
                 "annotations": {"train": "a.json"},
             }
         },
+        "conditioning": {"max_tokens": 16, "max_objects": 4},
         "unet": {
             "data": str(world / "captioned"),
             "vae": str(world / "vae"),
-            "max_tokens": 16,
-            "max_objects": 4,
             "model": TINY_UNET_MODEL,
             "train": {"steps": 1, "batch_size": 4, "ema_decay": None, "device": "cpu"},
             "preview": {"steps": 1},
@@ -99,7 +98,6 @@ def _params(world: Path, work: Path, spec: DatasetSpec = DEMO_SPEC, **plan: Any)
             "source": str(world / "captioned"),
             "num_samples": 12,
             "rows_per_shard": 2,
-            "max_objects": 4,
             "output": str(work / "plan.parquet"),
             "report": str(work / "plan.json"),
             **plan,
@@ -138,7 +136,7 @@ def test_plan_meets_class_targets_and_is_deterministic(world: Path, tmp_path: Pa
             assert 0 <= x0 < x1 <= row["width"] and 0 <= y0 < y1 <= row["height"]
         if row["edited"]:
             assert row["caption"].startswith("An image of a street scene at night")  # re-templated, time kept
-    with pytest.raises(DataError, match="unknown classes"):
+    with pytest.raises(DataError, match=r"names classes \[.zebra.\] that the data does not have"):
         plan(_config(world, tmp_path, class_targets={"zebra": 2.0}))
 
 
@@ -185,6 +183,26 @@ def test_generate_writes_a_valid_set_with_provenance(world: Path, tmp_path: Path
     assert item["images"]["rgb"].shape == (3, 16, 16) and item["boxes"].shape[1] == 4
     again = generate(config, progress=False)
     assert again.shards_done == 0 and again.shards_skipped == 6  # rerun: nothing recomputed
+
+
+def test_the_model_folder_is_self_contained_and_can_be_moved(world: Path, tmp_path: Path) -> None:
+    """Card paths are relative to the folder, the VAE and the noise schedule travel inside it: a copy of the
+    folder anywhere else generates exactly what the original does."""
+    card = json.loads((world / "unet" / "diffx.json").read_text())
+    assert card["vae"] == "vae" and card["scheduler"] == "scheduler"
+    assert card["dataset"]["classes"] == list(DEMO_SPEC.classes) and card["max_tokens"] == 16
+    schedule = json.loads((world / "unet" / "scheduler" / "scheduler_config.json").read_text())
+    assert schedule["beta_schedule"] == "scaled_linear" and schedule["num_train_timesteps"] == 1000
+    moved = tmp_path / "uploaded" / "my-model"
+    shutil.copytree(world / "unet", moved)
+    for name, unet in (("original", world / "unet"), ("moved", moved)):
+        raw = _params(world, tmp_path / name)
+        raw["generate"]["unet"] = str(unet)
+        raw["unet"]["vae"] = str(tmp_path / "no-vae-here")  # generation never looks at the training-time path
+        config = parse_config(raw)
+        plan(config)
+        assert generate(config, progress=False).complete
+    assert _digests(tmp_path / "moved" / "synthetic") == _digests(tmp_path / "original" / "synthetic")
 
 
 def _command(params: Path, *extra: str) -> list[str]:
@@ -285,6 +303,6 @@ def test_a_plan_for_other_modalities_is_refused_before_any_work(world: Path, tmp
     raw["plan"]["source"] = str(source)
     config = parse_config(raw)
     plan(config)
-    with pytest.raises(ConfigError, match="refusing before any work"):
+    with pytest.raises(DataError, match="no modality 'depth'"):  # the model needs it: refused before any work
         generate(config, progress=False)
     assert not (tmp_path / "synthetic").exists()

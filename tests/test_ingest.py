@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from diffx.data.ingest import ingest
 from diffx.errors import DataError
 from diffx.shards.manifest import read_manifest
 from diffx.shards.validate import validate_shard_set
+from diffx.stages import ingest
 
 from .conftest import make_config
 

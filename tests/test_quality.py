@@ -15,13 +15,14 @@ import pytest
 from diffx.config import DiffxConfig
 from diffx.data.demo import write_demo
 from diffx.data.images import encode_png
-from diffx.data.ingest import ingest
 from diffx.data.sample import BoxObject, Sample
 from diffx.errors import DataError
-from diffx.quality.gate import GateFailed, run_gate
+from diffx.quality.gate import GateFailed
 from diffx.shards.manifest import MANIFEST_NAME
 from diffx.shards.reader import ShardSet
 from diffx.shards.writer import ShardSetWriter
+from diffx.stages import check as run_gate
+from diffx.stages import ingest
 
 from .conftest import make_config
 

@@ -12,11 +12,11 @@ import pytest
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
-from diffx.data.ingest import ingest  # noqa: E402
 from diffx.shards.dataset import ShardDataset  # noqa: E402
 from diffx.shards.reader import ShardSet  # noqa: E402
 from diffx.shards.validate import validate_shard_set  # noqa: E402
 from diffx.shards.writer import ShardSetWriter  # noqa: E402
+from diffx.stages import ingest  # noqa: E402
 
 from .conftest import make_config, make_sample  # noqa: E402
 
@@ -79,9 +79,7 @@ def test_ingest_writes_its_shards_to_s3(s3: str, demo_root: Path, tmp_path: Path
 
 def test_generate_writes_to_s3_and_evaluate_reads_from_it(s3: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     from diffx.config import parse_config
-    from diffx.eval.stage import evaluate
-    from diffx.sample.generate import generate
-    from diffx.sample.planner import plan
+    from diffx.stages import evaluate, generate, plan
 
     from .test_flows import _Factory
     from .test_generate import _params

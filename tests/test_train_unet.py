@@ -18,10 +18,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from diffx.config import parse_config
+from diffx.models.folder import MODEL_CARD
 from diffx.models.mpvae import MPVAE
 from diffx.models.unet import DiffXUNet
 from diffx.shards.writer import ShardSetWriter
-from diffx.train.unet import MODEL_CARD, train_unet
+from diffx.stages import train_unet
 
 from .conftest import DEMO_SPEC, make_sample
 from .tiny_models import TINY_UNET_MODEL
@@ -67,12 +68,11 @@ def _params(work: Path, inputs: Path, **train: Any) -> dict[str, Any]:
                 "annotations": {"train": "a.json"},
             }
         },
+        "conditioning": {"max_tokens": 16, "max_objects": 4},
         "unet": {
             "data": str(inputs / "captioned"),
             "vae": str(inputs / "vae"),
-            "max_tokens": 16,
-            "max_objects": 4,
-            "model": TINY_UNET_MODEL,
+            "model": {**TINY_UNET_MODEL, "fuser_gate_init": 0.0},  # GLIGEN's closed gates: the tolerances below
             "train": {
                 "steps": 3,
                 "batch_size": 4,
@@ -81,6 +81,8 @@ def _params(work: Path, inputs: Path, **train: Any) -> dict[str, Any]:
                 "log_every": 1,
                 "ema_decay": None,
                 "device": "cpu",
+                "min_snr_gamma": None,
+                "cache_conditioning": False,
                 **train,
             },
             "preview": {"steps": 2, "guidance": 2.0},
@@ -100,7 +102,7 @@ def test_stage_writes_model_card_metrics_curve_and_preview(tmp_path: Path, input
     assert result.steps == 3
     model = DiffXUNet.from_pretrained(tmp_path / "unet")
     card = json.loads((tmp_path / "unet" / MODEL_CARD).read_text())
-    assert card["text_encoder"] == "minilm" and card["classes"] == list(DEMO_SPEC.classes)
+    assert card["text_encoder"] == "minilm" and card["dataset"]["classes"] == list(DEMO_SPEC.classes)
     assert model.config.cross_attention_dim == 384  # MiniLM's width
     metrics = json.loads((tmp_path / "unet.json").read_text())
     assert metrics["params_trainable"] == metrics["params_total"] > 0  # from scratch: everything trains
@@ -156,9 +158,8 @@ def _initial(tmp_path: Path, inputs: Path) -> dict[str, torch.Tensor]:
     from diffx.train.distributed import init_distributed
     from diffx.train.unet import UnetTrainer
 
-    trainer = UnetTrainer(
-        parse_config(_params(tmp_path / "init", inputs)), init_distributed("cpu"), resume=False, progress=False
-    )
+    config = parse_config(_params(tmp_path / "init", inputs))
+    trainer = UnetTrainer(config.unet, config.conditioning, init_distributed("cpu"), resume=False, progress=False)
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 

@@ -18,12 +18,13 @@ from safetensors.torch import load_file
 
 from diffx.config import parse_config
 from diffx.data.spec import DatasetSpec, ModalitySpec
-from diffx.errors import ConfigError, DataError
+from diffx.errors import ConfigError
 from diffx.models.mpvae import MPVAE
 from diffx.shards.writer import ShardSetWriter
+from diffx.stages import train_vae
 from diffx.train.checkpoint import latest_checkpoint, list_checkpoints, pack, unpack
 from diffx.train.distributed import init_distributed
-from diffx.train.vae import TrainingError, VaeTrainer, train_vae
+from diffx.train.vae import TrainingError, VaeTrainer
 
 from .conftest import DEMO_SPEC, make_sample
 
@@ -67,6 +68,7 @@ def _raw_params(tmp: Path, shards: Path, spec: DatasetSpec = DEMO_SPEC, **train:
                 "checkpoint_every": 2,
                 "ema_decay": 0.9,
                 "device": "cpu",
+                "crop": None,  # whole 16 px frames
                 **train,
             },
             "scale_batches": 1,
@@ -90,7 +92,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _trainer(tmp: Path, shards: Path, name: str, **train: Any) -> VaeTrainer:
     raw = _raw_params(tmp / name, shards, **train)
-    return VaeTrainer(parse_config(raw), init_distributed("cpu"), progress=False)
+    return VaeTrainer(parse_config(raw).vae, init_distributed("cpu"), progress=False)
 
 
 def test_resume_continues_the_same_run(tmp_path: Path, shards: Path) -> None:
@@ -116,7 +118,7 @@ def test_changed_params_do_not_resume_a_foreign_checkpoint(tmp_path: Path, shard
     assert changed.step == 0
     with pytest.raises(ConfigError, match="made with other params"):
         VaeTrainer(
-            parse_config(_raw_params(tmp_path / "run", shards, lr=5e-4)),
+            parse_config(_raw_params(tmp_path / "run", shards, lr=5e-4)).vae,
             init_distributed("cpu"),
             resume_from=str(tmp_path / "run" / "ckpt" / "step-0000002"),
             progress=False,
@@ -137,11 +139,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, shard
     assert all(torch.isfinite(v).all() for v in latest.tensors("model").values())
 
 
-def test_shards_with_other_modalities_are_refused(tmp_path: Path) -> None:
+def test_the_modalities_come_from_the_manifest_not_from_params(tmp_path: Path) -> None:
+    """params' data section describes the raw source for ingest; a trainer reads what the shards hold."""
     root = tmp_path / "rt"
     _write_shards(root, RGB_THERMAL)
-    with pytest.raises(DataError, match=r"_manifest.json \[dataset.modalities\]: shards hold modalities"):
-        VaeTrainer(parse_config(_raw_params(tmp_path, root)), init_distributed("cpu"), progress=False)
+    config = parse_config(_raw_params(tmp_path, root))  # data.modalities: rgb, thermal, depth
+    trainer = VaeTrainer(config.vae, init_distributed("cpu"), progress=False)
+    assert list(trainer.model.config.modalities) == ["rgb", "thermal"]
 
 
 def test_checkpoint_from_another_modality_set_is_refused(tmp_path: Path, shards: Path) -> None:
@@ -153,7 +157,7 @@ def test_checkpoint_from_another_modality_set_is_refused(tmp_path: Path, shards:
         ConfigError, match=r"checkpoint was trained for modalities \[\['rgb', 3\], \['thermal', 1\], \['depth', 1\]\]"
     ):
         VaeTrainer(
-            parse_config(raw),
+            parse_config(raw).vae,
             init_distributed("cpu"),
             progress=False,
             resume_from=str(tmp_path / "three" / "ckpt" / "step-0000002"),
@@ -221,7 +225,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Pa
         assert run["processes"] == nproc and run["steps"] == 3
     torch.manual_seed(0)
     initial = VaeTrainer(
-        parse_config(_raw_params(tmp_path / "init", shards)), init_distributed("cpu"), resume=False, progress=False
+        parse_config(_raw_params(tmp_path / "init", shards)).vae, init_distributed("cpu"), resume=False, progress=False
     ).model.state_dict()
     moved = max((weights[1][k] - initial[k]).abs().max().item() for k in weights[1])
     differs = max((weights[1][k] - weights[2][k]).abs().max().item() for k in weights[1])

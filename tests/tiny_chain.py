@@ -68,10 +68,11 @@ def apply(params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def run(cwd: Path, *args: str, ok: bool = True, timeout: int = 600) -> str:
+def run(cwd: Path, *args: str, ok: bool = True, timeout: int = 600, env: dict[str, str] | None = None) -> str:
     """Run a tool as a user would (this environment first on PATH, a git identity for experiments); its output."""
     env = {
         **os.environ,
+        **(env or {}),
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "DVC_NO_ANALYTICS": "1",
         "GIT_AUTHOR_NAME": "diffx-test",

@@ -24,7 +24,7 @@ from diffx.caption.rules import near_duplicates, refine_caption
 from diffx.caption.stage import read_captions
 from diffx.caption.template import NAME as TEMPLATE
 from diffx.caption.template import TemplateCaptioner
-from diffx.config import DiffxConfig
+from diffx.config import ConditioningConfig, RefineConfig, ShardsConfig, section_hash
 from diffx.data.sample import Sample
 from diffx.errors import DataError
 from diffx.models.text import token_counter
@@ -101,9 +101,10 @@ def _apply(
     return caption, source, flags
 
 
-def refine(config: DiffxConfig) -> RefineResult:
+def refine(options: RefineConfig, conditioning: ConditioningConfig, shards: ShardsConfig) -> RefineResult:
+    """Captions are held to the UNet's token limit (``conditioning``), counted by its own tokenizer."""
     started = time.perf_counter()
-    options = config.refine
+    tokenizer, max_tokens = conditioning.tokenizer(), conditioning.token_limit()
     shard_set = ShardSet(options.data)
     spec = shard_set.spec
     captions = read_captions(options.captions)
@@ -116,16 +117,14 @@ def refine(config: DiffxConfig) -> RefineResult:
             options.captions, f"{len(missing)} sample(s) have no caption, e.g. {missing[:3]}; rerun the caption stage"
         )
     decisions = read_decisions(options.decisions, known_ids=ids)
-    count_tokens = token_counter(options.tokenizer)
+    count_tokens = token_counter(tokenizer)
     template = TemplateCaptioner(spec)
     result = RefineResult(options.output, len(samples), 0, 0)
 
     refined: dict[str, tuple[str, list[str], list[str]]] = {}
     for sample in samples:
         row = captions[sample.id]
-        outcome = refine_caption(
-            row["caption"], sample.objects, spec.classes, sample.width, count_tokens, options.max_tokens
-        )
+        outcome = refine_caption(row["caption"], sample.objects, spec.classes, sample.width, count_tokens, max_tokens)
         refined[sample.id] = (outcome.caption, outcome.fixes, outcome.flags)
     duplicates = near_duplicates({k: v[0] for k, v in refined.items() if v[0]}, options.near_duplicate)
     for sample_id, other in duplicates.items():
@@ -161,9 +160,9 @@ def refine(config: DiffxConfig) -> RefineResult:
     writer = ShardSetWriter(
         options.output,
         spec,
-        params_hash=config.params_hash("caption", "refine"),
-        row_group_bytes=config.shards.row_group_bytes,
-        compression=config.shards.compression,
+        params_hash=section_hash(options, shards, extra={"tokenizer": tokenizer, "max_tokens": max_tokens}),
+        row_group_bytes=shards.row_group_bytes,
+        compression=shards.compression,
     )
     writer.clear()
     records = []

@@ -12,7 +12,7 @@ from pathlib import Path
 from diffx import fsio
 from diffx.caption.decisions import Decision, append_decision, read_decisions
 from diffx.caption.refine import QueueItem, read_queue
-from diffx.config import DiffxConfig
+from diffx.config import RefineConfig
 from diffx.shards.reader import ShardSet
 
 CHOICES = {"a": "accept", "e": "edit", "r": "reject", "s": "skip", "q": "quit"}
@@ -33,7 +33,7 @@ def export_images(item: QueueItem, shards: ShardSet, folder: Path) -> list[str]:
 
 
 def review(
-    config: DiffxConfig,
+    options: RefineConfig,
     ask: Callable[[str], str],
     say: Callable[[str], None],
     *,
@@ -41,7 +41,6 @@ def review(
     images: Path = Path("reviews/images"),
 ) -> dict[str, int]:
     """Walk the queue; every decision is appended (and fsynced) to the decisions file at once."""
-    options = config.refine
     queue = read_queue(options.queue)
     already = read_decisions(options.decisions)
     shards = ShardSet(options.output)

@@ -19,7 +19,7 @@ from diffx import fsio
 from diffx.caption.cache import CaptionCache, cache_key
 from diffx.caption.lmm import layout_summary
 from diffx.caption.template import TemplateCaptioner
-from diffx.config import DiffxConfig
+from diffx.config import CaptionConfig
 from diffx.data.sample import Sample
 from diffx.data.spec import DatasetSpec
 from diffx.errors import DataError
@@ -60,8 +60,7 @@ class CaptionResult:
         }
 
 
-def build_captioner(config: DiffxConfig, spec: DatasetSpec) -> Any:
-    options = config.caption
+def build_captioner(options: CaptionConfig, spec: DatasetSpec) -> Any:
     if options.backend == "template":
         return TemplateCaptioner(spec)
     from diffx.caption.lmm import DEFAULT_PROMPT, LmmCaptioner
@@ -91,11 +90,11 @@ def _batches(shard_set: ShardSet, size: int) -> Any:
         yield batch
 
 
-def caption(config: DiffxConfig, *, progress: bool = True) -> CaptionResult:
+def caption(options: CaptionConfig, *, progress: bool = True) -> CaptionResult:
+    """What the set is (modalities, classes) comes from the canonical manifest."""
     started = time.perf_counter()
-    options = config.caption
     shard_set = ShardSet(options.data)
-    captioner = build_captioner(config, shard_set.spec)
+    captioner = build_captioner(options, shard_set.spec)
     cache = CaptionCache(options.cache)
     rows: list[dict[str, Any]] = []
     compute_seconds, computed = 0.0, 0

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diffx import fsio
-from diffx.config import DiffxConfig
+from diffx.config import DataConfig, IngestConfig, ShardsConfig, section_hash
 from diffx.data.readers import ReadContext, read_source
 from diffx.data.sample import Rejected, Sample, validated
 from diffx.errors import DataError
@@ -84,24 +84,24 @@ def _counted(items: Iterable[Any], counter: Progress) -> Iterator[Any]:
         counter.update(1)
 
 
-def ingest(config: DiffxConfig, *, progress: bool = True) -> IngestResult:
+def ingest(data: DataConfig, options: IngestConfig, shards: ShardsConfig, *, progress: bool = True) -> IngestResult:
+    """``data`` is written into the manifest: later stages read what the set is from there, not from params."""
     started = time.perf_counter()
-    spec = config.data.spec()
-    options = config.ingest
+    spec = data.spec()
     writer = ShardSetWriter(
         options.output,
         spec,
-        params_hash=config.params_hash("data", "ingest", "shards"),
-        row_group_bytes=config.shards.row_group_bytes,
-        compression=config.shards.compression,
+        params_hash=section_hash(data, options, shards),
+        row_group_bytes=shards.row_group_bytes,
+        compression=shards.compression,
     )
     writer.clear()
     rejected: list[Rejected] = []
     rows: dict[str, int] = {}
-    items = read_source(options.source, ReadContext(spec, config.shards.png_compress_level))
+    items = read_source(options.source, ReadContext(spec, shards.png_compress_level))
     with Progress("ingest", None, unit="samples", bar=progress) as counter:
         stream = validated(_counted(items, counter), spec, rejected)
-        records = _write_split_streams(writer, stream, config.shards.rows_per_shard, rows)
+        records = _write_split_streams(writer, stream, shards.rows_per_shard, rows)
     result = IngestResult(options.output, rows, len(records), rejected, time.perf_counter() - started)
     report = result.report()
     fsio.write_json_atomic(options.report, report)

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffx.data.images import EncodedImage, probe_png
+from diffx.data.images import EncodedImage
 from diffx.data.spec import DatasetSpec
 from diffx.errors import DataError
 
@@ -108,17 +108,6 @@ def validate_sample(sample: Sample, spec: DatasetSpec, source: str | None = None
     if problems:
         raise DataError(source or f"sample {sample.id!r} ({sample.split})", "; ".join(problems))
     return sample
-
-
-def check_png_headers(sample: Sample) -> None:
-    """Re-read width/height/mode from the PNG bytes; guards against EncodedImage metadata that lies."""
-    for name, image in sample.images.items():
-        width, height, mode = probe_png(image.data, f"{sample.id}:{name}")
-        if (width, height, mode) != (image.width, image.height, image.mode):
-            raise DataError(
-                f"{sample.id}:{name}",
-                f"PNG header says {width}x{height} {mode}, metadata says {image.width}x{image.height} {image.mode}",
-            )
 
 
 class UniqueIds:

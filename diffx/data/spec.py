@@ -102,3 +102,30 @@ class DatasetSpec(BaseModel):
 
     def class_id(self, name: str) -> int:
         return self.classes.index(name)
+
+
+def require_compatible(found: DatasetSpec, needed: DatasetSpec, *, found_in: str, needed_by: str) -> None:
+    """The one rule for "may data described by ``found`` be used where ``needed`` is expected".
+
+    The same classes in the same order (a class id is its index, in boxes, plans and models), and every
+    needed modality with the same channels and bit depth (extra modalities are allowed: they are not read).
+    Raised as a DataError naming where ``found`` came from and who needs it.
+    """
+    from diffx.errors import DataError
+
+    problems = []
+    if tuple(found.classes) != tuple(needed.classes):
+        problems.append(f"classes {list(found.classes)}, {needed_by} needs {list(needed.classes)} in that order")
+    have = {m.name: (m.channels, m.bit_depth) for m in found.modalities}
+    for m in needed.modalities:
+        if m.name not in have:
+            problems.append(f"no modality {m.name!r} (has {sorted(have)})")
+        elif have[m.name] != (m.channels, m.bit_depth):
+            problems.append(
+                f"modality {m.name!r} is {have[m.name][0]}-channel {have[m.name][1]}-bit, "
+                f"{needed_by} needs {m.channels}-channel {m.bit_depth}-bit"
+            )
+    if found.layout_kind != needed.layout_kind:
+        problems.append(f"layout kind {found.layout_kind!r}, {needed_by} needs {needed.layout_kind!r}")
+    if problems:
+        raise DataError(found_in, "; ".join(problems), field="dataset")

@@ -23,8 +23,8 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from diffx import fsio
-from diffx.config import DiffxConfig, EvaluateConfig
-from diffx.data.spec import DatasetSpec
+from diffx.config import EvaluateConfig, section_hash
+from diffx.data.spec import DatasetSpec, require_compatible
 from diffx.errors import ConfigError, DataError
 from diffx.eval.alignment import pair_scores, shift_image, summarize
 from diffx.eval.coco_map import DetectionScores, coco_scores
@@ -147,17 +147,6 @@ def _split_digest(root: str, split: str) -> str:
     return hashlib.sha256("".join(r.sha256 for r in records).encode()).hexdigest()[:16]
 
 
-def _check_spec(root: str, spec: DatasetSpec, role: str) -> None:
-    theirs = ShardSet(root).spec
-    if tuple(theirs.classes) != tuple(spec.classes):
-        raise DataError(
-            f"{root}/_manifest.json", f"{role} classes {list(theirs.classes)} differ from {list(spec.classes)}"
-        )
-    missing = set(spec.modality_names) - set(theirs.modality_names)
-    if missing:
-        raise DataError(f"{root}/_manifest.json", f"{role} lacks modalities {sorted(missing)}")
-
-
 @dataclass
 class EvalResult:
     metrics: dict[str, Any]  # every measurement (the report)
@@ -194,13 +183,12 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
 def _train_detector(
     label: str,
     dataset: Dataset,
-    config: DiffxConfig,
+    options: EvaluateConfig,
     inputs: list[str],
     spec: DatasetSpec,
     run_key: str,
     progress: bool,
 ) -> tuple[CenterNet, list[dict[str, float]]]:
-    options = config.evaluate
     ctx = init_distributed(options.device)
     channels = [spec.modality(m).channels for m in inputs]
     torch.manual_seed(options.detector_train.seed)
@@ -262,15 +250,16 @@ def sample_sheet(dataset: ShardDataset, model: CenterNet, options: EvaluateConfi
     return grid_png(rows, [f"generated {m}" for m in dataset.modalities], captions=captions, legend=legend)
 
 
-def evaluate(config: DiffxConfig, *, progress: bool = True) -> EvalResult:
-    options = config.evaluate
-    spec = config.data.spec()
+def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
+    """The real set's manifest says what the data is; the synthetic set must be compatible with it."""
+    spec = ShardSet(options.real).spec
+    require_compatible(
+        ShardSet(options.synthetic).spec, spec, found_in=f"{options.synthetic}/_manifest.json", needed_by="evaluate"
+    )
     inputs = options.detector.inputs or list(spec.modality_names)
     for name in inputs:
         if name not in spec.modality_names:
             raise ConfigError(f"evaluate.detector.inputs: unknown modality {name!r}; data has {spec.modality_names}")
-    _check_spec(options.real, spec, "real data")
-    _check_spec(options.synthetic, spec, "synthetic data")
     modalities = list(spec.modality_names)
     reference = ShardDataset(options.real, options.reference_split, modalities)
     test = ShardDataset(options.real, options.test_split, modalities)
@@ -311,12 +300,13 @@ def evaluate(config: DiffxConfig, *, progress: bool = True) -> EvalResult:
     seconds["realism_alignment"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    base_key = f"{config.params_hash('data', 'evaluate')}-{_split_digest(options.real, options.reference_split)}"
-    real_model, real_history = _train_detector("real", reference, config, inputs, spec, f"{base_key}-real", progress)
+    params_digest = section_hash(options, extra={"dataset": spec.model_dump(mode="json")})
+    base_key = f"{params_digest}-{_split_digest(options.real, options.reference_split)}"
+    real_model, real_history = _train_detector("real", reference, options, inputs, spec, f"{base_key}-real", progress)
     mixed_key = f"{base_key}-{_split_digest(options.synthetic, options.synthetic_split)}"
     mixed_data = ConcatDataset([reference, synthetic])
     mixed_model, mixed_history = _train_detector(
-        "real+synthetic", mixed_data, config, inputs, spec, mixed_key, progress
+        "real+synthetic", mixed_data, options, inputs, spec, mixed_key, progress
     )
     seconds["train_detectors"] = time.perf_counter() - started
 

@@ -7,6 +7,7 @@ counting tokens the way the configured encoder will see them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -55,6 +56,28 @@ def token_counter(name: str) -> Callable[[str], int]:
         auto = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         return lambda text: len(auto(text, truncation=False)["input_ids"])
     raise ConfigError(f"tokenizer {name!r}: not a bundled model name and not a local folder")
+
+
+LONGCLIP_CONTEXT = 248
+
+
+def context_length(spec: str, tokenizer: str | None = None) -> int:
+    """Positions a text encoder can attend to, read from its config without loading weights.
+
+    The single source of every caption token limit (refine, the captions gate, the UNet).
+    """
+    kind, _, target = spec.partition(":")
+    if kind == "longclip":
+        return LONGCLIP_CONTEXT
+    folder = bundled_model_path("minilm") if kind == "minilm" else Path(target)
+    file = folder / "config.json"
+    if kind not in ("minilm", "clip"):
+        raise ConfigError(f"text encoder {spec!r}: expected 'minilm', 'clip:<path>' or 'longclip:<checkpoint>'")
+    if not file.is_file():
+        raise ConfigError(f"text encoder {spec!r}: no config.json in {folder} (pass a local model folder)")
+    config = json.loads(file.read_text())
+    config = config.get("text_config", config)
+    return int(config.get("max_position_embeddings", 512))
 
 
 # ----------------------------------------------------------------------------------------------- encoders

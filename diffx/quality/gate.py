@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from diffx import fsio
-from diffx.config import DiffxConfig
+from diffx.config import ConditioningConfig, QualityConfig
 from diffx.errors import DataError, DiffxError
 from diffx.quality import suites
 from diffx.quality.stats import caption_table, sample_table, shard_table
@@ -192,30 +192,40 @@ def validate_tables(
 
 
 # ------------------------------------------------------------------------------------------ gates
-def _ingest_tables(config: DiffxConfig, data: str) -> tuple[dict[str, Any], int, dict[str, Any]]:
+def _ingest_tables(
+    quality: QualityConfig, conditioning: ConditioningConfig, data: str
+) -> tuple[dict[str, Any], int, dict[str, Any]]:
     shard_set = ShardSet(data)
-    samples, reference = sample_table(shard_set, workers=config.quality.workers)
+    samples, reference = sample_table(shard_set, workers=quality.workers)
     histogram_columns = [c for c in samples.columns if c.endswith("_hist_distance")]
+    suite = suites.sample_suite(shard_set.spec, quality.ingest, conditioning.max_objects, histogram_columns)
     tables = {
-        "samples": (samples, suites.sample_suite(shard_set.spec, config.quality.ingest, histogram_columns), "id"),
+        "samples": (samples, suite, "id"),
         "shards": (shard_table(shard_set), suites.shard_suite(), "shard"),
     }
     means = {m.name: round(float(samples[f"{m.name}_mean"].mean()), 6) for m in shard_set.spec.modalities}
     return tables, len(samples), {"reference_histograms": reference, "reference_means": means}
 
 
-def _generated_tables(config: DiffxConfig, data: str) -> tuple[dict[str, Any], int, dict[str, Any]]:
-    cfg = config.quality.generated
+def _generated_tables(
+    quality: QualityConfig, conditioning: ConditioningConfig, data: str
+) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    cfg = quality.generated
     try:
         real = fsio.read_json(cfg.reference)
     except FileNotFoundError:
         raise DataError(cfg.reference, "the ingest gate's report (real-data references) is missing") from None
     shard_set = ShardSet(data)
-    samples, _ = sample_table(shard_set, workers=config.quality.workers, reference=real.get("reference_histograms"))
+    samples, _ = sample_table(shard_set, workers=quality.workers, reference=real.get("reference_histograms"))
     histogram_columns = [c for c in samples.columns if c.endswith("_hist_distance")]
     contrast_columns = [f"{m}_box_contrast" for m in cfg.honoured if f"{m}_box_contrast" in samples.columns]
     suite = suites.generated_suite(
-        shard_set.spec, cfg, histogram_columns, real.get("reference_means", {}), contrast_columns
+        shard_set.spec,
+        cfg,
+        conditioning.max_objects,
+        histogram_columns,
+        real.get("reference_means", {}),
+        contrast_columns,
     )
     tables = {"samples": (samples, suite, "id"), "shards": (shard_table(shard_set), suites.shard_suite(), "shard")}
     honoured = {
@@ -234,23 +244,30 @@ def _generated_tables(config: DiffxConfig, data: str) -> tuple[dict[str, Any], i
     return tables, len(samples), {"honoured_share": honoured}
 
 
-def _caption_tables(config: DiffxConfig, data: str) -> tuple[dict[str, Any], int, dict[str, Any]]:
+def _caption_tables(
+    quality: QualityConfig, conditioning: ConditioningConfig, data: str
+) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    """Captions are counted with the UNet text encoder's own tokenizer against its limit (refine's too)."""
     from diffx.models.text import token_counter
 
-    cfg = config.quality.captions
-    captions = caption_table(ShardSet(data), token_counter(cfg.tokenizer))
-    return {"captions": (captions, suites.caption_suite(cfg), "id")}, len(captions), {}
+    captions = caption_table(ShardSet(data), token_counter(conditioning.tokenizer()))
+    suite = suites.caption_suite(quality.captions, conditioning.token_limit())
+    return {"captions": (captions, suite, "id")}, len(captions), {}
 
 
-def _vae_tables(config: DiffxConfig, data: str) -> tuple[dict[str, Any], int, dict[str, Any]]:
+def _vae_tables(
+    quality: QualityConfig, conditioning: ConditioningConfig, data: str
+) -> tuple[dict[str, Any], int, dict[str, Any]]:
     try:
         metrics = fsio.read_json(data)
     except FileNotFoundError:
         raise DataError(data, "VAE metrics not found; run train_vae first") from None
+    if not isinstance(metrics.get("val"), dict) or not metrics["val"]:
+        raise DataError(data, "no per-modality validation scores ('val'); is this a train_vae metrics file?")
     rows = []
-    for modality in config.data.spec().modality_names:
-        scores = metrics.get("val", {}).get(modality, {})
-        min_psnr, min_ssim = suites.vae_floors(config.quality.vae, modality)
+    for modality in sorted(metrics["val"]):  # one row per modality the model was trained on
+        scores = metrics["val"][modality] or {}
+        min_psnr, min_ssim = suites.vae_floors(quality.vae, modality)
         rows.append(
             {
                 "modality": modality,
@@ -266,26 +283,18 @@ def _vae_tables(config: DiffxConfig, data: str) -> tuple[dict[str, Any], int, di
 BUILDERS = {"ingest": _ingest_tables, "captions": _caption_tables, "vae": _vae_tables, "generated": _generated_tables}
 
 
-def default_input(gate: str, config: DiffxConfig) -> str:
-    return {
-        "ingest": config.ingest.output,
-        "captions": config.refine.output,
-        "vae": config.vae.metrics,
-        "generated": config.generate.output,
-    }[gate]
+def run_gate(gate: str, quality: QualityConfig, conditioning: ConditioningConfig, data: str) -> GateReport:
+    """Check ``data`` (the output of the stage the gate guards); write the report; raise on failure.
 
-
-def run_gate(gate: str, config: DiffxConfig, data: str | None = None) -> GateReport:
-    """Check ``data`` (default: the output of the stage the gate guards); write the report; raise on failure."""
+    ``conditioning`` holds the limits the UNet sets (layout slots, caption tokens), shared with refine."""
     if gate not in BUILDERS:
         raise DiffxError(f"unknown gate {gate!r}; gates: {', '.join(GATES)}")
     started = time.perf_counter()
-    data = data or default_input(gate, config)
-    tables, rows, extra = BUILDERS[gate](config, data)
-    outcomes = validate_tables(gate, tables, docs=config.quality.docs, max_rows=config.quality.max_failed_rows_shown)
+    tables, rows, extra = BUILDERS[gate](quality, conditioning, data)
+    outcomes = validate_tables(gate, tables, docs=quality.docs, max_rows=quality.max_failed_rows_shown)
     report = GateReport(gate, data, rows, outcomes, extra)
-    fsio.write_json_atomic(fsio.join(config.quality.reports, f"{gate}.json"), report.to_dict())
-    fsio.write_json_atomic(fsio.join(config.quality.metrics, f"{gate}.json"), report.headline())
+    fsio.write_json_atomic(fsio.join(quality.reports, f"{gate}.json"), report.to_dict())
+    fsio.write_json_atomic(fsio.join(quality.metrics, f"{gate}.json"), report.headline())
     log.info(
         "gate %s: %d expectations over %d rows, %d failed (%.1fs)",
         gate,
@@ -298,6 +307,6 @@ def run_gate(gate: str, config: DiffxConfig, data: str | None = None) -> GateRep
         lines = "\n".join(f"  FAIL {o.line()}" for o in report.failures)
         raise GateFailed(
             f"quality gate {gate!r} failed on {data}: {len(report.failures)} of {len(outcomes)} "
-            f"expectations\n{lines}\nreport: {fsio.join(config.quality.reports, gate + '.json')}"
+            f"expectations\n{lines}\nreport: {fsio.join(quality.reports, gate + '.json')}"
         )
     return report

@@ -27,7 +27,11 @@ def _true(column: str, why: str) -> Expectation:
 
 
 def sample_suite(
-    spec: DatasetSpec, cfg: ImageGateConfig, histogram_columns: list[str], histogram_mostly: float = 1.0
+    spec: DatasetSpec,
+    cfg: ImageGateConfig,
+    max_objects: int,
+    histogram_columns: list[str],
+    histogram_mostly: float = 1.0,
 ) -> list[Expectation]:
     """Per-sample checks on image content, alignment, boxes and identity.
 
@@ -72,7 +76,7 @@ def sample_suite(
         _true("boxes_inside", "box outside the image"),
         _true("classes_known", "object class not in the class list, or a wrong category_id"),
         _why(
-            E.ExpectColumnValuesToBeBetween(column="n_objects", min_value=0, max_value=cfg.max_objects),
+            E.ExpectColumnValuesToBeBetween(column="n_objects", min_value=0, max_value=max_objects),
             "more objects than the layout has slots",
         ),
         _why(
@@ -105,7 +109,7 @@ def _source_regex(sources: list[str]) -> str:
     return "^(?:" + "|".join(re.escape(s).replace(r"\*", ".+") for s in sources) + ")$"
 
 
-def caption_suite(cfg: CaptionGateConfig) -> list[Expectation]:
+def caption_suite(cfg: CaptionGateConfig, max_tokens: int) -> list[Expectation]:
     return [
         _true("caption_present", "sample without a caption"),
         _why(E.ExpectColumnValuesToBeInSet(column="caption_blank", value_set=[False]), "empty or blank caption"),
@@ -114,7 +118,7 @@ def caption_suite(cfg: CaptionGateConfig) -> list[Expectation]:
             "caption too short to describe the scene",
         ),
         _why(
-            E.ExpectColumnValuesToBeBetween(column="caption_tokens", max_value=cfg.max_tokens),
+            E.ExpectColumnValuesToBeBetween(column="caption_tokens", max_value=max_tokens),
             "caption longer than the text encoder's context (it would be truncated)",
         ),
         _why(
@@ -146,12 +150,13 @@ def vae_floors(cfg: VaeGateConfig, modality: str) -> tuple[float, float]:
 def generated_suite(
     spec: DatasetSpec,
     cfg: GeneratedGateConfig,
+    max_objects: int,
     histogram_columns: list[str],
     real_means: dict[str, float],
     contrast_columns: list[str],
 ) -> list[Expectation]:
     """The per-sample image checks, plus: modality means near the real data's, and the layout honoured."""
-    out = sample_suite(spec, cfg, histogram_columns, histogram_mostly=1.0 - cfg.max_outlier_share)
+    out = sample_suite(spec, cfg, max_objects, histogram_columns, histogram_mostly=1.0 - cfg.max_outlier_share)
     for name, mean in sorted(real_means.items()):
         out.append(
             _why(

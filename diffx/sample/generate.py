@@ -4,45 +4,41 @@ A shard is a pure function of (plan rows, model digest, sampler settings), named
 a plan key that hashes exactly that. A worker skips a shard whose file and sidecar record are complete
 for the same key, takes an exclusive lock before generating one (so two workers never race on a shard),
 and writes it under a temporary name renamed when complete: a SIGKILL at any moment leaves either
-nothing or a complete shard. The manifest is written only once every planned shard is complete.
+nothing or a complete shard. The manifest is written only once every planned shard is complete (the locks,
+stale-shard retirement and completion live with the shard writer, in diffx/shards/resume.py).
 Scale-out: ``--rank/--world-size`` gives worker r the shards with index % world_size == r (Slurm,
 Kubernetes, torchrun); any number of such workers, started in any order, converge on the same set.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import socket
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from diffx import fsio
-from diffx.config import DiffxConfig
+from diffx.config import GenerateConfig
 from diffx.data.images import encode_png
 from diffx.data.sample import BoxObject, Sample
-from diffx.data.spec import DatasetSpec
+from diffx.data.spec import DatasetSpec, require_compatible
 from diffx.errors import ConfigError
+from diffx.models.folder import ModelFolder
 from diffx.models.mpvae import MPVAE
 from diffx.models.text import TextEncoder
 from diffx.models.unet import DiffXUNet
 from diffx.progress import Progress
 from diffx.sample.pipeline import DiffXPipeline, LayoutRequest
 from diffx.sample.planner import read_plan
-from diffx.shards.manifest import MANIFEST_NAME, RECORD_PREFIXES, ShardRecord, new_manifest, write_manifest
+from diffx.shards.resume import complete_set, is_current, retire_stale, shard_lock
 from diffx.shards.writer import ShardSetWriter
-from diffx.train.unet import MODEL_CARD
 
 log = logging.getLogger(__name__)
 _LOAD_LOCK = threading.Lock()  # workers in one process (Prefect's thread runner) load models one after another
@@ -74,63 +70,18 @@ class GenerateResult:
         }
 
 
-def model_digest(unet: str, vae: str) -> str:
+def model_digest(folder: ModelFolder) -> str:
+    """Content of every weight and config file of the model folder (its VAE and schedule included)."""
     digest = hashlib.sha256()
-    for folder in (unet, vae):
-        for file in sorted(Path(folder).glob("*.safetensors")) + sorted(Path(folder).glob("*.json")):
-            digest.update(file.name.encode())
-            digest.update(hashlib.sha256(file.read_bytes()).digest())
+    for file in folder.files():
+        digest.update(file.relative_to(folder.root).as_posix().encode())
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
     return digest.hexdigest()[:16]
 
 
 def plan_key(rows: list[dict[str, Any]], model_id: str, sampler: dict[str, Any]) -> str:
     text = json.dumps({"rows": rows, "model": model_id, "sampler": sampler}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-@contextlib.contextmanager
-def shard_lock(root: str, split: str, index: int) -> Iterator[bool]:
-    """Exclusive per-shard lock (O_EXCL file with host and pid); a lock whose process died is broken.
-
-    Object stores have no atomic create-if-absent through fsspec, so remote outputs rely on the rank
-    partition and the atomic rename instead (a second writer only ever rewrites identical bytes).
-    """
-    local = fsio.local_path(root)
-    if local is None:
-        yield True
-        return
-    path = Path(local) / split / f".part-{index:05d}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    owner = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            host, _, pid = path.read_text().partition(" ") if path.exists() else ("", "", "")
-            alive = host != socket.gethostname() or (pid.isdigit() and _pid_alive(int(pid)))
-            if alive:
-                yield False
-                return
-            path.unlink(missing_ok=True)  # stale: its process was killed
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(owner)
-        try:
-            yield True
-        finally:
-            path.unlink(missing_ok=True)
-        return
-    yield False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _to_png(array: np.ndarray, bit_depth: int, source: str) -> Any:
@@ -142,21 +93,15 @@ def _to_png(array: np.ndarray, bit_depth: int, source: str) -> Any:
     return encode_png((values[0] * 255 + 0.5).astype(np.uint8), source)
 
 
-class Generator:
+class PlanExecutor:
     """Models loaded once per worker; ``shard`` turns one shard's plan rows into samples."""
 
-    def __init__(self, config: DiffxConfig, spec: DatasetSpec):
-        options = config.generate
-        card_path = Path(options.unet) / MODEL_CARD
-        if not card_path.is_file():
-            raise ConfigError(f"{options.unet}: no {MODEL_CARD}; is this a train_unet output?")
-        card = json.loads(card_path.read_text())
-        if list(card["modalities"]) != list(spec.modality_names) or list(card["classes"]) != list(spec.classes):
-            raise ConfigError(
-                f"{options.plan}: the plan is for modalities {list(spec.modality_names)} and classes "
-                f"{list(spec.classes)}, the model {options.unet} was trained for {card['modalities']} "
-                f"and {card['classes']}; refusing before any work"
-            )
+    def __init__(self, options: GenerateConfig, spec: DatasetSpec):
+        folder = ModelFolder(options.unet)
+        card = folder.card
+        # the plan must describe exactly what the model was trained on: refuse before any work
+        require_compatible(spec, card.dataset, found_in=options.plan, needed_by=f"the model {options.unet}")
+        require_compatible(card.dataset, spec, found_in=options.unet, needed_by=f"the plan {options.plan}")
         self.device = torch.device(
             "cuda"
             if options.device == "auto" and torch.cuda.is_available()
@@ -166,16 +111,13 @@ class Generator:
         )
         self.spec, self.options = spec, options
         with _LOAD_LOCK:  # from_pretrained patches torch globally (meta-device init): one load at a time
-            vae = MPVAE.from_pretrained(card["vae"]).to(self.device)
+            vae = MPVAE.from_pretrained(str(folder.vae)).to(self.device)
             unet = DiffXUNet.from_pretrained(options.unet).to(self.device)
             text = TextEncoder(
-                card["text_encoder"],
-                max_tokens=card["max_tokens"],
-                tokenizer=card.get("text_tokenizer"),
-                device=self.device,
+                card.text_encoder, max_tokens=card.max_tokens, tokenizer=card.text_tokenizer, device=self.device
             )
-        self.pipeline = DiffXPipeline(vae, unet, text, spec.classes, card["max_objects"], self.device)
-        self.model_id = model_digest(options.unet, card["vae"])
+        self.pipeline = DiffXPipeline(vae, unet, text, spec.classes, card.max_objects, folder.schedule(), self.device)
+        self.model_id = model_digest(folder)
         self.sampler = options.sampler.model_dump()
         self.encoder = ThreadPoolExecutor(max_workers=1)  # PNG encoding overlaps the next batch's sampling
         self.model_seconds = 0.0
@@ -248,9 +190,9 @@ class Generator:
         return [sample for future in pending for sample in future.result()]
 
 
-def generate(config: DiffxConfig, *, rank: int = 0, world_size: int = 1, progress: bool = True) -> GenerateResult:
+def generate(options: GenerateConfig, *, rank: int = 0, world_size: int = 1, progress: bool = True) -> GenerateResult:
+    """What to draw comes from the plan (and its dataset spec); how, from the self-contained model folder."""
     started = time.perf_counter()
-    options = config.generate
     rows, spec, _ = read_plan(options.plan)
     if not 0 <= rank < world_size:
         raise ConfigError(f"--rank {rank} is outside --world-size {world_size}")
@@ -259,20 +201,19 @@ def generate(config: DiffxConfig, *, rank: int = 0, world_size: int = 1, progres
         by_shard.setdefault(int(row["shard"]), []).append(row)
     for shard_rows in by_shard.values():
         shard_rows.sort(key=lambda r: r["row"])
-    generator = Generator(config, spec)  # refuses a model/plan mismatch before any work
+    executor = PlanExecutor(options, spec)  # refuses a model/plan mismatch before any work
     # provenance by content: the models' digest and the sampler (paths to the plan or models are not content)
-    content_hash = hashlib.sha256(f"{generator.model_id}{sorted(generator.sampler.items())}".encode()).hexdigest()[:16]
+    content_hash = hashlib.sha256(f"{executor.model_id}{sorted(executor.sampler.items())}".encode()).hexdigest()[:16]
     writer = ShardSetWriter(options.output, spec, generated=True, params_hash=content_hash)
     result = GenerateResult(options.output)
     mine = [s for s in sorted(by_shard) if s % world_size == rank]
-    keys = {s: plan_key(by_shard[s], generator.model_id, generator.sampler) for s in by_shard}
-    _retire_stale(writer, options.split, keys)
+    keys = {s: plan_key(by_shard[s], executor.model_id, executor.sampler) for s in by_shard}
+    retire_stale(writer, options.split, keys)
     bar = Progress(
         f"generate (rank {rank}/{world_size})", sum(len(by_shard[s]) for s in mine), unit="samples", bar=progress
     )
     for index in mine:
-        record = writer.completed_record(options.split, index)
-        if record is not None and record.plan_key == keys[index]:
+        if is_current(writer, options.split, index, keys[index]):
             result.shards_skipped += 1
             bar.skip(len(by_shard[index]))
             continue
@@ -281,23 +222,15 @@ def generate(config: DiffxConfig, *, rank: int = 0, world_size: int = 1, progres
                 result.shards_busy += 1
                 continue
             tick = time.perf_counter()
-            samples = generator.shard(by_shard[index])
+            samples = executor.shard(by_shard[index])
             writer.write_shard(options.split, index, samples, plan_key=keys[index])
             result.shards_done += 1
             result.samples += len(samples)
             result.shard_seconds.append(time.perf_counter() - tick)
             bar.update(len(samples), shard=index)
     bar.close()
-    result.model_seconds, result.encode_seconds = generator.model_seconds, generator.encode_seconds
-    records: list[ShardRecord] = []
-    for index in sorted(by_shard):
-        record = writer.completed_record(options.split, index)
-        if record is None or record.plan_key != keys[index]:
-            break
-        records.append(record)
-    result.complete = len(records) == len(by_shard)
-    if result.complete:  # every rank may get here; the manifest's content is the same whoever writes it
-        write_manifest(options.output, new_manifest(spec, records, generated=True, params_hash=content_hash))
+    result.model_seconds, result.encode_seconds = executor.model_seconds, executor.encode_seconds
+    result.complete = complete_set(writer, options.split, keys)
     result.seconds = time.perf_counter() - started
     fsio.write_json_atomic(options.report, result.report())
     log.info(
@@ -310,25 +243,3 @@ def generate(config: DiffxConfig, *, rank: int = 0, world_size: int = 1, progres
         "shard set complete" if result.complete else "shard set not complete yet",
     )
     return result
-
-
-def _retire_stale(writer: ShardSetWriter, split: str, keys: dict[int, str]) -> None:
-    """A manifest for another plan goes first (the set must not look complete while shards change), then
-    shards the plan no longer has."""
-    fs, root = writer.fs, writer.root_path
-    manifest = f"{root}/{MANIFEST_NAME}"
-    if fs.exists(manifest):
-        current = all((r := writer.completed_record(split, i)) is not None and r.plan_key == k for i, k in keys.items())
-        if not current:
-            fs.rm(manifest)
-    folder = f"{root}/{split}"
-    if fs.exists(folder):
-        for entry in fs.ls(folder, detail=False):
-            name = entry.rsplit("/", 1)[-1]
-            if name.startswith(("part-", *RECORD_PREFIXES)) and int(name.split("-")[1].split(".")[0]) not in keys:
-                fs.rm(entry)
-
-
-def planned_ids(plan_path: str) -> list[str]:
-    rows, _, _ = read_plan(plan_path)
-    return [r["id"] for r in rows]

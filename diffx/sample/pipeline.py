@@ -9,6 +9,7 @@ guidance) whatever batch it is drawn in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -38,12 +39,14 @@ class DiffXPipeline:
         unet: DiffXUNet,
         text: TextEncoder,
         classes: tuple[str, ...],
-        max_objects: int = 30,
+        max_objects: int,
+        schedule: dict[str, Any],
         device: str | torch.device = "cpu",
     ):
         self.vae, self.unet, self.text = vae.eval(), unet.eval(), text
         self.classes = classes
         self.max_objects = max_objects
+        self.schedule = dict(schedule)
         self.device = torch.device(device)
         self.phrase_table = text.phrases(list(classes)).to(self.device)
 
@@ -59,12 +62,12 @@ class DiffXPipeline:
 
     @torch.no_grad()
     def __call__(
-        self, requests: list[LayoutRequest], *, sampler: str = "ddim", steps: int = 50, guidance: float = 5.0
+        self, requests: list[LayoutRequest], *, sampler: str, steps: int, guidance: float
     ) -> dict[str, torch.Tensor]:
         """Every modality as B x C x H x W in [0, 1]."""
         if len({(r.height, r.width) for r in requests}) != 1:
             raise ValueError("one batch draws one frame size; group requests by size")
-        scheduler = sampling_scheduler(sampler)
+        scheduler = sampling_scheduler(sampler, self.schedule)
         scheduler.set_timesteps(steps, device=self.device)
         latents = self._latents(requests) * scheduler.init_noise_sigma
         count = len(requests)

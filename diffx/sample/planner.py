@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from diffx import fsio
 from diffx.caption.template import layout_sentences, when_phrase
-from diffx.config import DiffxConfig, PlanConfig
+from diffx.config import ConditioningConfig, PlanConfig, section_hash
 from diffx.data.readers.base import load_coco
 from diffx.data.sample import BoxObject
 from diffx.data.spec import DatasetSpec
@@ -169,13 +169,19 @@ def _augment(layout: Layout, rng: np.random.Generator, options: PlanConfig) -> t
     return kept, edited
 
 
-def plan(config: DiffxConfig) -> dict[str, Any]:
-    """Write the plan (Parquet) and its report; returns the report."""
-    options, spec = config.plan, config.data.spec()
+def plan(options: PlanConfig, conditioning: ConditioningConfig) -> dict[str, Any]:
+    """Write the plan (Parquet) and its report; returns the report.
+
+    The classes and modalities come from the manifest of ``options.source`` (the data the UNet trains on), the
+    number of layout slots from ``conditioning``."""
+    spec = ShardSet(options.source).spec
+    max_objects = conditioning.max_objects
     unknown = sorted(set(options.class_targets) - set(spec.classes))
     if unknown:
         raise DataError(
-            "params.yaml", f"plan.class_targets names unknown classes {unknown}", field="plan.class_targets"
+            f"{options.source}/_manifest.json",
+            f"plan.class_targets names classes {unknown} that the data does not have (it has {list(spec.classes)})",
+            field="plan.class_targets",
         )
     layouts = source_layouts(options, spec)
     real = Counter(o.category for layout in layouts for o in layout.objects)
@@ -197,7 +203,7 @@ def plan(config: DiffxConfig) -> dict[str, Any]:
             while (
                 (planned[cls] + sum(o.category == cls for o in objects)) < target[cls] * (index + 1)
                 and attempts < 8
-                and len(objects) < options.max_objects
+                and len(objects) < max_objects
             ):
                 attempts += 1
                 candidates = [d for d in donors if d[1].category == cls]
@@ -214,7 +220,7 @@ def plan(config: DiffxConfig) -> dict[str, Any]:
                     continue
                 objects.append(BoxObject(box, cls, spec.class_id(cls)))
                 edited = True
-        objects = objects[: options.max_objects]
+        objects = objects[:max_objects]
         planned.update(o.category for o in objects)
         if edited or not source.caption:
             caption = " ".join(
@@ -247,7 +253,7 @@ def plan(config: DiffxConfig) -> dict[str, Any]:
                 {
                     "dataset": spec.model_dump(mode="json"),
                     "rows_per_shard": options.rows_per_shard,
-                    "params_hash": config.params_hash("plan"),
+                    "params_hash": section_hash(options, extra={"max_objects": max_objects}),
                 },
                 sort_keys=True,
             )

@@ -1,6 +1,7 @@
 """Noise schedules: DiffX's scaled-linear betas (0.00085..0.012, T = 1000, epsilon prediction), as SD v1.x.
 
-The same schedule trains (DDPM) and samples (DDIM, DPM-Solver++, UniPC, or PNDM = the paper's PLMS).
+Training (DDPM) saves its schedule into the model folder; every sampler (DDIM, DPM-Solver++, UniPC, or
+PNDM = the paper's PLMS) is built from that saved config, so sampling always follows the trained schedule.
 """
 
 from __future__ import annotations
@@ -16,19 +17,22 @@ SCHEDULE = {
     "beta_schedule": "scaled_linear",
     "prediction_type": "epsilon",
 }
+SAMPLERS = {
+    "ddim": (DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}),
+    "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "steps_offset": 1}),
+    "unipc": (UniPCMultistepScheduler, {"steps_offset": 1}),
+    "pndm": (PNDMScheduler, {"skip_prk_steps": True, "set_alpha_to_one": False, "steps_offset": 1}),
+}
 
 
 def training_scheduler() -> DDPMScheduler:
     return DDPMScheduler(**SCHEDULE, clip_sample=False)
 
 
-def sampling_scheduler(name: str) -> Any:
-    if name == "ddim":
-        return DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    if name == "dpmsolver++":
-        return DPMSolverMultistepScheduler(**SCHEDULE, algorithm_type="dpmsolver++", steps_offset=1)
-    if name == "unipc":
-        return UniPCMultistepScheduler(**SCHEDULE, steps_offset=1)
-    if name == "pndm":
-        return PNDMScheduler(**SCHEDULE, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
-    raise ValueError(f"unknown sampler {name!r}; expected ddim, dpmsolver++, unipc or pndm")
+def sampling_scheduler(name: str, schedule: dict[str, Any]) -> Any:
+    """A sampler over the trained ``schedule`` (a scheduler config, as saved in the model folder)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
+    cls, options = SAMPLERS[name]
+    trained = {k: schedule[k] for k in SCHEDULE if k in schedule}
+    return cls(**trained, **options)

@@ -11,6 +11,7 @@ from typing import Any
 
 from diffx import fsio
 from diffx.data.sample import Sample
+from diffx.data.spec import require_compatible
 from diffx.errors import DataError
 from diffx.shards.reader import ShardSet
 
@@ -116,12 +117,7 @@ def export_yolo(
     spec = shard_set.spec
     val_set = ShardSet(val_from, **storage_options) if val_from else None
     if val_set is not None:
-        theirs = val_set.spec
-        if tuple(theirs.classes) != tuple(spec.classes):
-            raise DataError(val_from, f"--val-from classes {list(theirs.classes)} differ from {list(spec.classes)}")
-        missing = set(spec.modality_names) - set(theirs.modality_names)
-        if missing:
-            raise DataError(val_from, f"--val-from lacks modalities {sorted(missing)}")
+        require_compatible(val_set.spec, spec, found_in=str(val_from), needed_by=f"the export of {root}")
         if not val_set.manifest.total_rows(val_split):
             raise DataError(val_from, f"--val-from has no rows in split {val_split!r}")
     prepare_destination(out, overwrite)

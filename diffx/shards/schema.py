@@ -91,10 +91,6 @@ def diffx_metadata(schema: pa.Schema) -> dict[str, Any]:
     return json.loads(raw)
 
 
-def spec_from_schema(schema: pa.Schema) -> DatasetSpec:
-    return DatasetSpec.model_validate(diffx_metadata(schema)["dataset"])
-
-
 def _image_cell(image: EncodedImage | None) -> dict[str, Any] | None:
     return None if image is None else {"bytes": image.data, "path": image.path}
 

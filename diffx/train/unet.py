@@ -8,7 +8,6 @@ like one. Frozen: the MP-VAE, the text encoder, and (with ``init_from_sd``) the 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -23,10 +22,11 @@ import torch
 from torch import nn
 
 from diffx import fsio
-from diffx.config import DiffxConfig, UnetConfig
+from diffx.config import ConditioningConfig, UnetConfig, section_hash
 from diffx.data.spec import DatasetSpec
 from diffx.errors import DataError
 from diffx.eval.grids import draw_boxes, grid_png, to_display
+from diffx.models.folder import ModelCard, write_model_folder
 from diffx.models.layout import pack_boxes
 from diffx.models.mpvae import MPVAE
 from diffx.models.text import TextEncoder
@@ -35,15 +35,14 @@ from diffx.progress import Progress
 from diffx.sample.pipeline import DiffXPipeline, LayoutRequest
 from diffx.sample.schedulers import training_scheduler
 from diffx.shards.dataset import ShardDataset, detection_collate
+from diffx.shards.reader import ShardSet
 from diffx.train.data import sample_generator
 from diffx.train.distributed import DistContext, init_distributed
 from diffx.train.loop import Trainer, write_history_csv
-from diffx.train.vae import check_shards_match
 
 log = logging.getLogger(__name__)
 
 LATENT, TIMESTEP, NOISE, CAPTION_DROP, LAYOUT_DROP = 10, 11, 12, 13, 14  # purposes of per-sample generators
-MODEL_CARD = "diffx.json"
 
 
 def dropped(seed: int, positions: list[int], rate: float, purpose: int) -> list[bool]:
@@ -57,7 +56,9 @@ def _encode_one(text: TextEncoder, caption: str, cache: dict[str, Any]) -> tuple
     return cache[caption]
 
 
-def build_unet(options: UnetConfig, latent_channels: int, text_dim: int, phrase_dim: int) -> DiffXUNet:
+def build_unet(
+    options: UnetConfig, conditioning: ConditioningConfig, latent_channels: int, text_dim: int, phrase_dim: int
+) -> DiffXUNet:
     m = options.model
     if m.init_from_sd:
         model = DiffXUNet.from_sd(m.init_from_sd, layout=m.layout, phrase_dim=phrase_dim, freeze=m.freeze_base)
@@ -65,16 +66,18 @@ def build_unet(options: UnetConfig, latent_channels: int, text_dim: int, phrase_
             raise DataError(
                 m.init_from_sd,
                 f"the SD UNet expects {model.config.cross_attention_dim}-d text states, "
-                f"text encoder {options.text_encoder!r} gives {text_dim}",
+                f"text encoder {conditioning.text_encoder!r} gives {text_dim}",
             )
     else:
-        model = _from_scratch(options, latent_channels, text_dim, phrase_dim)
+        model = _from_scratch(options, conditioning.max_objects, latent_channels, text_dim, phrase_dim)
     if m.fuser_gate_init:
         model.set_fuser_gates(m.fuser_gate_init)
     return model
 
 
-def _from_scratch(options: UnetConfig, latent_channels: int, text_dim: int, phrase_dim: int) -> DiffXUNet:
+def _from_scratch(
+    options: UnetConfig, max_objects: int, latent_channels: int, text_dim: int, phrase_dim: int
+) -> DiffXUNet:
     m = options.model
     return DiffXUNet(
         sample_size=64,
@@ -88,7 +91,7 @@ def _from_scratch(options: UnetConfig, latent_channels: int, text_dim: int, phra
         norm_num_groups=m.norm_num_groups,
         phrase_dim=phrase_dim,
         layout=m.layout,
-        max_objects=options.max_objects,
+        max_objects=max_objects,
     )
 
 
@@ -106,18 +109,18 @@ class UnetTrainer(Trainer):
 
     def __init__(
         self,
-        config: DiffxConfig,
+        options: UnetConfig,
+        conditioning: ConditioningConfig,
         ctx: DistContext,
         *,
         resume: bool = True,
         resume_from: str | None = None,
         progress: bool = True,
     ):
-        options = config.unet
-        super().__init__(ctx, options.train, options.checkpoints, config.params_hash("data", "unet"), progress=progress)
-        self.config, self.options = config, options
-        self.spec: DatasetSpec = config.data.spec()
-        check_shards_match(options.data, self.spec)
+        self.spec: DatasetSpec = ShardSet(options.data).spec  # the set's facts come from its manifest
+        key = section_hash(options, conditioning, extra={"dataset": self.spec.model_dump(mode="json")})
+        super().__init__(ctx, options.train, options.checkpoints, key, progress=progress)
+        self.options, self.conditioning = options, conditioning
         if options.model.layout != "boxes":
             raise DataError(
                 options.data,
@@ -132,12 +135,15 @@ class UnetTrainer(Trainer):
             self.spec.modality_names, tuple(m.channels for m in self.spec.modalities), options.vae
         )
         self.text = TextEncoder(
-            options.text_encoder, max_tokens=options.max_tokens, tokenizer=options.text_tokenizer, device=ctx.device
+            conditioning.text_encoder,
+            max_tokens=conditioning.max_tokens,
+            tokenizer=conditioning.text_tokenizer,
+            device=ctx.device,
         )
         self.phrase_table = self.text.phrases(list(self.spec.classes)).to(ctx.device)
         torch.manual_seed(self.train_cfg.seed)
         self.model = build_unet(
-            options, self.vae.config.latent_channels, self.text.hidden_size, self.phrase_table.shape[1]
+            options, conditioning, self.vae.config.latent_channels, self.text.hidden_size, self.phrase_table.shape[1]
         ).to(ctx.device)
         if self.train_cfg.gradient_checkpointing:
             self.model.unet.enable_gradient_checkpointing()
@@ -149,7 +155,7 @@ class UnetTrainer(Trainer):
         )
 
     def identity(self) -> dict[str, Any]:
-        return {"modalities": list(self.spec.modality_names), "text_encoder": self.options.text_encoder}
+        return {"modalities": list(self.spec.modality_names), "text_encoder": self.conditioning.text_encoder}
 
     @torch.no_grad()
     def _encode_all(self, dataset: ShardDataset, chunk: int = 16) -> dict[str, Any]:
@@ -210,7 +216,7 @@ class UnetTrainer(Trainer):
             ).to(device)
             latents = (mean + std * draw) * self.vae.config.scaling_factor
         sizes = [tuple(img.shape[-2:]) for img in next(iter(batch["images"].values()))]
-        boxes, ids, box_mask = pack_boxes(batch["boxes"], batch["labels"], sizes, self.options.max_objects)
+        boxes, ids, box_mask = pack_boxes(batch["boxes"], batch["labels"], sizes, self.conditioning.max_objects)
         box_mask[torch.tensor(no_layout, dtype=torch.bool)] = 0
         boxes, ids, box_mask = boxes.to(device), ids.to(device), box_mask.to(device)
         timesteps = torch.stack(
@@ -254,7 +260,13 @@ class UnetTrainer(Trainer):
         if not rows:
             raise DataError(self.options.data, f"split {self.options.preview_split!r} has no rows to preview")
         pipeline = DiffXPipeline(
-            self.vae, self.model, self.text, self.spec.classes, self.options.max_objects, self.ctx.device
+            self.vae,
+            self.model,
+            self.text,
+            self.spec.classes,
+            self.conditioning.max_objects,
+            self.noise_scheduler.config,
+            self.ctx.device,
         )
         requests = [
             LayoutRequest(r["caption"] or "", r["boxes"], r["labels"], r["size"][0], r["size"][1], seed=i)
@@ -283,17 +295,19 @@ class UnetTrainer(Trainer):
         final = Path(self.options.output)
         staging = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
         self.model.save_pretrained(str(staging), safe_serialization=True)
-        card = {
-            "text_encoder": self.options.text_encoder,
-            "text_tokenizer": self.options.text_tokenizer,
-            "max_tokens": self.options.max_tokens,
-            "max_objects": self.options.max_objects,
-            "classes": list(self.spec.classes),
-            "modalities": list(self.spec.modality_names),
-            "vae": self.options.vae,
-            "steps": self.step,
-        }
-        (staging / MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        write_model_folder(
+            staging,
+            vae=self.options.vae,
+            scheduler=self.noise_scheduler,
+            card=ModelCard(
+                dataset=self.spec,
+                text_encoder=self.conditioning.text_encoder,
+                text_tokenizer=self.conditioning.text_tokenizer,
+                max_tokens=self.text.max_tokens,
+                max_objects=self.conditioning.max_objects,
+                steps=self.step,
+            ),
+        )
         if final.exists():
             shutil.rmtree(final)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -314,22 +328,29 @@ class UnetTrainer(Trainer):
 
 
 def train_unet(
-    config: DiffxConfig, *, resume: bool = True, resume_from: str | None = None, progress: bool = True
+    options: UnetConfig,
+    conditioning: ConditioningConfig,
+    *,
+    resume: bool = True,
+    resume_from: str | None = None,
+    progress: bool = True,
 ) -> UnetTrainResult:
+    """Writes a self-contained model folder: the UNet, a copy of its VAE, the noise schedule and a model card
+    (diffx/models/folder.py), so the folder can be moved or uploaded and still generate."""
     started = time.perf_counter()
-    ctx = init_distributed(config.unet.train.device)
+    ctx = init_distributed(options.train.device)
     try:
-        trainer = UnetTrainer(config, ctx, resume=resume, resume_from=resume_from, progress=progress)
+        trainer = UnetTrainer(options, conditioning, ctx, resume=resume, resume_from=resume_from, progress=progress)
         samples_per_second = trainer.run()
         metrics = trainer.finish(samples_per_second)
         if ctx.is_main:
-            shutil.rmtree(config.unet.checkpoints, ignore_errors=True)  # spent: see train_vae
+            shutil.rmtree(options.checkpoints, ignore_errors=True)  # spent: see train_vae
             log.info(
                 "train_unet: %d steps in %.0fs, %.1f samples/s",
                 trainer.step,
                 time.perf_counter() - started,
                 samples_per_second,
             )
-        return UnetTrainResult(config.unet.output, trainer.step, trainer.resumed_from, metrics, trainer.history)
+        return UnetTrainResult(options.output, trainer.step, trainer.resumed_from, metrics, trainer.history)
     finally:
         ctx.close()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffx import fsio
-from diffx.config import DiffxConfig, VaeConfig
+from diffx.config import VaeConfig, section_hash
 from diffx.data.spec import DatasetSpec
 from diffx.errors import ConfigError, DataError
 from diffx.eval.grids import grid_png, to_display
@@ -77,20 +77,6 @@ def build_model(config: VaeConfig, spec: DatasetSpec) -> MPVAE:
     )
 
 
-def check_shards_match(root: str, spec: DatasetSpec) -> ShardSet:
-    """The shards must carry exactly the config's modalities (names, channels, bit depth), in any order."""
-    shard_set = ShardSet(root)
-    theirs = {m.name: (m.channels, m.bit_depth) for m in shard_set.spec.modalities}
-    mine = {m.name: (m.channels, m.bit_depth) for m in spec.modalities}
-    if theirs != mine:
-        raise DataError(
-            f"{root}/_manifest.json",
-            f"shards hold modalities {theirs} (channels, bits), the config's data.modalities are {mine}",
-            field="dataset.modalities",
-        )
-    return shard_set
-
-
 class VaeTrainer(Trainer):
     """The MP-VAE on the loop of diffx/train/loop.py: per-sample crop/flip/noise, MSE per modality + KL."""
 
@@ -98,18 +84,17 @@ class VaeTrainer(Trainer):
 
     def __init__(
         self,
-        config: DiffxConfig,
+        options: VaeConfig,
         ctx: DistContext,
         *,
         resume: bool = True,
         resume_from: str | None = None,
         progress: bool = True,
     ):
-        options = config.vae
-        super().__init__(ctx, options.train, options.checkpoints, config.params_hash("data", "vae"), progress=progress)
-        self.config, self.options = config, options
-        self.spec = config.data.spec()
-        check_shards_match(options.data, self.spec)
+        self.spec = ShardSet(options.data).spec  # what the set is comes from its manifest, never from params
+        key = section_hash(options, extra={"modalities": [m.model_dump() for m in self.spec.modalities]})
+        super().__init__(ctx, options.train, options.checkpoints, key, progress=progress)
+        self.options = options
         dataset = ShardDataset(options.data, options.train_split, list(self.spec.modality_names))
         if len(dataset) == 0:
             raise DataError(options.data, f"split {options.train_split!r} has no rows")
@@ -255,19 +240,21 @@ class VaeTrainer(Trainer):
 
 
 def train_vae(
-    config: DiffxConfig, *, resume: bool = True, resume_from: str | None = None, progress: bool = True
+    options: VaeConfig, *, resume: bool = True, resume_from: str | None = None, progress: bool = True
 ) -> VaeTrainResult:
-    """The stage: train (or resume) to ``vae.train.steps`` and write the model, metrics, curve and grid."""
+    """The stage: train (or resume) to ``vae.train.steps`` and write the model, metrics, curve and grid.
+
+    The modalities come from the manifest of ``options.data``."""
     started = time.perf_counter()
-    ctx = init_distributed(config.vae.train.device)
+    ctx = init_distributed(options.train.device)
     try:
-        trainer = VaeTrainer(config, ctx, resume=resume, resume_from=resume_from, progress=progress)
+        trainer = VaeTrainer(options, ctx, resume=resume, resume_from=resume_from, progress=progress)
         samples_per_second = trainer.run()
         metrics = trainer.finish(samples_per_second)
         if ctx.is_main:
             # Checkpoints exist to survive a crash; once the model folder is written they are spent, and a
             # later rerun of the stage (new code, new params) must train afresh, not resume a finished run.
-            shutil.rmtree(config.vae.checkpoints, ignore_errors=True)
+            shutil.rmtree(options.checkpoints, ignore_errors=True)
             log.info(
                 "train_vae: %d steps (%d resumed), %.1f samples/s; val %s",
                 trainer.step,
@@ -276,7 +263,7 @@ def train_vae(
                 json.dumps(metrics.get("val")),
             )
         return VaeTrainResult(
-            config.vae.output,
+            options.output,
             trainer.step,
             trainer.resumed_from,
             metrics,

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -242,8 +242,3 @@ def boxes_from_label_map(
             if sizes[comp - 1] >= min_pixels:
                 objects.append((name, (float(cols.start), float(rows.start), float(cols.stop), float(rows.stop))))
     return objects
-
-
-def iter_guarded(items: Iterator[tuple[str, str, Callable[[], Sample]]]) -> Iterator[Sample | Rejected]:
-    for sample_id, split, build in items:
-        yield guarded(sample_id, split, build)

@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Literal
 
-from diffx.config import CocoFoldersSource
+from pydantic import Field
+
 from diffx.data.readers.base import CategoryMapper, ReadContext, assemble, guarded, load_coco, load_modalities
 from diffx.data.sample import Rejected, Sample
+from diffx.section import Section
+
+
+class CocoFoldersSource(Section):
+    """Paired image folders (one per modality, same file names) plus one COCO JSON per split."""
+
+    format: Literal["coco_folders"] = "coco_folders"
+    root: str
+    modalities: dict[str, str] = Field(description="modality name -> folder (relative to root)")
+    annotations: dict[str, str] = Field(description="split -> COCO JSON (relative to root)")
+    filename_template: str = Field(
+        default="{file_name}", description="maps a COCO file_name to the file on disk, e.g. 'M3FD_{file_name}'"
+    )
+    category_map: dict[str, str] = Field(default_factory=dict, description="source class -> our class")
+    ignore_categories: list[str] = Field(default_factory=list)
 
 
 def read(options: CocoFoldersSource, ctx: ReadContext) -> Iterator[Sample | Rejected]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
-from diffx.config import Come15kSource
 from diffx.data.images import decode_array, encode_png, read_file_bytes
 from diffx.data.readers.base import (
     CategoryMapper,
@@ -20,6 +21,28 @@ from diffx.data.readers.base import (
 )
 from diffx.data.sample import Rejected, Sample
 from diffx.errors import ConfigError, DataError
+from diffx.section import Section
+
+
+class Come15kSource(Section):
+    """COME15K: RGB + depth + saliency GT, COCO instance JSON with the single class 'foreground'."""
+
+    format: Literal["come15k"] = "come15k"
+    root: str
+    splits: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {
+            "train": {
+                "rgb": "train/imgs_right",
+                "depth": "train/depths",
+                "saliency": "train/gt_right",
+                "annotations": "annotations/COME15K-Train.json",
+            },
+        }
+    )
+    depth_extension: str = ".png"
+    saliency_extension: str = ".png"
+    category_map: dict[str, str] = Field(default_factory=dict)
+    ignore_categories: list[str] = Field(default_factory=list)
 
 
 def read(options: Come15kSource, ctx: ReadContext) -> Iterator[Sample | Rejected]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
-from diffx.config import DiffxFolderSource
 from diffx.data.images import decode_array, encode_png, read_file_bytes
 from diffx.data.readers.base import (
     CategoryMapper,
@@ -26,6 +27,30 @@ from diffx.data.readers.base import (
 )
 from diffx.data.sample import Rejected, Sample
 from diffx.errors import DataError
+from diffx.section import Section
+
+
+class DiffxFolderSource(Section):
+    """The original DiffX layout: Main/<split>.txt, JPEGImages_<MOD>/<id>.jpg, labels/, sobel/, caption/."""
+
+    format: Literal["diffx_folder"] = "diffx_folder"
+    root: str
+    modalities: dict[str, str] = Field(description="modality -> the <MOD> suffix of JPEGImages_<MOD>")
+    splits: list[str] = Field(default_factory=lambda: ["train", "val"])
+    extension: str = ".jpg"
+    labels: Literal["yolo", "label_png", "saliency", "none"] = "yolo"
+    label_classes: list[str] = Field(
+        default_factory=lambda: ["person", "bicycle", "car"],
+        description="class names by id in the label files (YOLO ids or label-PNG pixel values)",
+    )
+    box_classes: list[str] | None = Field(
+        default=None, description="label_png: which classes become boxes (connected components)"
+    )
+    min_component_pixels: int = 16
+    layout: Literal["none", "sobel", "labels"] = "none"
+    captions: bool = True
+    category_map: dict[str, str] = Field(default_factory=dict)
+    ignore_categories: list[str] = Field(default_factory=list)
 
 
 def _find(folder: str, sample_id: str, extensions: tuple[str, ...]) -> str:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
-from diffx.config import FlirSource
 from diffx.data.images import decode_array, read_file_bytes
 from diffx.data.readers.base import (
     CategoryMapper,
@@ -28,6 +29,25 @@ from diffx.data.readers.base import (
 )
 from diffx.data.sample import Rejected, Sample
 from diffx.errors import ConfigError, DataError
+from diffx.section import Section
+
+
+class FlirSource(Section):
+    """FLIR ADAS v2. RGB and thermal are not pixel-aligned, so pairing and alignment are explicit."""
+
+    format: Literal["flir"] = "flir"
+    root: str
+    splits: dict[str, str] = Field(
+        default_factory=lambda: {"test": "video_{modality}_test"},
+        description="split -> folder pattern; '{modality}' becomes rgb or thermal",
+    )
+    pairing: Literal["video_map", "thermal_only"] = "video_map"
+    rgb_crop: tuple[int, int, int, int] | None = Field(
+        default=None,
+        description="x0,y0,x1,y1 of the RGB frame that covers the thermal field of view; required with rgb",
+    )
+    category_map: dict[str, str] = Field(default_factory=lambda: {"bike": "bicycle"})
+    ignore_categories: list[str] = Field(default_factory=list)
 
 
 def _align_rgb(array: np.ndarray, crop: tuple[int, int, int, int], size: tuple[int, int], source: str) -> np.ndarray:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Literal
 
-from diffx.config import MfnetSource
+from pydantic import Field
+
 from diffx.data.images import decode_array, encode_png, read_file_bytes
 from diffx.data.readers.base import (
     CategoryMapper,
@@ -23,6 +25,21 @@ from diffx.data.readers.base import (
 )
 from diffx.data.sample import Rejected, Sample
 from diffx.errors import DataError
+from diffx.section import Section
+
+
+class MfnetSource(Section):
+    """MFNet: 4-channel PNG (RGB + thermal in channel 3) and a 9-class label PNG per id."""
+
+    format: Literal["mfnet"] = "mfnet"
+    root: str
+    splits: list[str] = Field(default_factory=lambda: ["train", "val", "test"])
+    labels: bool = True
+    box_classes: list[str] = Field(default_factory=lambda: ["car", "person", "bike"])
+    min_component_pixels: int = 16
+    category_map: dict[str, str] = Field(default_factory=lambda: {"bike": "bicycle"})
+    ignore_categories: list[str] = Field(default_factory=list)
+
 
 MFNET_CLASSES = ["unlabeled", "car", "person", "bike", "curve", "car_stop", "guardrail", "color_cone", "bump"]
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
-from diffx.config import SunRgbdSource
 from diffx.data.images import decode_array, read_file_bytes
 from diffx.data.readers.base import (
     Box,
@@ -25,6 +26,24 @@ from diffx.data.readers.base import (
 )
 from diffx.data.sample import Rejected, Sample
 from diffx.errors import ConfigError, DataError
+from diffx.section import Section
+
+
+class SunRgbdSource(Section):
+    """SUN RGB-D style: RGB + 16-bit depth with rotated bits; optional VoteNet 2D boxes."""
+
+    format: Literal["sunrgbd"] = "sunrgbd"
+    root: str
+    splits: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {
+            "train": {"rgb": "train/color", "depth": "train_depth"},
+            "val": {"rgb": "val/color", "depth": "val_depth"},
+        }
+    )
+    labels: str | None = Field(default=None, description="folder of VoteNet label txt files (6-digit ids)")
+    decode_depth_bits: bool = Field(default=True, description="undo SUN RGB-D's 3-bit rotation -> millimetres")
+    category_map: dict[str, str] = Field(default_factory=dict)
+    ignore_categories: list[str] = Field(default_factory=list)
 
 
 def decode_depth_bits(raw: np.ndarray) -> np.ndarray:

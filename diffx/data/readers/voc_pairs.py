@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Literal
 
-from diffx.config import VocPairsSource
+from pydantic import Field
+
 from diffx.data.readers.base import (
     CategoryMapper,
     ReadContext,
@@ -17,6 +19,21 @@ from diffx.data.readers.base import (
 )
 from diffx.data.sample import Rejected, Sample
 from diffx.errors import DataError
+from diffx.section import Section
+
+
+class VocPairsSource(Section):
+    """LLVIP / M3FD originals: paired folders with one Pascal VOC XML per pair, shared by all modalities."""
+
+    format: Literal["voc_pairs"] = "voc_pairs"
+    root: str
+    modalities: dict[str, str] = Field(description="modality -> folder; '{split}' is substituted")
+    annotations: str = "Annotations"
+    splits: list[str] = Field(default_factory=lambda: ["train"])
+    extension: str = ".jpg"
+    one_based: bool = Field(default=True, description="VOC pixel indices start at 1 (shifted to 0-based)")
+    category_map: dict[str, str] = Field(default_factory=dict)
+    ignore_categories: list[str] = Field(default_factory=list)
 
 
 def read(options: VocPairsSource, ctx: ReadContext) -> Iterator[Sample | Rejected]:

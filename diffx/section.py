@@ -1,0 +1,80 @@
+"""The base of every settings section: unknown keys fail, and (on request) every read is recorded.
+
+Its own module so the source readers can declare their option sections next to their code
+(diffx/data/readers/*.py) while diffx/config.py gathers all sections into the one typed configuration.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+RECORD_ENV = "DIFFX_RECORD_PARAMS"
+
+
+class _ReadRecorder:
+    """With $DIFFX_RECORD_PARAMS set to a folder, every setting a process reads is written there at exit, as
+    dotted keys. tests/test_dvc_pipeline.py runs the chain this way and compares the reads of each stage with
+    the params dvc.yaml declares for it, so DVC can never miss a key a stage depends on."""
+
+    def __init__(self) -> None:
+        self.folder = os.environ.get(RECORD_ENV)
+        self.keys: set[str] = set()
+        if self.folder:
+            atexit.register(self.flush)
+
+    paused = False
+
+    def add(self, key: str) -> None:
+        if not self.paused:
+            self.keys.add(key)
+
+    def add_all(self, section: BaseModel) -> None:
+        prefix = section.__pydantic_private__.get("_dotted", "") if section.__pydantic_private__ else ""
+        for name in type(section).model_fields:
+            value = section.__dict__[name]
+            if isinstance(value, Section):
+                self.add_all(value)
+            else:
+                self.add(prefix + name)
+
+    @contextlib.contextmanager
+    def pause(self) -> Iterator[None]:
+        """Validation reads every key; what counts is what the stage reads afterwards."""
+        self.paused, before = True, self.paused
+        try:
+            yield
+        finally:
+            self.paused = before
+
+    def flush(self) -> None:
+        if not self.keys or not self.folder:
+            return
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        record = {"argv": sys.argv[1:], "keys": sorted(self.keys)}
+        (Path(self.folder) / f"{os.getpid()}.json").write_text(json.dumps(record))
+
+
+RECORDER = _ReadRecorder()
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    _dotted: str = PrivateAttr(default="")
+
+    if RECORDER.folder:
+
+        def __getattribute__(self, name: str) -> Any:
+            if not name.startswith("_") and name in type(self).model_fields:
+                RECORDER.add(self.__pydantic_private__.get("_dotted", "") + name)
+            elif name == "model_dump":  # a dump hands every setting below on (a digest, a provenance record)
+                RECORDER.add_all(self)
+            return super().__getattribute__(name)

@@ -1,0 +1,102 @@
+"""Resumable shard sets written by many workers: per-shard locks, retiring stale shards, completing the set.
+
+Belongs with the writer, not with any one stage: a shard is keyed by a ``plan_key`` that hashes whatever
+determines its content, so any producer (generation today) can skip complete shards, rewrite stale ones
+and publish the manifest only once every planned shard is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+from diffx import fsio
+from diffx.shards.manifest import MANIFEST_NAME, RECORD_PREFIXES, ShardRecord, new_manifest, write_manifest
+from diffx.shards.writer import ShardSetWriter
+
+
+@contextlib.contextmanager
+def shard_lock(root: str, split: str, index: int) -> Iterator[bool]:
+    """Exclusive per-shard lock (O_EXCL file with host and pid); a lock whose process died is broken.
+
+    Object stores have no atomic create-if-absent through fsspec, so remote outputs rely on the rank
+    partition and the atomic rename instead (a second writer only ever rewrites identical bytes).
+    """
+    local = fsio.local_path(root)
+    if local is None:
+        yield True
+        return
+    path = Path(local) / split / f".part-{index:05d}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    owner = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            host, _, pid = path.read_text().partition(" ") if path.exists() else ("", "", "")
+            alive = host != socket.gethostname() or (pid.isdigit() and _pid_alive(int(pid)))
+            if alive:
+                yield False
+                return
+            path.unlink(missing_ok=True)  # stale: its process was killed
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(owner)
+        try:
+            yield True
+        finally:
+            path.unlink(missing_ok=True)
+        return
+    yield False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_current(writer: ShardSetWriter, split: str, index: int, key: str) -> bool:
+    record = writer.completed_record(split, index)
+    return record is not None and record.plan_key == key
+
+
+def retire_stale(writer: ShardSetWriter, split: str, keys: dict[int, str]) -> None:
+    """A manifest for another plan goes first (the set must not look complete while shards change), then
+    shards the plan no longer has."""
+    fs, root = writer.fs, writer.root_path
+    manifest = f"{root}/{MANIFEST_NAME}"
+    if fs.exists(manifest) and not all(is_current(writer, split, i, k) for i, k in keys.items()):
+        fs.rm(manifest)
+    folder = f"{root}/{split}"
+    if fs.exists(folder):
+        for entry in fs.ls(folder, detail=False):
+            name = entry.rsplit("/", 1)[-1]
+            if name.startswith(("part-", *RECORD_PREFIXES)) and int(name.split("-")[1].split(".")[0]) not in keys:
+                fs.rm(entry)
+
+
+def complete_set(writer: ShardSetWriter, split: str, keys: dict[int, str]) -> bool:
+    """Write the manifest when every planned shard is complete for its key; True when the set is complete.
+
+    Any number of workers may call this: the manifest's content is the same whoever writes it.
+    """
+    records: list[ShardRecord] = []
+    for index in sorted(keys):
+        record = writer.completed_record(split, index)
+        if record is None or record.plan_key != keys[index]:
+            return False
+        records.append(record)
+    write_manifest(
+        writer.root,
+        new_manifest(writer.spec, records, generated=writer.generated, params_hash=writer.params_hash),
+        **writer.storage_options,
+    )
+    return True
