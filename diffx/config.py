@@ -632,14 +632,11 @@ def _render(section: BaseModel, indent: int) -> list[str]:
         if isinstance(value, Section):
             lines.append(f"{pad}{name}:{comment}")
             lines.extend(_render(value, indent + 1))
+        elif isinstance(value, list) and value and isinstance(value[0], BaseModel | dict):
+            lines.append(f"{pad}{name}:{comment}")
+            lines.extend(f"{pad}  - {_inline(_plain(item))}" for item in value)
         else:
-            dumped = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-            if isinstance(dumped, list) and dumped and isinstance(dumped[0], BaseModel | dict):
-                dumped = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in dumped]
-                lines.append(f"{pad}{name}:{comment}")
-                lines.extend(f"{pad}  - {_inline(item)}" for item in dumped)
-            else:
-                lines.append(f"{pad}{name}: {_inline(_plain(dumped))}{comment}")
+            lines.append(f"{pad}{name}: {_inline(_plain(value))}{comment}")
     return lines
 
 

@@ -74,7 +74,6 @@ def test_section_hash_tracks_only_the_sections_given() -> None:
     a = parse_config(_params())
     raw = _params()
     raw["shards"]["rows_per_shard"] = 7
-    raw["shards"]["rows_per_shard"] = 7
     raw["vae"]["output"] = "elsewhere"  # where a result goes is not what it is
     b = parse_config(raw)
     assert section_hash(a.data) == section_hash(b.data)
