@@ -4,7 +4,11 @@ Prints one JSON document. The ratio ``write_vs_copy`` / ``read_vs_copy`` is what
 Parquet layer (row building, hashing, footer, decode of the struct column) costs over moving bytes.
 Images are PNG-encoded once up front, so the numbers measure the shard layer, not the PNG codec.
 
-    python benchmarks/shard_io.py [--samples 256] [--out /tmp/bench]
+It also prices the integrity check every stage now makes on reading (size, sha256, rows and schema against
+the manifest, from the same bytes it parses): ``integrity.ratio`` is reading a set with the check over
+reading it without (rows decoded to Python either way, as stages do), paired and repeated, on a warm cache.
+
+    python benchmarks/shard_io.py [--samples 256] [--out /tmp/bench] [--canonical data/canonical]
 """
 
 from __future__ import annotations
@@ -117,11 +121,47 @@ def measure(label: str, samples: list[Sample], spec: DatasetSpec, work: Path, ro
     }
 
 
+def _read_rows(root: str, verified: bool) -> int:
+    """Every row of every shard as Python values: with the check (ShardSet.open_shard) or straight from disk."""
+    import pyarrow.parquet as pq
+
+    shard_set = ShardSet(root)  # fresh: each shard is verified once per process, so once per repetition here
+    rows = 0
+    for record in shard_set.manifest.shards:
+        parquet = (
+            shard_set.open_shard(record)
+            if verified
+            else pq.ParquetFile(shard_set.fs.open(shard_set.shard_path(record), "rb"))
+        )
+        for batch in parquet.iter_batches(batch_size=64):
+            rows += len(batch.to_pylist())
+    return rows
+
+
+def integrity_overhead(root: str, repeats: int = 5) -> dict:
+    """Read ``root`` with and without the check, alternating, best of ``repeats`` each (warm page cache)."""
+    _read_rows(root, True)
+    best = {True: float("inf"), False: float("inf")}
+    for _ in range(repeats):
+        for verified in (False, True):
+            started = time.perf_counter()
+            rows = _read_rows(root, verified)
+            best[verified] = min(best[verified], time.perf_counter() - started)
+    return {
+        "root": root,
+        "rows": rows,
+        "read_s_unchecked": round(best[False], 4),
+        "read_s_checked": round(best[True], 4),
+        "ratio": round(best[True] / best[False], 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--large-samples", type=int, default=128)
     parser.add_argument("--out", default=None, help="work folder (default: a temp dir on the same disk as /tmp)")
+    parser.add_argument("--canonical", default=None, help="also price the integrity check on this shard set")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="diffx-bench-", dir=args.out))
     try:
@@ -135,6 +175,12 @@ def main() -> None:
                 "large", large_samples(args.large_samples, 512), RGB_THERMAL, work, rows_per_shard=64
             ),
         }
+        result["integrity"] = {
+            "demo_160x128": integrity_overhead(str(work / "demo-shards")),
+            "512x512": integrity_overhead(str(work / "large-shards")),
+        }
+        if args.canonical:
+            result["integrity"]["canonical"] = integrity_overhead(args.canonical)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))

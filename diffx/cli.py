@@ -1,7 +1,10 @@
 """The ``diffx`` command line: a thin typer front end over the library's stage functions.
 
-No stage logic lives here (DESIGN.md section 1): each command loads params, calls one function and
-turns DiffxError into a one-paragraph message and a non-zero exit code.
+No stage logic lives here (DESIGN.md section 1): each command loads params and calls one function. One error
+boundary (:func:`main`) turns every failure into a message a user can act on: a :class:`DiffxError` (it names
+the file, row or key and what was expected) or a known environment problem (credentials, permissions, a
+missing file) exits 2 with its message; anything unexpected prints one line and a hint to rerun with
+``--debug``, which shows the traceback.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from diffx import __version__, stages
 from diffx.errors import DiffxError
 
 app = typer.Typer(
-    help="diffx: layout-guided cross-modal synthetic data pipeline.",
+    help="diffx: layout-guided cross-modal synthetic data pipeline. Add --debug to any command for a traceback.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -372,5 +375,69 @@ def shards_export(
     typer.echo(json.dumps({"out": out, "format": fmt.value, "images": counts}))
 
 
+# ------------------------------------------------------------------------------------------ error boundary
+EXIT_INPUT = 2  # bad input or environment: the message says what to fix
+EXIT_BUG = 1  # unexpected: rerun with --debug and report it
+
+CREDENTIAL_ERRORS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}
+
+
+def _known_environment_error(err: BaseException) -> str | None:
+    """A message for failures of the machine or storage rather than of diffx, or None."""
+    import errno
+
+    names = {cls.__name__ for cls in type(err).__mro__}
+    if names & CREDENTIAL_ERRORS:
+        return (
+            f"object-store credentials are missing or incomplete ({err}); set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or a profile / storage options) for the s3:// paths in params.yaml"
+        )
+    if isinstance(err, PermissionError):
+        return f"{err.filename or 'a file'}: permission denied; check who owns it and its mode"
+    if isinstance(err, FileNotFoundError):
+        return f"{err.filename or 'a file'}: not found"
+    if isinstance(err, OSError) and err.errno == errno.ELOOP:
+        return f"{err.filename or 'a path'}: symbolic link loop"
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return f"{err.filename or 'the output disk'}: no space left on the device"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console entry point: run the command, and map every failure to an exit code and one message."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="diffx")  # standalone: usage errors and --help exit through SystemExit
+        return 0
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else EXIT_INPUT)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        return 130
+    except DiffxError as err:
+        if debug:
+            raise
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        return EXIT_INPUT
+    except Exception as err:
+        if debug:
+            raise
+        known = _known_environment_error(err)
+        if known is not None:
+            typer.secho(f"error: {known}", fg=typer.colors.RED, err=True)
+            return EXIT_INPUT
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        typer.secho(
+            f"error: unexpected {type(err).__name__}: {first}\n"
+            "this is a bug in diffx or an input it does not check yet; rerun with --debug for the traceback "
+            "and report it",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        return EXIT_BUG
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    sys.exit(main())

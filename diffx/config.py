@@ -354,6 +354,12 @@ class GenerateConfig(Section):
     split: str = "train"
     output: str = "data/synthetic"
     report: str = "reports/generate.json"
+    lease_seconds: float = Field(
+        default=60.0,
+        gt=1,
+        description="a worker's claim on a shard lasts this long unless renewed (every third of it); a killed "
+        "worker's shards are taken over once its lease expires (at once on the same host)",
+    )
 
 
 class FeatureConfig(Section):
@@ -433,6 +439,54 @@ class ImageGateConfig(Section):
     min_box_area: float = Field(default=4.0, ge=0, description="px^2; smaller boxes are label noise")
     max_box_aspect: float = Field(default=20.0, ge=1)
     min_rows: int = Field(default=1, ge=0)
+    duplicate_box_iou: float = Field(
+        default=0.9, gt=0, le=1, description="two same-class boxes overlapping more than this are one object twice"
+    )
+    max_misregistration_px: float = Field(
+        default=3.0, ge=0, description="a modality's best edge alignment with RGB this far off (px) is misregistered"
+    )
+    min_registration_gain: float = Field(
+        default=0.1,
+        ge=0,
+        description="edge correlation a shift must gain over no shift to count (flat peaks on weak edges do not)",
+    )
+    min_registration_agreement: float = Field(
+        default=0.6,
+        ge=0,
+        le=1,
+        description="a modality pair is judged only where this share of samples peaks at one common offset (its "
+        "edges correspond); RGB vs a noisy depth map may not",
+    )
+    max_mirror_gain: float = Field(
+        default=0.15, description="edge correlation gained by mirroring RGB: above it, one modality is mirrored"
+    )
+    max_rank_corr: float = Field(
+        default=0.98, le=1, description="Spearman correlation of two modalities above this: one image in two slots"
+    )
+    max_colour_outlier: float = Field(
+        default=1.0,
+        gt=0,
+        description="how far (in band widths) an RGB image's red-minus-blue balance may lie outside the reference's "
+        "5-95% band: BGR stored as RGB lands far outside it in sets with a consistent colour cast",
+    )
+    min_colour_range: float = Field(default=0.03, gt=0, description="floor of that band's width (uniform sets)")
+    min_box_content: float = Field(
+        default=0.3,
+        description="box-vs-surroundings contrast as a share of the reference set's typical one (1 = typical, "
+        "0 = bare background): boxes moved off their objects score below it",
+    )
+    min_box_sign_reliability: float = Field(
+        default=2.0,
+        ge=0,
+        description="a modality's box contrast counts when its median is this many spreads from 0 in the "
+        "reference (warm objects in thermal, near ones in depth)",
+    )
+    max_cross_split_similarity: float = Field(
+        default=0.985,
+        gt=0,
+        le=1,
+        description="16x16 fingerprint cosine of two samples in different splits above this: train/test leakage",
+    )
 
 
 class GeneratedGateConfig(ImageGateConfig):
@@ -458,6 +512,15 @@ class CaptionGateConfig(Section):
 
     min_tokens: int = Field(default=3, ge=1)
     sources: list[str] = Field(default_factory=lambda: ["template", "human", "lmm:*"])
+    max_tokens_per_word: float = Field(
+        default=2.2, gt=0, description="tokenizer pieces per word; garbage text splits into many more"
+    )
+    max_conflict_share: float = Field(
+        default=0.0, ge=0, le=1, description="share of captions allowed to contradict their layout (classes, counts)"
+    )
+    max_unresolved_share: float = Field(
+        default=0.05, ge=0, le=1, description="share of captions refine flagged that may still await review"
+    )
 
 
 class VaeGateConfig(Section):

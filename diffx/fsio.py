@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from typing import IO, Any
@@ -129,3 +130,52 @@ def local_path(url: str) -> str | None:
     fs, path = get_fs(url)
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     return os.fspath(path) if "file" in protocols or "local" in protocols else None
+
+
+STAGING_MARK = ".staging-"
+
+
+@contextlib.contextmanager
+def staged_folder(url: str, **storage_options: Any) -> Iterator[str]:
+    """Write a whole output folder under a hidden sibling, and swap it in only when the block succeeds.
+
+    A failed or killed run leaves the previous output complete and readable (the staging folder is removed,
+    or swept by the next run), where writing in place would have deleted the old set first. Locally the
+    swap is two renames; object stores have no folder rename, so there files are moved with the manifest
+    (``_``-prefixed names) last, after the old folder's manifest went first.
+    """
+    head, _, name = str(url).rstrip("/").rpartition("/")
+    head = head or "."
+    fs, parent = get_fs(head, **storage_options)
+    fs.makedirs(parent, exist_ok=True)
+    for stale in fs.ls(parent, detail=False):  # left by a killed run
+        if stale.rstrip("/").rsplit("/", 1)[-1].startswith(f".{name}{STAGING_MARK}"):
+            fs.rm(stale, recursive=True)
+    staging_url = f"{head}/.{name}{STAGING_MARK}{uuid.uuid4().hex[:8]}"
+    staging = get_fs(staging_url, **storage_options)[1]
+    final = get_fs(f"{head}/{name}", **storage_options)[1]
+    try:
+        yield staging_url
+        _swap_in(fs, staging, final, local=local_path(url) is not None)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if fs.exists(staging):
+                fs.rm(staging, recursive=True)
+        raise
+
+
+def _swap_in(fs: fsspec.AbstractFileSystem, staging: str, final: str, *, local: bool) -> None:
+    if local:
+        retired = f"{os.path.dirname(final)}/.{os.path.basename(final)}.old-{uuid.uuid4().hex[:8]}"
+        if os.path.exists(final):
+            os.rename(final, retired)
+        os.rename(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
+        return
+    if fs.exists(final):
+        for entry in sorted(fs.find(final), key=lambda p: not p.rsplit("/", 1)[-1].startswith("_")):
+            fs.rm(entry)  # manifest first: the old set stops looking complete before it changes
+    for entry in sorted(fs.find(staging), key=lambda p: p.rsplit("/", 1)[-1].startswith("_")):
+        fs.mv(entry, final + entry[len(staging) :])  # manifest last: complete only when it is
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(staging, recursive=True)

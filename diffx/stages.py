@@ -72,4 +72,10 @@ def check(gate: str, config: DiffxConfig, data: str | None = None) -> Any:
     from diffx.quality.gate import run_gate
 
     default = GATE_INPUTS.get(gate)  # an unknown gate is named by run_gate
-    return run_gate(gate, config.quality, config.conditioning, data or (default(config) if default else ""))
+    return run_gate(
+        gate,
+        config.quality,
+        config.conditioning,
+        data or (default(config) if default else ""),
+        review_queue=config.refine.queue if gate == "captions" else None,
+    )

@@ -16,7 +16,7 @@ from prefect.input import RunInput
 from pydantic import BaseModel
 
 from diffx.caption.decisions import Decision, append_decision
-from diffx.caption.refine import QueueItem, read_queue
+from diffx.caption.queue import QueueItem, read_queue
 from diffx.config import load_config
 from flows.tasks import caption_task, gate_task, refine_task
 

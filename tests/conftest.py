@@ -114,6 +114,21 @@ def make_config(root: Path | str, output: Path | str, **overrides: Any) -> Diffx
     return parse_config(raw, "test-params")
 
 
+def gate_config(tmp: Path, data: Path, **overrides: Any) -> DiffxConfig:
+    """make_config with gate reports, metrics and the review queue under ``tmp`` (and no data docs)."""
+    return make_config(
+        tmp / "raw",
+        data,
+        **{
+            "quality.reports": str(tmp / "reports"),
+            "quality.metrics": str(tmp / "gate-metrics"),
+            "quality.docs": None,
+            "refine.queue": str(tmp / "queue.jsonl"),
+            **overrides,
+        },
+    )
+
+
 def make_sample(
     sample_id: str,
     split: str = "train",

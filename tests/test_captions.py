@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from diffx.caption.decisions import Decision, append_decision, caption_digest, read_decisions
-from diffx.caption.refine import read_queue
+from diffx.caption.queue import read_queue
 from diffx.caption.review import review
 from diffx.caption.rules import near_duplicates, refine_caption
 from diffx.caption.template import TemplateCaptioner

@@ -17,7 +17,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
 
 from diffx.caption.decisions import read_decisions
-from diffx.caption.refine import read_queue
+from diffx.caption.queue import read_queue
 from diffx.data.demo import write_demo
 from diffx.shards.reader import ShardSet
 from diffx.stages import ingest
@@ -50,6 +50,7 @@ def params(tmp_path: Path) -> Path:
         near_duplicate=0.3,
     )  # street-scene templates overlap: makes a review queue
     raw["quality"].update(reports=str(tmp_path / "quality"), metrics=str(tmp_path / "quality-metrics"), docs=None)
+    raw["quality"]["captions"]["max_unresolved_share"] = 1.0  # the queue above is 70%: let it through to review
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

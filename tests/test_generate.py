@@ -16,13 +16,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from diffx.config import DiffxConfig, parse_config
 from diffx.data.spec import DatasetSpec, ModalitySpec
 from diffx.errors import DataError
-from diffx.models.mpvae import MPVAE
 from diffx.sample.planner import read_plan
 from diffx.shards.dataset import ShardDataset
 from diffx.shards.reader import ShardSet
@@ -31,7 +29,7 @@ from diffx.shards.writer import ShardSetWriter
 from diffx.stages import generate, plan, train_unet
 
 from .conftest import DEMO_SPEC, make_sample
-from .tiny_models import TINY_UNET_MODEL
+from .tiny_models import TINY_UNET_MODEL, save_tiny_vae
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +53,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         writer.write_split("train", samples[:8], 4)
         + writer.write_split("val", [dataclasses.replace(s, split="val") for s in samples[8:]], 4)
     )
-    torch.manual_seed(0)
-    MPVAE(
-        modalities=("rgb", "thermal", "depth"),
-        channels=(3, 1, 1),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        scaling_factor=0.5,
-    ).save_pretrained(root / "vae")
+    save_tiny_vae(root / "vae")
     train_unet(parse_config(_params(root, root / "run")), progress=False)
     return root
 
@@ -306,3 +296,38 @@ def test_a_plan_for_other_modalities_is_refused_before_any_work(world: Path, tmp
     with pytest.raises(DataError, match="no modality 'depth'"):  # the model needs it: refused before any work
         generate(config, progress=False)
     assert not (tmp_path / "synthetic").exists()
+
+
+def _flip_same_size(path: Path, at: int = 200, count: int = 64) -> None:
+    data = bytearray(path.read_bytes())
+    data[at : at + count] = bytes(255 - b for b in data[at : at + count])
+    path.write_bytes(bytes(data))
+
+
+def test_resume_checks_content_not_size_and_rewrites_an_altered_shard(world: Path, tmp_path: Path) -> None:
+    config = _config(world, tmp_path)
+    plan(config)
+    generate(config, progress=False)
+    before = _digests(tmp_path / "synthetic")
+    _flip_same_size(tmp_path / "synthetic" / "train" / "part-00002.parquet")
+    result = generate(config, progress=False)
+    assert result.complete and result.shards_done == 1 and result.shards_skipped == 5
+    assert _digests(tmp_path / "synthetic") == before
+    assert validate_shard_set(str(tmp_path / "synthetic")).ok
+
+
+def test_a_lease_left_by_a_dead_worker_on_another_host_is_taken_over(world: Path, tmp_path: Path) -> None:
+    """A pod killed on a shared filesystem leaves its lease behind: once it stops beating the shard is redone."""
+    config = _config(world, tmp_path)
+    plan(config)
+    lock = tmp_path / "synthetic" / "train" / ".part-00001.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"owner": "x", "host": "pod-gone", "pid": 1, "expires": time.time() - 5}))
+    result = generate(config, progress=False)
+    assert result.complete and result.shards_busy == 0 and not lock.exists()
+    # a live holder elsewhere (lease not expired) is respected: that shard is left to it
+    shutil.rmtree(tmp_path / "synthetic")
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"owner": "x", "host": "pod-alive", "pid": 1, "expires": time.time() + 600}))
+    busy = generate(config, progress=False)
+    assert busy.shards_busy == 1 and not busy.complete

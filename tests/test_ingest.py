@@ -53,14 +53,21 @@ def test_bad_sample_is_quarantined_and_reported(demo_copy: Path, tmp_path: Path)
     assert entry["id"] == "demo-train-00002" and "demo-train-00002.png: cannot decode image" in entry["reason"]
 
 
-def test_too_many_rejects_fail_without_a_manifest(demo_copy: Path, tmp_path: Path) -> None:
+def test_too_many_rejects_fail_and_keep_the_previous_good_set(demo_copy: Path, tmp_path: Path) -> None:
     out = tmp_path / "canonical"
     ingest(make_config(demo_copy, out), progress=False)  # a previous good run
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     for path in list((demo_copy / "depth").glob("demo-train-0000[0-4].png")):
         path.unlink()
-    with pytest.raises(DataError, match=r"5 of 14 samples quarantined .* above ingest\.max_quarantine_fraction"):
+    with pytest.raises(
+        DataError,
+        match=r"5 of 14 samples quarantined .* above ingest\.max_quarantine_fraction.*"
+        r"5x file not found \(e\.g\. sample demo-train-00000",
+    ):
         ingest(make_config(demo_copy, out), progress=False)
-    assert not (out / "_manifest.json").exists()  # never looks complete
+    after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before  # the failed run wrote into a staging folder, never into the good set
+    assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]  # and removed it
     report = json.loads((tmp_path / "ingest-report.json").read_text())
     assert report["quarantined"] == 5  # the report still says which and why
 

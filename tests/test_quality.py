@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from diffx.config import DiffxConfig
 from diffx.data.demo import write_demo
 from diffx.data.images import encode_png
 from diffx.data.sample import BoxObject, Sample
@@ -24,20 +23,8 @@ from diffx.shards.writer import ShardSetWriter
 from diffx.stages import check as run_gate
 from diffx.stages import ingest
 
+from .conftest import gate_config as _config
 from .conftest import make_config
-
-
-def _config(tmp: Path, data: Path, **overrides: Any) -> DiffxConfig:
-    return make_config(
-        tmp / "raw",
-        data,
-        **{
-            "quality.reports": str(tmp / "reports"),
-            "quality.metrics": str(tmp / "gate-metrics"),
-            "quality.docs": None,
-            **overrides,
-        },
-    )
 
 
 @pytest.fixture(scope="module")

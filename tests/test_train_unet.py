@@ -19,13 +19,12 @@ from safetensors.torch import load_file
 
 from diffx.config import parse_config
 from diffx.models.folder import MODEL_CARD
-from diffx.models.mpvae import MPVAE
 from diffx.models.unet import DiffXUNet
 from diffx.shards.writer import ShardSetWriter
 from diffx.stages import train_unet
 
 from .conftest import DEMO_SPEC, make_sample
-from .tiny_models import TINY_UNET_MODEL
+from .tiny_models import TINY_UNET_MODEL, save_tiny_vae
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +44,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     records = writer.write_split("train", [captioned(f"t{i}", "train", i) for i in range(8)], 4)
     records += writer.write_split("val", [captioned(f"v{i}", "val", 50 + i) for i in range(2)], 4)
     writer.finalize(records)
-    torch.manual_seed(0)
-    MPVAE(
-        modalities=("rgb", "thermal", "depth"),
-        channels=(3, 1, 1),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        scaling_factor=0.5,
-    ).save_pretrained(root / "vae")
+    save_tiny_vae(root / "vae")
     return root
 
 

@@ -17,6 +17,21 @@ TINY_UNET_MODEL: dict[str, Any] = {
 """The two-level DiffX-UNet the training and generation tests build (params.yaml's unet.model section)."""
 
 
+def save_tiny_vae(folder: Path | str) -> None:
+    """A seeded two-level MP-VAE for the demo's RGB + thermal + depth, saved like a train_vae output."""
+    from diffx.models.mpvae import MPVAE
+
+    torch.manual_seed(0)
+    MPVAE(
+        modalities=("rgb", "thermal", "depth"),
+        channels=(3, 1, 1),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        scaling_factor=0.5,
+    ).save_pretrained(str(folder))
+
+
 def tiny_evaluate(real: Path, tmp: Path, **overrides: Any) -> dict[str, Any]:
     """An evaluate section for 16x16 test shards: 2 detector steps, small features; outputs under ``tmp``."""
     return {

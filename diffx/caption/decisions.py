@@ -41,8 +41,12 @@ def read_decisions(path: str | Path, known_ids: set[str] | None = None) -> dict[
     if not path.exists():
         return {}
     decisions: dict[str, Decision] = {}
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(str(path), f"not UTF-8 text (byte {err.start} of the line)", line=lineno) from None
             if not line.strip():
                 continue
             try:

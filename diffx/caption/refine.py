@@ -20,6 +20,7 @@ from typing import Any
 
 from diffx import fsio
 from diffx.caption.decisions import Decision, caption_digest, read_decisions
+from diffx.caption.queue import QueueItem
 from diffx.caption.rules import near_duplicates, refine_caption
 from diffx.caption.stage import read_captions
 from diffx.caption.template import NAME as TEMPLATE
@@ -32,17 +33,6 @@ from diffx.shards.reader import ShardSet
 from diffx.shards.writer import ShardSetWriter
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class QueueItem:
-    id: str
-    split: str
-    caption: str
-    caption_source: str
-    reviewed: str  # digest of the caption shown, for the decision to quote back
-    flags: list[str]
-    original: str | None = None
 
 
 @dataclass
@@ -157,18 +147,18 @@ def refine(options: RefineConfig, conditioning: ConditioningConfig, shards: Shar
         result.sources[final_source] += 1
         out_samples[sample.id] = dataclasses.replace(sample, caption=final, caption_source=final_source)
 
-    writer = ShardSetWriter(
-        options.output,
-        spec,
-        params_hash=section_hash(options, shards, extra={"tokenizer": tokenizer, "max_tokens": max_tokens}),
-        row_group_bytes=shards.row_group_bytes,
-        compression=shards.compression,
-    )
-    writer.clear()
-    records = []
-    for record, members in by_shard:  # keep the canonical shard layout
-        records.append(writer.write_shard(record.split, record.index, [out_samples[s.id] for s in members]))
-    writer.finalize(records)
+    with fsio.staged_folder(options.output) as staging:  # a failed run keeps the previous captioned set
+        writer = ShardSetWriter(
+            staging,
+            spec,
+            params_hash=section_hash(options, shards, extra={"tokenizer": tokenizer, "max_tokens": max_tokens}),
+            row_group_bytes=shards.row_group_bytes,
+            compression=shards.compression,
+        )
+        records = []
+        for record, members in by_shard:  # keep the canonical shard layout
+            records.append(writer.write_shard(record.split, record.index, [out_samples[s.id] for s in members]))
+        writer.finalize(records)
     lines = "".join(
         json.dumps(dataclasses.asdict(q), ensure_ascii=False, sort_keys=True) + "\n"
         for q in sorted(queue, key=lambda q: q.id)
@@ -185,11 +175,3 @@ def refine(options: RefineConfig, conditioning: ConditioningConfig, shards: Shar
         dict(result.decisions),
     )
     return result
-
-
-def read_queue(path: str) -> list[QueueItem]:
-    fs, local = fsio.get_fs(path)
-    if not fs.exists(local):
-        return []
-    with fs.open(local, "rb") as handle:
-        return [QueueItem(**json.loads(line)) for line in handle.read().decode("utf-8").splitlines() if line.strip()]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from diffx import fsio
 from diffx.caption.decisions import Decision, append_decision, read_decisions
-from diffx.caption.refine import QueueItem, read_queue
+from diffx.caption.queue import QueueItem, read_queue
 from diffx.config import RefineConfig
 from diffx.shards.reader import ShardSet
 

@@ -160,8 +160,11 @@ def read_captions(path: str) -> dict[str, dict[str, Any]]:
     fs, local = fsio.get_fs(path)
     if not fs.exists(local):
         raise DataError(path, "captions table not found; run the caption stage first")
-    with fs.open(local, "rb") as handle:
-        table = pq.read_table(handle)
+    try:
+        with fs.open(local, "rb") as handle:
+            table = pq.read_table(handle)
+    except (OSError, pa.ArrowException) as err:
+        raise DataError(path, f"not a readable Parquet captions table, truncated or corrupt? ({err})") from None
     missing = set(CAPTION_SCHEMA.names) - set(table.column_names)
     if missing:
         raise DataError(path, f"captions table lacks columns {sorted(missing)}")

@@ -54,6 +54,10 @@ def read_file_bytes(path: str) -> bytes:
             return handle.read()
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
+    except IsADirectoryError:
+        raise DataError(path, "is a folder; expected an image file") from None
+    except OSError as err:  # a symlink loop, a permission, an I/O error: per file, so per sample
+        raise DataError(path, f"cannot be read ({err.strerror or err})") from None
 
 
 def decode_array(data: bytes, source: str) -> np.ndarray:

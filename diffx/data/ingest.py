@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,45 +85,65 @@ def _counted(items: Iterable[Any], counter: Progress) -> Iterator[Any]:
         counter.update(1)
 
 
-def ingest(data: DataConfig, options: IngestConfig, shards: ShardsConfig, *, progress: bool = True) -> IngestResult:
-    """``data`` is written into the manifest: later stages read what the set is from there, not from params."""
-    started = time.perf_counter()
-    spec = data.spec()
-    writer = ShardSetWriter(
-        options.output,
-        spec,
-        params_hash=section_hash(data, options, shards),
-        row_group_bytes=shards.row_group_bytes,
-        compression=shards.compression,
+def _refuse_too_many_rejects(options: IngestConfig, result: IngestResult) -> None:
+    """The error names the commonest reasons: a mismatch of the whole source shows in the message itself."""
+    rejected = result.quarantined
+    total = result.total_rows + len(rejected)
+    kinds = Counter(_reason_kind(r.reason) for r in rejected)
+    example = {}
+    for r in rejected:
+        example.setdefault(_reason_kind(r.reason), r)
+    common = "; ".join(
+        f"{count}x {reason} (e.g. sample {example[reason].id}: {example[reason].reason.split(': ', 1)[0]})"
+        for reason, count in kinds.most_common(3)
     )
-    writer.clear()
-    rejected: list[Rejected] = []
-    rows: dict[str, int] = {}
-    items = read_source(options.source, ReadContext(spec, shards.png_compress_level))
-    with Progress("ingest", None, unit="samples", bar=progress) as counter:
-        stream = validated(_counted(items, counter), spec, rejected)
-        records = _write_split_streams(writer, stream, shards.rows_per_shard, rows)
-    result = IngestResult(options.output, rows, len(records), rejected, time.perf_counter() - started)
-    report = result.report()
-    fsio.write_json_atomic(options.report, report)
-    fsio.write_json_atomic(options.metrics, result.headline())
-    for item in rejected:
-        log.warning("quarantined %s (%s): %s", item.id, item.split, item.reason)
     if rejected and options.on_invalid == "raise":
         raise DataError(
             options.report,
             f"{len(rejected)} invalid sample(s), first: {rejected[0].id}: {rejected[0].reason} (on_invalid: raise)",
         )
-    if report["quarantined_fraction"] > options.max_quarantine_fraction:
+    fraction = len(rejected) / total if total else 0.0
+    if fraction > options.max_quarantine_fraction:
         raise DataError(
             options.report,
-            f"{len(rejected)} of {result.total_rows + len(rejected)} samples "
-            f"quarantined ({report['quarantined_fraction']:.1%}), above "
-            f"ingest.max_quarantine_fraction={options.max_quarantine_fraction}",
+            f"{len(rejected)} of {total} samples quarantined ({fraction:.1%}), above "
+            f"ingest.max_quarantine_fraction={options.max_quarantine_fraction}; commonest reasons: {common}",
         )
     if result.total_rows == 0:
         raise DataError(str(getattr(options.source, "root", "source")), "no valid sample was read")
-    writer.finalize(records)  # last: only now does the shard set look complete
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without its sample-specific path prefix, so equal problems group together."""
+    return reason.split(": ", 1)[-1] if ": " in reason else reason
+
+
+def ingest(data: DataConfig, options: IngestConfig, shards: ShardsConfig, *, progress: bool = True) -> IngestResult:
+    """``data`` is written into the manifest: later stages read what the set is from there, not from params."""
+    started = time.perf_counter()
+    spec = data.spec()
+    with fsio.staged_folder(options.output) as staging:  # a failed run keeps the previous good set
+        writer = ShardSetWriter(
+            staging,
+            spec,
+            params_hash=section_hash(data, options, shards),
+            row_group_bytes=shards.row_group_bytes,
+            compression=shards.compression,
+        )
+        rejected: list[Rejected] = []
+        rows: dict[str, int] = {}
+        items = read_source(options.source, ReadContext(spec, shards.png_compress_level))
+        with Progress("ingest", None, unit="samples", bar=progress) as counter:
+            stream = validated(_counted(items, counter), spec, rejected)
+            records = _write_split_streams(writer, stream, shards.rows_per_shard, rows)
+        result = IngestResult(options.output, rows, len(records), rejected, time.perf_counter() - started)
+        report = result.report()
+        fsio.write_json_atomic(options.report, report)
+        fsio.write_json_atomic(options.metrics, result.headline())
+        for item in rejected:
+            log.warning("quarantined %s (%s): %s", item.id, item.split, item.reason)
+        _refuse_too_many_rejects(options, result)
+        writer.finalize(records)  # last: only now does the shard set look complete
     log.info(
         "ingested %d samples into %d shards (%d quarantined) in %.1fs",
         result.total_rows,

@@ -84,3 +84,28 @@ class ModelFolder:
     def files(self) -> list[Path]:
         """Every weight and config file, in a fixed order (the model digest hashes these)."""
         return sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors"))
+
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+def load_pretrained(model_class: Any, folder: str | Path, what: str) -> Any:
+    """``model_class.from_pretrained(folder)`` with errors that name the file and say what was expected.
+
+    diffusers reports a missing or cut-short weights file as a traceback from deep inside safetensors; a
+    user needs to hear which folder is incomplete and which stage writes it.
+    """
+    from safetensors import SafetensorError
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise DataError(str(folder), f"no config.json; expected a {what} folder (save_pretrained output)")
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise DataError(str(weights), f"the {what} weights are missing (expected safetensors)")
+    try:
+        return model_class.from_pretrained(str(folder))
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        problem = f"the {what} files are unreadable, truncated or mismatched ({first[:200]})"
+        raise DataError(str(folder), problem) from None

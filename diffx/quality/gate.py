@@ -20,7 +20,7 @@ from diffx import fsio
 from diffx.config import ConditioningConfig, QualityConfig
 from diffx.errors import DataError, DiffxError
 from diffx.quality import suites
-from diffx.quality.stats import caption_table, sample_table, shard_table
+from diffx.quality.stats import caption_table, review_table, sample_table, shard_table
 from diffx.shards.reader import ShardSet
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def _ingest_tables(
     quality: QualityConfig, conditioning: ConditioningConfig, data: str
 ) -> tuple[dict[str, Any], int, dict[str, Any]]:
     shard_set = ShardSet(data)
-    samples, reference = sample_table(shard_set, workers=quality.workers)
+    samples, reference = sample_table(shard_set, quality.ingest, workers=quality.workers)
     histogram_columns = [c for c in samples.columns if c.endswith("_hist_distance")]
     suite = suites.sample_suite(shard_set.spec, quality.ingest, conditioning.max_objects, histogram_columns)
     tables = {
@@ -204,7 +204,14 @@ def _ingest_tables(
         "shards": (shard_table(shard_set), suites.shard_suite(), "shard"),
     }
     means = {m.name: round(float(samples[f"{m.name}_mean"].mean()), 6) for m in shard_set.spec.modalities}
-    return tables, len(samples), {"reference_histograms": reference, "reference_means": means}
+    extra = {
+        "reference_histograms": reference["histograms"],
+        "reference_colour": reference["colour"],
+        "reference_box_contrast": reference["box_contrast"],
+        "reference_registration": reference["registration"],
+        "reference_means": means,
+    }
+    return tables, len(samples), extra
 
 
 def _generated_tables(
@@ -216,7 +223,12 @@ def _generated_tables(
     except FileNotFoundError:
         raise DataError(cfg.reference, "the ingest gate's report (real-data references) is missing") from None
     shard_set = ShardSet(data)
-    samples, _ = sample_table(shard_set, workers=quality.workers, reference=real.get("reference_histograms"))
+    samples, _ = sample_table(
+        shard_set,
+        cfg,
+        workers=quality.workers,
+        reference={"histograms": real.get("reference_histograms", {}), "colour": real.get("reference_colour", {})},
+    )
     histogram_columns = [c for c in samples.columns if c.endswith("_hist_distance")]
     contrast_columns = [f"{m}_box_contrast" for m in cfg.honoured if f"{m}_box_contrast" in samples.columns]
     suite = suites.generated_suite(
@@ -245,14 +257,20 @@ def _generated_tables(
 
 
 def _caption_tables(
-    quality: QualityConfig, conditioning: ConditioningConfig, data: str
+    quality: QualityConfig, conditioning: ConditioningConfig, data: str, queue: str | None = None
 ) -> tuple[dict[str, Any], int, dict[str, Any]]:
-    """Captions are counted with the UNet text encoder's own tokenizer against its limit (refine's too)."""
+    """Captions are counted with the UNet text encoder's own tokenizer against its limit (refine's too); the
+    review queue refine wrote says how many flagged captions no human has resolved."""
+    from diffx.caption.queue import read_queue
     from diffx.models.text import token_counter
 
     captions = caption_table(ShardSet(data), token_counter(conditioning.tokenizer()))
     suite = suites.caption_suite(quality.captions, conditioning.token_limit())
-    return {"captions": (captions, suite, "id")}, len(captions), {}
+    tables: dict[str, Any] = {"captions": (captions, suite, "id")}
+    if queue:
+        pending = read_queue(queue)
+        tables["review"] = (review_table(pending, len(captions)), suites.review_suite(quality.captions), "rows")
+    return tables, len(captions), {}
 
 
 def _vae_tables(
@@ -283,14 +301,23 @@ def _vae_tables(
 BUILDERS = {"ingest": _ingest_tables, "captions": _caption_tables, "vae": _vae_tables, "generated": _generated_tables}
 
 
-def run_gate(gate: str, quality: QualityConfig, conditioning: ConditioningConfig, data: str) -> GateReport:
+def run_gate(
+    gate: str,
+    quality: QualityConfig,
+    conditioning: ConditioningConfig,
+    data: str,
+    *,
+    review_queue: str | None = None,
+) -> GateReport:
     """Check ``data`` (the output of the stage the gate guards); write the report; raise on failure.
 
-    ``conditioning`` holds the limits the UNet sets (layout slots, caption tokens), shared with refine."""
+    ``conditioning`` holds the limits the UNet sets (layout slots, caption tokens), shared with refine;
+    ``review_queue`` (captions gate) is refine's queue of flagged captions awaiting a human decision."""
     if gate not in BUILDERS:
         raise DiffxError(f"unknown gate {gate!r}; gates: {', '.join(GATES)}")
     started = time.perf_counter()
-    tables, rows, extra = BUILDERS[gate](quality, conditioning, data)
+    inputs = {"queue": review_queue} if gate == "captions" else {}
+    tables, rows, extra = BUILDERS[gate](quality, conditioning, data, **inputs)
     outcomes = validate_tables(gate, tables, docs=quality.docs, max_rows=quality.max_failed_rows_shown)
     report = GateReport(gate, data, rows, outcomes, extra)
     fsio.write_json_atomic(fsio.join(quality.reports, f"{gate}.json"), report.to_dict())

@@ -12,23 +12,21 @@ import hashlib
 import io
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from diffx import fsio
+from diffx.config import ImageGateConfig
 from diffx.data.images import pil_to_array
 from diffx.data.spec import DatasetSpec
 from diffx.errors import ShardError
+from diffx.quality import consistency
 from diffx.shards.reader import ShardSet
-from diffx.shards.schema import build_schema
-from diffx.shards.writer import schema_matches
 
 HIST_BINS = 32
 
@@ -53,8 +51,10 @@ def _image_stats(
     width: int,
     height: int,
     objects: list[dict[str, Any]] | None = None,
-) -> tuple[dict[str, Any], np.ndarray | None, bytes]:
-    """Stats of one modality image; ``decodable`` False (and NaN stats) when the bytes do not decode."""
+) -> tuple[dict[str, Any], np.ndarray | None, bytes, np.ndarray | None]:
+    """Stats of one modality image; ``decodable`` False (and NaN stats) when the bytes do not decode.
+
+    Also returns the pixel values in [0, 1] (None when undecodable or off-size) for the cross-modal checks."""
     out: dict[str, Any] = {
         f"{name}_decodable": False,
         f"{name}_size_ok": False,
@@ -66,14 +66,14 @@ def _image_stats(
         f"{name}_nonzero": math.nan,
     }
     if data is None:
-        return out, None, b""
+        return out, None, b"", None
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             mode = image.mode
             array = pil_to_array(image, name)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return out, None, b""
+        return out, None, b"", None
     values = array.astype(np.float32) / max_value
     out.update(
         {
@@ -90,7 +90,8 @@ def _image_stats(
     grey = values if values.ndim == 2 else None
     if grey is not None and objects and array.shape[:2] == (height, width):
         out[f"{name}_box_contrast"] = box_contrast(grey, objects)
-    return out, (histogram(grey) if grey is not None else None), np.ascontiguousarray(array).tobytes()
+    aligned = values if array.shape[:2] == (height, width) else None
+    return out, (histogram(grey) if grey is not None else None), np.ascontiguousarray(array).tobytes(), aligned
 
 
 def box_contrast(values: np.ndarray, objects: list[dict[str, Any]]) -> float:
@@ -129,8 +130,8 @@ def _box_stats(objects: list[dict[str, Any]], width: int, height: int, classes: 
 
 
 def _row_stats(
-    row: dict[str, Any], spec: DatasetSpec, shard: str, index: int
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    row: dict[str, Any], spec: DatasetSpec, shard: str, index: int, cfg: ImageGateConfig
+) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray | None]:
     width, height = int(row["width"]), int(row["height"])
     stats: dict[str, Any] = {
         "id": row["id"],
@@ -141,25 +142,101 @@ def _row_stats(
         "height": height,
     }
     hists: dict[str, np.ndarray] = {}
+    decoded: dict[str, np.ndarray] = {}
     content = hashlib.sha1()
+    objects = row.get("objects") or []
     for modality in spec.modalities:
         cell = row.get(modality.name)
-        image_stats, hist, pixels = _image_stats(
+        image_stats, hist, pixels, values = _image_stats(
             modality.name,
             cell["bytes"] if cell else None,
             modality.pil_mode,
             modality.max_value,
             width,
             height,
-            row.get("objects") or [],
+            objects,
         )
         stats.update(image_stats)
         content.update(pixels)
         if hist is not None:
             hists[modality.name] = hist
+        if values is not None:
+            decoded[modality.name] = values
     stats["content_hash"] = content.hexdigest()
-    stats.update(_box_stats(row.get("objects") or [], width, height, spec.classes))
-    return stats, hists
+    stats.update(_box_stats(objects, width, height, spec.classes))
+    stats["duplicate_boxes"] = consistency.duplicate_boxes(objects, cfg.duplicate_box_iou)
+    cross, print_ = _cross_modal(spec, decoded, objects, width, height, cfg)
+    stats.update(cross)
+    return stats, hists, print_
+
+
+def reference_modality(spec: DatasetSpec) -> str:
+    """What the others are registered against: the colour camera (boxes are drawn on it), else the first."""
+    return next((m.name for m in spec.modalities if m.channels == 3), spec.modality_names[0])
+
+
+def registration_pairs(spec: DatasetSpec) -> list[tuple[str, str]]:
+    """Every modality against the reference, and the other modalities against each other: a depth map's edges
+    may match RGB's poorly (range cutoffs, textures) but thermal's silhouettes well."""
+    reference = reference_modality(spec)
+    others = [n for n in spec.modality_names if n != reference]
+    return [(reference, n) for n in others] + [(a, b) for i, a in enumerate(others) for b in others[i + 1 :]]
+
+
+def registration_column(spec: DatasetSpec, a: str, b: str) -> str:
+    return f"{b}_misregistration_px" if a == reference_modality(spec) else f"{a}_{b}_misregistration_px"
+
+
+def _cross_modal(
+    spec: DatasetSpec,
+    decoded: dict[str, np.ndarray],
+    objects: list[dict[str, Any]],
+    width: int,
+    height: int,
+    cfg: ImageGateConfig,
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Registration, mirror, duplicated-modality, colour-order and box-content statistics of one sample."""
+    names = spec.modality_names
+    reference = reference_modality(spec)
+    out: dict[str, Any] = {}
+    for a, b in registration_pairs(spec):
+        out[registration_column(spec, a, b)] = math.nan
+        out[registration_column(spec, a, b) + "_peak"] = None
+        if a == reference:
+            out[f"{b}_mirror_gain"] = math.nan
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            out[f"{a}_{b}_rank_corr"] = math.nan
+    for m in spec.modalities:
+        if m.channels == 3:
+            out[f"{m.name}_red_minus_blue"] = math.nan
+    for m in spec.modalities:
+        if m.channels == 1:
+            out[f"{m.name}_box_signed"] = math.nan
+    factor = consistency.work_factor(height, width)
+    thumbs = {n: consistency.shrink(consistency.grey(v), factor) for n, v in decoded.items()}
+    for a, b in registration_pairs(spec):
+        if a in thumbs and b in thumbs:
+            found = consistency.registration(thumbs[a], thumbs[b], factor, cfg.min_registration_gain)
+            out[registration_column(spec, a, b)] = found["misregistration_px"]
+            out[registration_column(spec, a, b) + "_peak"] = (found["peak_dy"], found["peak_dx"])
+            if a == reference:
+                out[f"{b}_mirror_gain"] = found["mirror_gain"]
+    small = {n: consistency.shrink(t, max(1, math.ceil(max(t.shape) / 64))) for n, t in thumbs.items()}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if a in small and b in small:
+                out[f"{a}_{b}_rank_corr"] = consistency.rank_correlation(small[a], small[b])
+    for m in spec.modalities:
+        if m.channels == 3 and m.name in decoded:
+            values = decoded[m.name]
+            out[f"{m.name}_red_minus_blue"] = float(values[..., 0].mean() - values[..., 2].mean())
+    if objects:
+        for m in spec.modalities:
+            if m.channels == 1 and m.name in decoded:
+                out[f"{m.name}_box_signed"] = consistency.box_contrast_signed(decoded[m.name], objects)
+    print_ = consistency.fingerprint(thumbs[reference]) if reference in thumbs else None
+    return out, print_
 
 
 def _rows(shard_set: ShardSet, columns: list[str]) -> Iterator[tuple[str, int, dict[str, Any]]]:
@@ -177,81 +254,190 @@ def _rows(shard_set: ShardSet, columns: list[str]) -> Iterator[tuple[str, int, d
 
 def sample_table(
     shard_set: ShardSet,
+    cfg: ImageGateConfig,
     *,
     workers: int = 0,
-    reference: dict[str, list[float]] | None = None,
-) -> tuple[pd.DataFrame, dict[str, list[float]]]:
-    """One row of statistics per sample, and the reference histogram per grey modality.
+    reference: dict[str, Any] | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One row of statistics per sample, and the reference statistics it was judged against.
 
-    ``reference`` (from the real data) is what histogram distances are measured against; without it the
-    per-bin median of this set is used, so one odd sample among many stands out.
+    ``reference`` (the real data's, from the ingest report) holds the histogram per grey modality and the
+    colour balance; without it this set's own medians are used, so one odd sample among many stands out.
     """
     spec = shard_set.spec
+    reference = reference or {}
     columns = ["id", "split", "width", "height", *spec.modality_names, "objects"]
     pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
     try:
-        results = list(pool.map(lambda item: _row_stats(item[2], spec, item[0], item[1]), _rows(shard_set, columns)))
+        results = list(
+            pool.map(lambda item: _row_stats(item[2], spec, item[0], item[1], cfg), _rows(shard_set, columns))
+        )
     finally:
         pool.shutdown()
     table = pd.DataFrame([r[0] for r in results])
-    grey = [m.name for m in spec.modalities if m.channels == 1]
-    chosen: dict[str, list[float]] = {}
-    for name in grey:
+    chosen: dict[str, Any] = {"histograms": {}, "colour": {}, "box_contrast": {}, "registration": {}}
+    for a, b in registration_pairs(spec):
+        column = registration_column(spec, a, b)
+        peaks = [p for p in table.get(column + "_peak", pd.Series(dtype=object)) if p is not None]
+        step = max(
+            (consistency.work_factor(h, w) for h, w in zip(table["height"], table["width"], strict=True)), default=1
+        )
+        mode, agreement = consistency.pair_agreement(peaks, tolerance=float(step))
+        judged = agreement >= cfg.min_registration_agreement
+        chosen["registration"][f"{a}-{b}"] = {
+            "common_peak_px": [round(v, 3) for v in mode],
+            "agreement": round(agreement, 4),
+            "judged": judged,
+        }
+        if not judged:
+            table[column] = math.nan  # this pair's edges do not correspond in this data: no verdict either way
+        table = table.drop(columns=[column + "_peak"], errors="ignore")
+    for name in [m.name for m in spec.modalities if m.channels == 1]:
         stacked = [r[1][name] for r in results if name in r[1]]
-        if reference and name in reference:
-            ref = np.asarray(reference[name], dtype=np.float64)
+        given = reference.get("histograms", {})
+        if name in given:
+            ref = np.asarray(given[name], dtype=np.float64)
         elif stacked:
             ref = np.median(np.stack(stacked), axis=0)
             ref = ref / ref.sum() if ref.sum() else ref
         else:
             continue
-        chosen[name] = [round(float(v), 8) for v in ref]
+        chosen["histograms"][name] = [round(float(v), 8) for v in ref]
         table[f"{name}_hist_distance"] = [w1_distance(r[1][name], ref) if name in r[1] else math.nan for r in results]
+    for m in spec.modalities:
+        column = f"{m.name}_red_minus_blue"
+        if m.channels != 3 or column not in table or not table[column].notna().any():
+            continue
+        values = table[column].to_numpy(dtype=np.float64)
+        given = reference.get("colour", {}).get(m.name)
+        low = float(given["q05"]) if given else float(np.nanquantile(values, 0.05))
+        high = float(given["q95"]) if given else float(np.nanquantile(values, 0.95))
+        chosen["colour"][m.name] = {"q05": round(low, 6), "q95": round(high, 6)}
+        width = max(high - low, cfg.min_colour_range)
+        table[f"{m.name}_colour_outlier"] = np.maximum(0.0, np.maximum(low - values, values - high)) / width
+    for m in spec.modalities:
+        column = f"{m.name}_box_signed"
+        if column not in table or not table[column].notna().any():
+            continue
+        given = reference.get("box_contrast", {}).get(m.name)
+        values = table[column].to_numpy(dtype=np.float64)
+        centre = float(given["median"]) if given else float(np.nanmedian(values))
+        spread = float(given["spread"]) if given else float(1.4826 * np.nanmedian(np.abs(values - centre)))
+        chosen["box_contrast"][m.name] = {"median": round(centre, 6), "spread": round(spread, 6)}
+    signed_columns = [c for c in table.columns if c.endswith("_box_signed")]
+    table["box_content"] = (
+        [
+            consistency.box_content(
+                {c.removesuffix("_box_signed"): float(row[c]) for c in signed_columns},
+                chosen["box_contrast"],
+                cfg.min_box_sign_reliability,
+            )
+            for _, row in table.iterrows()
+        ]
+        if len(table)
+        else []
+    )
+    if len(table):
+        prints = [r[2] for r in results]
+        usable = [i for i, p in enumerate(prints) if p is not None]
+        twins: list[str | None] = [None] * len(table)
+        if usable:
+            found = consistency.cross_split_twins(
+                [table["id"].iloc[i] for i in usable],
+                [table["split"].iloc[i] for i in usable],
+                np.stack([prints[i] for i in usable]),
+                cfg.max_cross_split_similarity,
+            )
+            for i, twin in zip(usable, found, strict=True):
+                twins[i] = twin
+        table["cross_split_twin"] = twins
     return table, chosen
 
 
+CAPTION_COLUMNS = [
+    "id",
+    "caption_present",
+    "caption_blank",
+    "caption_tokens",
+    "caption_source",
+    "tokens_per_word",
+    "layout_conflicts",
+    "conflict",
+]
+
+
 def caption_table(shard_set: ShardSet, count_tokens: Callable[[str], int]) -> pd.DataFrame:
-    """One row per sample from the caption columns alone: no image is decoded for the captions gate."""
+    """One row per sample from the caption and layout columns alone: no image is decoded for the captions gate.
+
+    ``layout_conflicts`` counts what the caption claims against the boxes (a class the layout lacks, a count
+    or side that disagrees: refine's own rules), so a caption of another sample or a wrong count is caught;
+    ``tokens_per_word`` is high for garbage text, which the tokenizer splits into many pieces per word.
+    """
+    from diffx.caption.rules import check_classes, check_counts, check_sides
+    from diffx.data.sample import BoxObject
+
+    classes = shard_set.spec.classes
+    specials = count_tokens("")
     rows = []
-    for _, _, row in _rows(shard_set, ["id", "caption", "caption_source"]):
+    for _, _, row in _rows(shard_set, ["id", "caption", "caption_source", "objects", "width"]):
         caption = row["caption"]
+        objects = [
+            BoxObject(tuple(o["bbox"]), o["category"], int(o["category_id"]))  # type: ignore[arg-type]
+            for o in row["objects"] or []
+        ]
+        conflicts: list[str] = []
+        words = 0
+        if caption and caption.strip():
+            conflicts = [f for f in check_classes(caption, objects, classes) if f.startswith("mentions")]
+            conflicts += check_counts(caption, objects, classes) + check_sides(caption, objects, classes, row["width"])
+            words = len(re.findall(r"[A-Za-z]+", caption))
+        tokens = count_tokens(caption) if caption else None
         rows.append(
             {
                 "id": row["id"],
                 "caption_present": caption is not None,
                 "caption_blank": caption is not None and not caption.strip(),
-                "caption_tokens": count_tokens(caption) if caption else None,
+                "caption_tokens": tokens,
                 "caption_source": row["caption_source"],
+                "tokens_per_word": (tokens - specials) / words if tokens is not None and words else None,
+                "layout_conflicts": len(conflicts),
+                "conflict": conflicts[0] if conflicts else None,
             }
         )
-    return pd.DataFrame(rows, columns=["id", "caption_present", "caption_blank", "caption_tokens", "caption_source"])
+    return pd.DataFrame(rows, columns=CAPTION_COLUMNS)
+
+
+def review_table(queue: list[Any], rows: int) -> pd.DataFrame:
+    """One row: how many captions refine flagged that no human decision has resolved yet."""
+    return pd.DataFrame([{"pending": len(queue), "rows": rows, "pending_share": len(queue) / rows if rows else 0.0}])
 
 
 def shard_table(shard_set: ShardSet) -> pd.DataFrame:
-    """One row per manifest entry: is the file there, the right size, the same bytes, rows and schema?"""
-    expected_schema = build_schema(shard_set.spec, generated=shard_set.manifest.generated)
+    """One row per manifest entry: is the file there, the right size, the same bytes, rows and schema?
+
+    Reuses the verification the sample table's reading already did (one read and hash per shard)."""
+    order = ("exists", "bytes", "sha256", "parquet", "rows", "schema")
     rows = []
     for record in shard_set.manifest.shards:
-        path = shard_set.shard_path(record)
-        row: dict[str, Any] = {
-            "shard": record.path,
-            "exists": shard_set.fs.exists(path),
-            "bytes_ok": False,
-            "sha256_ok": False,
-            "rows_manifest": record.rows,
-            "rows_actual": -1,
-            "schema_ok": False,
-        }
-        if row["exists"]:
-            row["bytes_ok"] = shard_set.fs.size(path) == record.bytes
-            row["sha256_ok"] = fsio.sha256_file(shard_set.fs, path) == record.sha256
-            try:
-                parquet = pq.ParquetFile(shard_set.fs.open(path, "rb"))
-                row["rows_actual"] = parquet.metadata.num_rows
-                row["schema_ok"] = schema_matches(parquet.schema_arrow, expected_schema)
-            except (OSError, pa.ArrowException):
-                pass
-        rows.append(row)
+        check = shard_set.check(record)
+        failed = order.index(check.failed) if check.failed else len(order)
+
+        def verdict(step: str, failed: int = failed) -> bool | None:
+            """True passed, False failed, None not reached (an earlier check failed): only the cause shows."""
+            index = order.index(step)
+            return None if index > failed else index != failed
+
+        rows.append(
+            {
+                "shard": record.path,
+                "exists": verdict("exists"),
+                "bytes_ok": verdict("bytes"),
+                "sha256_ok": verdict("sha256"),
+                "rows_manifest": record.rows,
+                "rows_actual": check.rows if check.rows >= 0 else None,
+                "schema_ok": verdict("schema"),
+            }
+        )
     return pd.DataFrame(
         rows, columns=["shard", "exists", "bytes_ok", "sha256_ok", "rows_manifest", "rows_actual", "schema_ok"]
     )

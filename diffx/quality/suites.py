@@ -13,6 +13,7 @@ from great_expectations.expectations import Expectation
 
 from diffx.config import CaptionGateConfig, GeneratedGateConfig, ImageGateConfig, VaeGateConfig
 from diffx.data.spec import DatasetSpec
+from diffx.quality.stats import reference_modality, registration_column, registration_pairs
 
 E = gx.expectations
 
@@ -32,6 +33,7 @@ def sample_suite(
     max_objects: int,
     histogram_columns: list[str],
     histogram_mostly: float = 1.0,
+    judge_box_content: bool = True,
 ) -> list[Expectation]:
     """Per-sample checks on image content, alignment, boxes and identity.
 
@@ -88,18 +90,89 @@ def sample_suite(
             "box with an extreme aspect ratio",
         ),
     ]
+    out += cross_modal_suite(spec, cfg, histogram_mostly, judge_box_content)
+    return out
+
+
+def cross_modal_suite(
+    spec: DatasetSpec, cfg: ImageGateConfig, mostly: float = 1.0, judge_box_content: bool = True
+) -> list[Expectation]:
+    """Checks that compare modalities with each other and with the boxes (diffx/quality/consistency.py).
+
+    Generated sets are not held to real box content: how well a model honours its layout is the generated
+    gate's own ``honoured`` check, with its own share."""
+    names = spec.modality_names
+    reference = reference_modality(spec)
+    out: list[Expectation] = []
+    for a, b in registration_pairs(spec):
+        out.append(
+            _why(
+                E.ExpectColumnValuesToBeBetween(
+                    column=registration_column(spec, a, b), max_value=cfg.max_misregistration_px, mostly=mostly
+                ),
+                f"{b}: edges line up with {a}'s only after a shift (px): the frames are not registered",
+            )
+        )
+        if a == reference:
+            out.append(
+                _why(
+                    E.ExpectColumnValuesToBeBetween(
+                        column=f"{b}_mirror_gain", max_value=cfg.max_mirror_gain, mostly=mostly
+                    ),
+                    f"{b}: fits a mirrored {reference} better than {reference} itself (one of them is flipped)",
+                )
+            )
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            out.append(
+                _why(
+                    E.ExpectColumnValuesToBeBetween(column=f"{a}_{b}_rank_corr", max_value=cfg.max_rank_corr),
+                    f"{a} and {b} hold the same image (one modality's file copied into the other's slot)",
+                )
+            )
+    for m in spec.modalities:
+        if m.channels == 3:
+            out.append(
+                _why(
+                    E.ExpectColumnValuesToBeBetween(
+                        column=f"{m.name}_colour_outlier", max_value=cfg.max_colour_outlier
+                    ),
+                    f"{m.name}: red-blue balance outside the reference's 5-95% band by more than its width "
+                    "(channels stored as BGR?)",
+                )
+            )
+    if judge_box_content:
+        out.append(
+            _why(
+                E.ExpectColumnValuesToBeBetween(column="box_content", min_value=cfg.min_box_content),
+                "boxes do not stand out from their surroundings the way objects do in this data (moved off them?)",
+            )
+        )
+    out += [
+        _why(
+            E.ExpectColumnValuesToBeBetween(column="duplicate_boxes", max_value=0),
+            f"two boxes of one class overlap by IoU > {cfg.duplicate_box_iou} (one object labelled twice)",
+        ),
+        _why(
+            E.ExpectColumnValuesToBeNull(column="cross_split_twin"),
+            "a near-identical sample sits in another split (train/test leakage); observed = that sample's id",
+        ),
+    ]
     return out
 
 
 def shard_suite() -> list[Expectation]:
-    """Shard-level checks against the manifest."""
+    """Shard-level checks against the manifest; a check not reached (an earlier one failed) is null, so a
+    report names the cause (say, the checksum) rather than every check after it."""
     return [
         _true("exists", "a shard listed in the manifest is missing"),
         _true("bytes_ok", "shard size differs from the manifest (truncated or altered)"),
         _true("sha256_ok", "shard checksum differs from the manifest"),
         _true("schema_ok", "shard schema differs from the manifest's dataset description"),
         _why(
-            E.ExpectColumnPairValuesToBeEqual(column_A="rows_actual", column_B="rows_manifest"),
+            E.ExpectColumnPairValuesToBeEqual(
+                column_A="rows_actual", column_B="rows_manifest", ignore_row_if="either_value_is_missing"
+            ),
             "row count differs from the manifest",
         ),
     ]
@@ -125,6 +198,25 @@ def caption_suite(cfg: CaptionGateConfig, max_tokens: int) -> list[Expectation]:
             E.ExpectColumnValuesToMatchRegex(column="caption_source", regex=_source_regex(cfg.sources)),
             "caption_source does not say which backend wrote the caption",
         ),
+        _why(
+            E.ExpectColumnValuesToBeBetween(column="tokens_per_word", max_value=cfg.max_tokens_per_word),
+            "garbage text: the tokenizer splits its words into many pieces (not language it knows)",
+        ),
+        _why(
+            E.ExpectColumnValuesToBeBetween(
+                column="layout_conflicts", max_value=0, mostly=1.0 - cfg.max_conflict_share
+            ),
+            "the caption contradicts the layout: a class it lacks, a wrong count or side (another sample's caption?)",
+        ),
+    ]
+
+
+def review_suite(cfg: CaptionGateConfig) -> list[Expectation]:
+    return [
+        _why(
+            E.ExpectColumnValuesToBeBetween(column="pending_share", max_value=cfg.max_unresolved_share),
+            "too many captions flagged by refine still wait for a human decision (reviews/queue.jsonl)",
+        )
     ]
 
 
@@ -156,7 +248,14 @@ def generated_suite(
     contrast_columns: list[str],
 ) -> list[Expectation]:
     """The per-sample image checks, plus: modality means near the real data's, and the layout honoured."""
-    out = sample_suite(spec, cfg, max_objects, histogram_columns, histogram_mostly=1.0 - cfg.max_outlier_share)
+    out = sample_suite(
+        spec,
+        cfg,
+        max_objects,
+        histogram_columns,
+        histogram_mostly=1.0 - cfg.max_outlier_share,
+        judge_box_content=False,
+    )
     for name, mean in sorted(real_means.items()):
         out.append(
             _why(

@@ -29,8 +29,8 @@ from diffx.config import GenerateConfig
 from diffx.data.images import encode_png
 from diffx.data.sample import BoxObject, Sample
 from diffx.data.spec import DatasetSpec, require_compatible
-from diffx.errors import ConfigError
-from diffx.models.folder import ModelFolder
+from diffx.errors import ConfigError, DataError
+from diffx.models.folder import ModelFolder, load_pretrained
 from diffx.models.mpvae import MPVAE
 from diffx.models.text import TextEncoder
 from diffx.models.unet import DiffXUNet
@@ -110,9 +110,10 @@ class PlanExecutor:
             else options.device
         )
         self.spec, self.options = spec, options
+        self.max_objects = card.max_objects
         with _LOAD_LOCK:  # from_pretrained patches torch globally (meta-device init): one load at a time
-            vae = MPVAE.from_pretrained(str(folder.vae)).to(self.device)
-            unet = DiffXUNet.from_pretrained(options.unet).to(self.device)
+            vae = load_pretrained(MPVAE, folder.vae, "MP-VAE").to(self.device)
+            unet = load_pretrained(DiffXUNet, options.unet, "DiffX-UNet").to(self.device)
             text = TextEncoder(
                 card.text_encoder, max_tokens=card.max_tokens, tokenizer=card.text_tokenizer, device=self.device
             )
@@ -202,6 +203,14 @@ def generate(options: GenerateConfig, *, rank: int = 0, world_size: int = 1, pro
     for shard_rows in by_shard.values():
         shard_rows.sort(key=lambda r: r["row"])
     executor = PlanExecutor(options, spec)  # refuses a model/plan mismatch before any work
+    crowded = next((r for r in rows if len(r["objects"] or []) > executor.max_objects), None)
+    if crowded is not None:
+        raise DataError(
+            options.plan,
+            f"row id {crowded['id']!r} has {len(crowded['objects'])} objects; the model has "
+            f"{executor.max_objects} layout slots",
+            field="objects",
+        )
     # provenance by content: the models' digest and the sampler (paths to the plan or models are not content)
     content_hash = hashlib.sha256(f"{executor.model_id}{sorted(executor.sampler.items())}".encode()).hexdigest()[:16]
     writer = ShardSetWriter(options.output, spec, generated=True, params_hash=content_hash)
@@ -217,7 +226,7 @@ def generate(options: GenerateConfig, *, rank: int = 0, world_size: int = 1, pro
             result.shards_skipped += 1
             bar.skip(len(by_shard[index]))
             continue
-        with shard_lock(options.output, options.split, index) as mine_now:
+        with shard_lock(options.output, options.split, index, options.lease_seconds) as mine_now:
             if not mine_now:
                 result.shards_busy += 1
                 continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ from diffx.config import ConditioningConfig, PlanConfig, section_hash
 from diffx.data.readers.base import load_coco
 from diffx.data.sample import BoxObject
 from diffx.data.spec import DatasetSpec
-from diffx.errors import DataError
+from diffx.errors import DataError, ShardError
 from diffx.shards.reader import ShardSet
 from diffx.train.data import seed_for
 
@@ -79,11 +80,9 @@ def source_layouts(options: PlanConfig, spec: DatasetSpec) -> list[Layout]:
     if options.layouts:
         return user_layouts(options.layouts, spec)
     shard_set = ShardSet(options.source)
-    rows = (
-        shard_set.arrow_dataset(options.split)
-        .to_table(columns=["id", "width", "height", "objects", "caption", "caption_source"])
-        .to_pylist()
-    )
+    rows = shard_set.read_table(
+        options.split, ["id", "width", "height", "objects", "caption", "caption_source"]
+    ).to_pylist()
     if not rows:
         raise DataError(options.source, f"split {options.split!r} has no layouts to plan from")
     return [
@@ -253,6 +252,7 @@ def plan(options: PlanConfig, conditioning: ConditioningConfig) -> dict[str, Any
                 {
                     "dataset": spec.model_dump(mode="json"),
                     "rows_per_shard": options.rows_per_shard,
+                    "source": None if options.layouts else options.source,
                     "params_hash": section_hash(options, extra={"max_objects": max_objects}),
                 },
                 sort_keys=True,
@@ -285,9 +285,76 @@ def read_plan(path: str) -> tuple[list[dict[str, Any]], DatasetSpec, int]:
     fs, local = fsio.get_fs(path)
     if not fs.exists(local):
         raise DataError(path, "plan not found; run the plan stage first")
-    with fs.open(local, "rb") as handle:
-        table = pq.read_table(handle)
-    meta = json.loads((table.schema.metadata or {}).get(b"diffx_plan", b"{}"))
-    if "dataset" not in meta:
+    try:
+        with fs.open(local, "rb") as handle:
+            table = pq.read_table(handle)
+        meta = json.loads((table.schema.metadata or {}).get(b"diffx_plan", b"{}"))
+    except (OSError, pa.ArrowException, ValueError) as err:
+        raise DataError(path, f"not a readable plan Parquet file, truncated or corrupt? ({err})") from None
+    if not isinstance(meta, dict) or "dataset" not in meta:
         raise DataError(path, "not a diffx plan (no diffx_plan metadata)")
-    return table.to_pylist(), DatasetSpec.model_validate(meta["dataset"]), int(meta["rows_per_shard"])
+    missing = sorted(set(PLAN_SCHEMA.names) - set(table.column_names))
+    if missing:
+        raise DataError(path, f"plan columns {missing} missing; expected {PLAN_SCHEMA.names}")
+    try:
+        spec = DatasetSpec.model_validate(meta["dataset"])
+        rows_per_shard = int(meta["rows_per_shard"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(path, f"plan metadata 'diffx_plan' is malformed ({err})") from None
+    rows = table.to_pylist()
+    check_plan_rows(rows, spec, path)
+    source = meta.get("source")
+    if source:
+        _check_sources(rows, str(source), path)
+    return rows, spec, rows_per_shard
+
+
+def check_plan_rows(rows: list[dict[str, Any]], spec: DatasetSpec, path: str) -> None:
+    """Every row must be drawable as written: a hand-edited or foreign plan fails here, named by row, before
+    any sampling (boxes off the frame or of unknown classes would be generated silently otherwise)."""
+    seen_ids: set[str] = set()
+    slots: set[tuple[int, int]] = set()
+    for number, row in enumerate(rows):
+        where = f"row {number} (id {row.get('id')!r})"
+        if not row.get("id") or row["id"] in seen_ids:
+            raise DataError(path, f"{where}: ids must be non-empty and unique", field="id")
+        seen_ids.add(row["id"])
+        if (row["shard"], row["row"]) in slots:
+            raise DataError(path, f"{where}: shard {row['shard']} row {row['row']} is planned twice", field="row")
+        slots.add((row["shard"], row["row"]))
+        width, height = row["width"], row["height"]
+        if not (width and height and width > 0 and height > 0):
+            raise DataError(path, f"{where}: frame {width}x{height}; expected positive sizes", field="width")
+        for k, obj in enumerate(row["objects"] or []):
+            x0, y0, x1, y1 = obj["bbox"]
+            if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or not (x0 < x1 and y0 < y1):
+                raise DataError(
+                    path, f"{where}: box {obj['bbox']} needs x_min < x_max, y_min < y_max", field=f"objects[{k}]"
+                )
+            if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+                raise DataError(
+                    path, f"{where}: box {obj['bbox']} lies outside the {width}x{height} frame", field=f"objects[{k}]"
+                )
+            if obj["category"] not in spec.classes or obj["category_id"] != spec.class_id(obj["category"]):
+                raise DataError(
+                    path,
+                    f"{where}: class {obj['category']!r} / id {obj['category_id']} is not one of {list(spec.classes)}",
+                    field=f"objects[{k}]",
+                )
+
+
+def _check_sources(rows: list[dict[str, Any]], source: str, path: str) -> None:
+    """Rows must come from the data the plan names (when that data is reachable from here)."""
+    try:
+        shard_set = ShardSet(source)
+    except ShardError:
+        log.warning("%s: the plan's source %s is not readable here; source ids are not checked", path, source)
+        return
+    known = set(shard_set.read_table(columns=["id"]).column("id").to_pylist())
+    for number, row in enumerate(rows):
+        if row["source_id"] not in known:
+            raise DataError(
+                path,
+                f"row {number} (id {row['id']!r}): source_id {row['source_id']!r} is not in {source}",
+                field="source_id",
+            )

@@ -46,6 +46,8 @@ class ShardRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str) -> ShardRecord:
         try:
+            if not isinstance(data, dict):
+                raise TypeError(f"expected an object, got {type(data).__name__}")
             return cls(**data)
         except TypeError as err:
             raise ShardError(f"{source}: malformed shard record ({err})") from None
@@ -103,11 +105,19 @@ def read_manifest(root: str, **storage_options: Any) -> Manifest:
         data = fsio.read_json(url, **storage_options)
     except ValueError as err:
         raise ShardError(f"{url}: manifest is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ShardError(f"{url}: expected a JSON object, got {type(data).__name__}")
     if data.get("format") != FORMAT_NAME:
         raise ShardError(f"{url}: format {data.get('format')!r}, expected {FORMAT_NAME!r}")
     if data.get("schema_version") != SCHEMA_VERSION:
         raise ShardError(f"{url}: schema_version {data.get('schema_version')}, this diffx reads {SCHEMA_VERSION}")
-    shards = [ShardRecord.from_dict(s, f"{url} shards[{i}]") for i, s in enumerate(data.get("shards", []))]
+    if not isinstance(data.get("dataset"), dict) or not isinstance(data.get("shards"), list):
+        raise ShardError(f"{url}: needs a 'dataset' object and a 'shards' list")
+    try:
+        DatasetSpec.model_validate(data["dataset"])
+    except ValueError as err:
+        raise ShardError(f"{url}: 'dataset' is not a valid dataset description ({err})") from None
+    shards = [ShardRecord.from_dict(s, f"{url} shards[{i}]") for i, s in enumerate(data["shards"])]
     return Manifest(
         dataset=data["dataset"],
         shards=shards,

@@ -1,8 +1,16 @@
-"""Reading shard sets: rows as Samples (for stages) or as Arrow (for analytics and consumers)."""
+"""Reading shard sets: rows as Samples (for stages) or as Arrow (for analytics and consumers).
+
+Every shard is checked against its manifest record (size, sha256, row count, schema) the first time a
+process opens it, from the same bytes that are then parsed: one read, hashed as it arrives, so tampered or
+truncated data stops the stage that reads it, named by shard, instead of flowing into the next set.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -13,7 +21,16 @@ from diffx import fsio
 from diffx.data.sample import Sample
 from diffx.errors import ShardError
 from diffx.shards.manifest import Manifest, ShardRecord, read_manifest
-from diffx.shards.schema import row_to_sample
+from diffx.shards.schema import build_schema, row_to_sample, schema_matches
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    """How a shard compared with its manifest record: ``failed`` names the first check that failed."""
+
+    failed: str | None  # exists | bytes | sha256 | parquet | rows | schema, or None when verified
+    problem: str | None
+    rows: int = -1
 
 
 class ShardSet:
@@ -25,6 +42,8 @@ class ShardSet:
         self.manifest: Manifest = read_manifest(self.root, **storage_options)
         self.spec = self.manifest.spec
         self.fs, self.root_path = fsio.get_fs(self.root, **storage_options)
+        self.checked: dict[str, ShardCheck] = {}  # shard path -> how its first opening went
+        self._schema: pa.Schema | None = None
 
     def __len__(self) -> int:
         return self.manifest.total_rows()
@@ -33,11 +52,69 @@ class ShardSet:
         return f"{self.root_path}/{record.path}"
 
     def open_shard(self, record: ShardRecord) -> pq.ParquetFile:
+        """The shard's Parquet file; its first opening in this process verifies it against the manifest."""
         path = self.shard_path(record)
+        check = self.checked.get(record.path)
+        if check is None:
+            check, parquet = self._verified(record, path)
+            self.checked[record.path] = check
+        else:
+            parquet = None
+        if check.problem is not None:
+            raise ShardError(f"{fsio.join(self.root, record.path)}: {check.problem}")
+        if parquet is not None:
+            return parquet
         try:
             return pq.ParquetFile(self.fs.open(path, "rb"))
         except (OSError, pa.ArrowException) as err:
             raise ShardError(f"{fsio.join(self.root, record.path)}: unreadable Parquet ({err})") from None
+
+    def check(self, record: ShardRecord) -> ShardCheck:
+        """Verify one shard (once per process) without raising: the gates tabulate every shard's outcome."""
+        with contextlib.suppress(ShardError):
+            self.open_shard(record)
+        return self.checked[record.path]
+
+    def _verified(self, record: ShardRecord, path: str) -> tuple[ShardCheck, pq.ParquetFile | None]:
+        """Read the whole shard once, hashing as it arrives; parse the same bytes (no second read)."""
+        digest = hashlib.sha256()
+        chunks = []
+        try:
+            with self.fs.open(path, "rb") as handle:
+                while block := handle.read(8 << 20):
+                    digest.update(block)
+                    chunks.append(block)
+        except FileNotFoundError:
+            return ShardCheck("exists", f"missing (the manifest lists {record.rows} rows)"), None
+        except (OSError, ValueError) as err:  # ValueError: fsspec on e.g. a symlink loop
+            return ShardCheck("exists", f"unreadable ({err})"), None
+        data = b"".join(chunks)
+        if len(data) != record.bytes:
+            return ShardCheck(
+                "bytes", f"{len(data)} bytes, the manifest says {record.bytes} (truncated or altered)"
+            ), None
+        if digest.hexdigest() != record.sha256:
+            problem = (
+                f"sha256 {digest.hexdigest()[:16]}... does not match the manifest's {record.sha256[:16]}... "
+                "(altered after it was written)"
+            )
+            return ShardCheck("sha256", problem), None
+        try:
+            parquet = pq.ParquetFile(pa.BufferReader(data))
+        except (OSError, pa.ArrowException) as err:
+            return ShardCheck("parquet", f"unreadable Parquet ({err})"), None
+        rows = parquet.metadata.num_rows
+        if rows != record.rows:
+            return ShardCheck("rows", f"{rows} rows, the manifest says {record.rows}", rows), None
+        if not schema_matches(parquet.schema_arrow, self.expected_schema()):
+            problem = "schema differs from the manifest's dataset description (columns or types changed)"
+            return ShardCheck("schema", problem, rows), None
+        return ShardCheck(None, None, rows), parquet
+
+    def expected_schema(self) -> pa.Schema:
+        if self._schema is None:
+            self._schema = build_schema(self.spec, generated=self.manifest.generated)
+        return self._schema
 
     def iter_batches(
         self, split: str | None = None, columns: list[str] | None = None, batch_size: int = 64
@@ -56,8 +133,20 @@ class ShardSet:
         for record in self.manifest.shards_of(split):
             yield from self.iter_samples_of(record)
 
+    def read_table(self, split: str | None = None, columns: list[str] | None = None) -> pa.Table:
+        """The rows of a split as one Arrow table, every shard verified (what stages use, not arrow_dataset)."""
+        tables = [self.open_shard(r).read(columns=columns) for r in self.manifest.shards_of(split)]
+        if not tables:
+            return (
+                self.expected_schema().empty_table().select(columns)
+                if columns
+                else self.expected_schema().empty_table()
+            )
+        return pa.concat_tables(tables)
+
     def arrow_dataset(self, split: str | None = None) -> pads.Dataset:
-        """A pyarrow.dataset over exactly the manifest's files (never stray or temporary ones)."""
+        """A pyarrow.dataset over exactly the manifest's files (never stray or temporary ones), for consumers'
+        analytics: it reads lazily and does not verify checksums (stages use ``read_table``)."""
         files = [self.shard_path(r) for r in self.manifest.shards_of(split)]
         return pads.dataset(files, format="parquet", filesystem=self.fs)
 

@@ -8,59 +8,19 @@ and publish the manifest only once every planned shard is complete.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 from diffx import fsio
+from diffx.shards.lease import lease
 from diffx.shards.manifest import MANIFEST_NAME, RECORD_PREFIXES, ShardRecord, new_manifest, write_manifest
 from diffx.shards.writer import ShardSetWriter
 
 
 @contextlib.contextmanager
-def shard_lock(root: str, split: str, index: int) -> Iterator[bool]:
-    """Exclusive per-shard lock (O_EXCL file with host and pid); a lock whose process died is broken.
-
-    Object stores have no atomic create-if-absent through fsspec, so remote outputs rely on the rank
-    partition and the atomic rename instead (a second writer only ever rewrites identical bytes).
-    """
-    local = fsio.local_path(root)
-    if local is None:
-        yield True
-        return
-    path = Path(local) / split / f".part-{index:05d}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    owner = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            host, _, pid = path.read_text().partition(" ") if path.exists() else ("", "", "")
-            alive = host != socket.gethostname() or (pid.isdigit() and _pid_alive(int(pid)))
-            if alive:
-                yield False
-                return
-            path.unlink(missing_ok=True)  # stale: its process was killed
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(owner)
-        try:
-            yield True
-        finally:
-            path.unlink(missing_ok=True)
-        return
-    yield False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def shard_lock(root: str, split: str, index: int, lease_seconds: float) -> Iterator[bool]:
+    """The shard's lease (see :mod:`diffx.shards.lease`): True while this worker may write the shard."""
+    with lease(fsio.join(root, split, f".part-{index:05d}.lock"), lease_seconds) as held:
+        yield held
 
 
 def is_current(writer: ShardSetWriter, split: str, index: int, key: str) -> bool:

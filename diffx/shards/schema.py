@@ -147,3 +147,11 @@ def row_to_sample(row: dict[str, Any], spec: DatasetSpec) -> Sample:
         caption_source=row.get("caption_source"),
         provenance=provenance,
     )
+
+
+def schema_matches(schema: pa.Schema, expected: pa.Schema) -> bool:
+    """Field-level equality plus equal dataset descriptions (producer details may differ)."""
+    if not schema.remove_metadata().equals(expected.remove_metadata()):
+        return False
+    mine, theirs = diffx_metadata(schema), diffx_metadata(expected)
+    return mine["dataset"] == theirs["dataset"] and mine["generated"] == theirs["generated"]

@@ -19,15 +19,15 @@ import pyarrow.parquet as pq
 from diffx import fsio
 from diffx.data.sample import Sample
 from diffx.data.spec import DatasetSpec
+from diffx.errors import ShardError
 from diffx.shards.manifest import (
-    RECORD_PREFIXES,
     ShardRecord,
     new_manifest,
     record_relpath,
     shard_relpath,
     write_manifest,
 )
-from diffx.shards.schema import build_schema, diffx_metadata, sample_to_row
+from diffx.shards.schema import build_schema, sample_to_row
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class ShardSetWriter:
         names = set(self.schema.names)
         self._stat_columns = [c for c in SMALL_COLUMNS if c in names]
         self._dict_columns = [c for c in ("split", "caption_source", "sampler", "model_id") if c in names]
+        self._trusted: dict[tuple[str, int], str] = {}  # (split, index) -> sha256 this writer wrote or verified
 
     # ------------------------------------------------------------------ single shard
     def write_shard(
@@ -109,6 +110,7 @@ class ShardSetWriter:
         }
         log.debug("wrote %s: %d rows, %d bytes in %.3fs", rel, rows, nbytes, time.perf_counter() - started)
         record = ShardRecord(rel, split, index, rows, nbytes, digest, plan_key=plan_key, stats=stats)
+        self._trusted[(split, index)] = digest
         fsio.write_json_atomic(
             fsio.join(self.root, record_relpath(split, index)), asdict(record), **self.storage_options
         )
@@ -120,14 +122,26 @@ class ShardSetWriter:
 
     # ------------------------------------------------------------------ resume support
     def completed_record(self, split: str, index: int) -> ShardRecord | None:
-        """The sidecar record of a shard whose file is present with the recorded size, else None."""
+        """The sidecar record of a shard whose bytes match it (size and sha256), else None.
+
+        Content, not size: a shard altered in place must be rewritten on resume, not skipped as complete.
+        A shard is hashed once per writer (this process wrote it or already checked it)."""
         url = fsio.join(self.root, record_relpath(split, index))
         if not self.fs.exists(fsio.get_fs(url, **self.storage_options)[1]):
             return None
-        record = ShardRecord.from_dict(fsio.read_json(url, **self.storage_options), url)
+        try:
+            record = ShardRecord.from_dict(fsio.read_json(url, **self.storage_options), url)
+        except (ValueError, ShardError):  # a sidecar cut short or garbled: the shard is redone
+            return None
+        if self._trusted.get((split, index)) == record.sha256:
+            return record
         shard_path = f"{self.root_path}/{record.path}"
         if not self.fs.exists(shard_path) or self.fs.size(shard_path) != record.bytes:
             return None
+        if fsio.sha256_file(self.fs, shard_path) != record.sha256:
+            log.warning("%s: content differs from its record; it will be rewritten", shard_path)
+            return None
+        self._trusted[(split, index)] = record.sha256
         return record
 
     # ------------------------------------------------------------------ whole set
@@ -150,26 +164,3 @@ class ShardSetWriter:
             new_manifest(self.spec, records, generated=self.generated, params_hash=self.params_hash),
             **self.storage_options,
         )
-
-    def clear(self) -> None:
-        """Remove a previous set under root, manifest first, so a crash mid-way never looks complete."""
-        manifest = f"{self.root_path}/_manifest.json"
-        if self.fs.exists(manifest):
-            self.fs.rm(manifest)
-        if self.fs.exists(self.root_path):
-            for entry in self.fs.find(self.root_path):
-                name = entry.rsplit("/", 1)[-1]
-                if (
-                    name.endswith(".parquet")
-                    or (name.startswith(RECORD_PREFIXES) and name.endswith(".json"))
-                    or ".tmp-" in name
-                ):
-                    self.fs.rm(entry)
-
-
-def schema_matches(schema: pa.Schema, expected: pa.Schema) -> bool:
-    """Field-level equality plus equal dataset descriptions (producer details may differ)."""
-    if not schema.remove_metadata().equals(expected.remove_metadata()):
-        return False
-    mine, theirs = diffx_metadata(schema), diffx_metadata(expected)
-    return mine["dataset"] == theirs["dataset"] and mine["generated"] == theirs["generated"]

@@ -26,7 +26,7 @@ from diffx.config import ConditioningConfig, UnetConfig, section_hash
 from diffx.data.spec import DatasetSpec
 from diffx.errors import DataError
 from diffx.eval.grids import draw_boxes, grid_png, to_display
-from diffx.models.folder import ModelCard, write_model_folder
+from diffx.models.folder import ModelCard, load_pretrained, write_model_folder
 from diffx.models.layout import pack_boxes
 from diffx.models.mpvae import MPVAE
 from diffx.models.text import TextEncoder
@@ -130,7 +130,7 @@ class UnetTrainer(Trainer):
         dataset = ShardDataset(options.data, options.train_split, list(self.spec.modality_names))
         if len(dataset) == 0:
             raise DataError(options.data, f"split {options.train_split!r} has no rows")
-        self.vae = MPVAE.from_pretrained(options.vae).to(ctx.device).eval().requires_grad_(False)
+        self.vae = load_pretrained(MPVAE, options.vae, "MP-VAE").to(ctx.device).eval().requires_grad_(False)
         self.vae.check_modalities(
             self.spec.modality_names, tuple(m.channels for m in self.spec.modalities), options.vae
         )

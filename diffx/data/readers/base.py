@@ -136,17 +136,28 @@ def load_coco(path: str) -> CocoIndex:
             data = json.load(handle)
     except json.JSONDecodeError as err:
         raise DataError(path, f"not valid JSON: {err.msg}", line=err.lineno) from None
+    except UnicodeDecodeError as err:
+        raise DataError(path, f"not UTF-8 text (byte {err.start})") from None
+    if not isinstance(data, dict):
+        raise DataError(
+            path, f"expected a COCO object with images/annotations/categories, got a JSON {type(data).__name__}"
+        )
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise DataError(path, f"expected a list under {key!r}", field=key)
     names = {}
     for index, cat in enumerate(data["categories"]):
-        if "id" not in cat or "name" not in cat:
+        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
             raise DataError(path, "category needs 'id' and 'name'", field=f"categories[{index}]")
         names[cat["id"]] = cat["name"]
+    for index, img in enumerate(data["images"]):
+        if not isinstance(img, dict) or not isinstance(img.get("file_name"), str):
+            raise DataError(path, "image entry needs a 'file_name' string", field=f"images[{index}]")
     boxes: dict[Any, list[tuple[str, Box]]] = {img.get("id"): [] for img in data["images"]}
     for index, ann in enumerate(data["annotations"]):
         where = f"annotations[{index}]"
+        if not isinstance(ann, dict):
+            raise DataError(path, "expected an annotation object", field=where)
         if ann.get("image_id") not in boxes:
             raise DataError(path, f"image_id {ann.get('image_id')!r} is not in 'images'", field=where)
         if ann.get("category_id") not in names:
@@ -154,11 +165,10 @@ def load_coco(path: str) -> CocoIndex:
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4):
             raise DataError(path, f"bbox must be [x, y, w, h], got {bbox!r}", field=where)
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in bbox):
+            raise DataError(path, f"bbox must hold 4 finite numbers [x, y, w, h], got {bbox!r}", field=where)
         x, y, w, h = (float(v) for v in bbox)
         boxes[ann["image_id"]].append((names[ann["category_id"]], (x, y, x + w, y + h)))
-    for index, img in enumerate(data["images"]):
-        if "file_name" not in img:
-            raise DataError(path, "image entry needs 'file_name'", field=f"images[{index}]")
     return CocoIndex(data["images"], boxes)
 
 
