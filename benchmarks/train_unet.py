@@ -61,6 +61,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def seconds_per_call(action: Any, calls: int, device: torch.device) -> float:
+    """Mean wall time of ``action`` over ``calls`` calls, the device drained before and after."""
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(calls):
+        action()
+    _sync(device)
+    return (time.perf_counter() - started) / calls
+
+
 def matmul_flops(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 10) -> float:
     """FLOP/s of a size^3 matrix product: the ceiling the model's achieved FLOP/s is compared with."""
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -68,12 +78,7 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, size: int, repeats: i
     b = torch.randn(size, size, generator=g).to(device, dtype)
     for _ in range(3):
         a @ b
-    _sync(device)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    _sync(device)
-    return 2 * size**3 * repeats / (time.perf_counter() - started)
+    return 2 * size**3 / seconds_per_call(lambda: a @ b, repeats, device)
 
 
 def counted_flops(action: Any) -> int:
@@ -113,12 +118,7 @@ def measure(
 
     step()  # warm-up (allocator, kernels, compile)
     flops = counted_flops(step) if not compile_model else None
-    _sync(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    elapsed = time.perf_counter() - started
+    elapsed = seconds_per_call(step, steps, device) * steps
     return {
         "tflop_per_step": round(flops / 1e12, 4) if flops else None,
         "tflops_achieved": round(flops / (elapsed / steps) / 1e12, 3) if flops else None,
@@ -157,12 +157,7 @@ def measure_sampling(
 
     denoise()
     flops = counted_flops(denoise)
-    _sync(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        denoise()
-    _sync(device)
-    elapsed = time.perf_counter() - started
+    elapsed = seconds_per_call(denoise, steps, device) * steps
     return {
         "device": str(device),
         "batch": batch,

@@ -195,10 +195,6 @@ def _foreign_source(rows: list[dict]) -> None:
     rows[0]["source_id"] = "never-ingested-0001"
 
 
-def _unet_weights(d: Path) -> str:
-    return "models/unet/diffusion_pytorch_model.safetensors"
-
-
 CASES: dict[str, Case] = {
     # ---------------------------------------------------------------- params and the command line
     "params file missing": Case(["ingest", "--params", "nope.yaml"], lambda d: None, "nope.yaml"),

@@ -92,7 +92,7 @@ def test_clean_scenes_pass_every_cross_modal_expectation(tmp_path: Path, scenes:
 
 
 # defect -> (plant on one train sample, the expectation that must fail "type:column")
-def _defects(train: list[Sample], test: list[Sample]) -> dict[str, tuple[Sample, Sample, str]]:
+def _defects(train: list[Sample]) -> dict[str, tuple[Sample, Sample, str]]:
     """Each defect with its victim: chosen by what makes the defect visible at all (a scene with no colour
     cast cannot show BGR), deterministically, from disjoint samples."""
     used: set[str] = set()
@@ -147,7 +147,7 @@ def _defects(train: list[Sample], test: list[Sample]) -> dict[str, tuple[Sample,
 def test_each_cross_modal_defect_fails_its_expectation_on_its_row(tmp_path: Path, scenes: Path) -> None:
     samples = _samples(scenes)
     train = [s for s in samples if s.split == "train"]
-    planted = _defects(train, [s for s in samples if s.split == "val"])
+    planted = _defects(train)
     for victim, bad, _ in planted.values():
         samples[samples.index(victim)] = bad
     leak_source = next(s for s in samples if s.split == "val")
@@ -175,7 +175,7 @@ def test_a_whole_set_shifted_is_caught_not_learnt_as_normal(tmp_path: Path, scen
     assert failed["unexpected_count"] >= len(samples) // 2  # not absorbed as the set's normal offset
 
 
-def _captioned(root: Path, out: Path) -> list[Sample]:
+def _captioned(root: Path) -> list[Sample]:
     """Template captions, as the caption stage writes them offline."""
     from diffx.caption.template import TemplateCaptioner
     from diffx.data.demo import DEMO_SPEC
@@ -185,7 +185,7 @@ def _captioned(root: Path, out: Path) -> list[Sample]:
 
 
 def test_captions_that_contradict_their_layout_or_are_garbage_fail(tmp_path: Path, scenes: Path) -> None:
-    samples = _captioned(scenes, tmp_path)
+    samples = _captioned(scenes)
     config = _config(tmp_path, scenes)
     assert run_gate("captions", config, str(_write(samples, tmp_path / "good"))).success
 
@@ -214,7 +214,7 @@ def test_captions_that_contradict_their_layout_or_are_garbage_fail(tmp_path: Pat
 
 
 def test_unresolved_refine_flags_above_their_share_fail_the_captions_gate(tmp_path: Path, scenes: Path) -> None:
-    samples = _captioned(scenes, tmp_path)
+    samples = _captioned(scenes)
     good = _write(samples, tmp_path / "good")
     queue = tmp_path / "queue.jsonl"
     item = {"split": "train", "caption": "x", "caption_source": "template", "reviewed": "d", "flags": ["f"]}
