@@ -24,7 +24,7 @@ from diffx.data.readers.flir import FlirSource
 from diffx.data.readers.mfnet import MfnetSource
 from diffx.data.readers.sunrgbd import SunRgbdSource
 from diffx.data.readers.voc_pairs import VocPairsSource
-from diffx.data.spec import DatasetSpec, ModalitySpec
+from diffx.data.spec import DatasetSpec, FrameSpec, LayoutKind, ModalitySpec
 from diffx.errors import ConfigError
 from diffx.section import RECORDER, Section
 
@@ -54,7 +54,15 @@ class DataConfig(Section):
 
     modalities: list[ModalitySpec] = Field(default_factory=lambda: list(DEMO_MODALITIES), min_length=1)
     classes: list[str] = Field(default_factory=lambda: ["person", "bicycle", "car"], min_length=1)
-    layout_kind: Literal["segmentation", "saliency", "edges", "face"] | None = None
+    layout_kind: LayoutKind | None = Field(
+        default=None,
+        description="dense layout stored with each sample: segmentation | saliency | edges (computed from rgb at "
+        "ingest when the source has none) | face; null = boxes only",
+    )
+    layout_classes: list[str] = Field(
+        default_factory=list, description="segmentation: the name of each label value, 0 first"
+    )
+    frame: FrameSpec = Field(default_factory=FrameSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
@@ -62,7 +70,13 @@ class DataConfig(Section):
         return self
 
     def spec(self) -> DatasetSpec:
-        return DatasetSpec(modalities=tuple(self.modalities), classes=tuple(self.classes), layout_kind=self.layout_kind)
+        return DatasetSpec(
+            modalities=tuple(self.modalities),
+            classes=tuple(self.classes),
+            layout_kind=self.layout_kind,
+            layout_classes=tuple(self.layout_classes),
+            frame=self.frame,
+        )
 
 
 class ShardsConfig(Section):
@@ -624,10 +638,19 @@ def read_params(path: str | Path) -> dict[str, Any]:
 
 
 def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """``overlay`` over ``base``: mappings merge key by key, anything else replaces."""
+    """``overlay`` over ``base``: mappings merge key by key, anything else replaces.
+
+    A mapping naming another ``format`` (a reader) is another kind of thing: it replaces the base's whole, so a
+    preset's FLIR source never inherits the demo reader's options.
+    """
     out = dict(base)
     for key, value in overlay.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        current = out.get(key)
+        kind = current.get("format") if isinstance(current, dict) else None
+        if isinstance(value, dict) and isinstance(current, dict) and value.get("format", kind) == kind:
+            out[key] = merge(current, value)
+        else:
+            out[key] = value
     return out
 
 
@@ -692,7 +715,7 @@ def _render(section: BaseModel, indent: int) -> list[str]:
     for name, field in type(section).model_fields.items():
         value = getattr(section, name)
         comment = f"  # {field.description}" if field.description else ""
-        if isinstance(value, Section):
+        if isinstance(value, BaseModel):  # a section, or a fact model set in params (data.frame): a block
             lines.append(f"{pad}{name}:{comment}")
             lines.extend(_render(value, indent + 1))
         elif isinstance(value, list) and value and isinstance(value[0], BaseModel | dict):

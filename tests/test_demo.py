@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffx.data.demo import CLASSES, render_scene, sample_rng
+from diffx.data.demo import CLASSES, LAYOUT_CLASSES, render_scene, sample_rng
 
 
 def _scenes(seed: int, n: int = 24):
@@ -53,3 +53,12 @@ def test_depth_follows_the_ground_plane_and_objects_occlude_consistently() -> No
 def test_day_and_night_both_occur() -> None:
     nights = {scene.night for scene in _scenes(3, 30)}
     assert nights == {True, False}
+
+
+def test_the_segmentation_map_labels_every_box_with_its_class_and_the_sky_above() -> None:
+    for scene in _scenes(2):
+        assert scene.labels.shape == (72, 96) and int(scene.labels.max()) < len(LAYOUT_CLASSES)
+        assert (scene.labels[0] == LAYOUT_CLASSES.index("sky")).mean() > 0.5  # the top row is mostly sky
+        for category, (x0, y0, x1, y1) in scene.boxes:  # a box is the extent of its object's visible pixels
+            inside = scene.labels[int(y0) : int(y1), int(x0) : int(x1)] == LAYOUT_CLASSES.index(category)
+            assert inside.any(axis=0)[[0, -1]].all() and inside.any(axis=1)[[0, -1]].all()

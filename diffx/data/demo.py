@@ -10,7 +10,9 @@ offline on a laptop. The scenes follow enough physics that a model has something
 * thermal: people and running engines and tyres are warm, the sky is cold, the road is warm by day
   and cools at night; glass reflects the cold sky; thermal optics are soft (blur) and noisy;
 * RGB: daylight or night with lit windows and headlights; depth in millimetres, 16-bit, with noise
-  that grows with the square of the distance as for a stereo sensor.
+  that grows with the square of the distance as for a stereo sensor;
+* a segmentation map from the same masks (sky, road, sidewalk, grass, building and the three object
+  classes): the dense layout of the segmentation-guided chain (presets/demo-seg.yaml).
 
 Everything is drawn from one ``numpy.random.Generator`` seeded by (seed, split, index), so any sample
 can be regenerated alone and the whole set is a pure function of the seed.
@@ -35,6 +37,8 @@ CLASS_WEIGHTS = (0.45, 0.2, 0.35)
 MAX_DEPTH_MM = 65535
 CAMERA_HEIGHT_M = 1.5
 MIN_VISIBLE_SIDE_PX = 3  # visible boxes thinner than this are not labelled
+# segmentation labels of the demo's dense layout: the scene's stuff, then the object classes (value = index)
+LAYOUT_CLASSES = ("sky", "road", "sidewalk", "grass", "building", *CLASSES)
 
 DEMO_SPEC = DatasetSpec(
     modalities=(
@@ -69,6 +73,7 @@ class Scene:
     depth: np.ndarray
     boxes: list[tuple[str, tuple[float, float, float, float]]]
     night: bool
+    labels: np.ndarray  # H x W uint8 segmentation: an index into LAYOUT_CLASSES
 
 
 class _Canvas:
@@ -347,6 +352,9 @@ def render_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
     dash = road & (np.abs(x_lat) < 0.08) & ((np.where(below, z, 0.0) % 6.0) < 3.0)
     rgb[dash] = np.array([230, 230, 220]) * max(light, 0.35)
     heat[dash] -= 0.05
+    labels = np.zeros((height, width), dtype=np.uint8)  # sky
+    for value, region in ((1, road), (2, walk), (3, grass)):
+        labels[region] = value
 
     # skyline: building blocks sitting on the horizon, far away
     canvas = _Canvas(width, height)
@@ -357,6 +365,7 @@ def render_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
         mask = canvas.rect(x, horizon - bh, x + bw, horizon + 1)
         colour = np.array(rng.choice([[150, 140, 130], [110, 105, 100], [170, 160, 150], [90, 95, 105]])) * light
         rgb[mask] = colour
+        labels[mask] = 4
         heat[mask] = 0.25 if night else 0.45
         depth[mask] = rng.uniform(40000, 60000)
         if night:
@@ -398,6 +407,7 @@ def render_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
             heat[part.mask] = part.heat
             depth[part.mask] = obj_depth
             instance[part.mask] = index
+            labels[part.mask] = LAYOUT_CLASSES.index(obj.category)
 
     boxes: list[tuple[str, tuple[float, float, float, float]]] = []
     for index in sorted(range(len(objects)), key=lambda i: objects[i].z):
@@ -424,7 +434,7 @@ def render_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
     metres = depth / 1000.0
     depth_noisy = depth + rng.normal(0, 1.0, depth.shape) * 1.5 * metres**2
     depth_out = np.clip(np.round(depth_noisy), 1, MAX_DEPTH_MM).astype(np.uint16)
-    return Scene(rgb_out, thermal_out, depth_out, boxes, night)
+    return Scene(rgb_out, thermal_out, depth_out, boxes, night, labels)
 
 
 def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -436,7 +446,7 @@ def write_demo(output: str, *, seed: int, width: int, height: int, splits: dict[
     """Write the demo as paired PNG folders + COCO JSON per split, atomically (whole folder swap)."""
     output = os.path.abspath(output)
     staging = f"{output}.tmp-{uuid.uuid4().hex[:8]}"
-    for name in ("rgb", "thermal", "depth", "annotations"):
+    for name in ("rgb", "thermal", "depth", "segmentation", "annotations"):
         os.makedirs(os.path.join(staging, name))
     counts: dict[str, int] = {}
     try:
@@ -445,7 +455,12 @@ def write_demo(output: str, *, seed: int, width: int, height: int, splits: dict[
             for index in range(n):
                 scene = render_scene(sample_rng(seed, split, index), width, height)
                 sample_id = f"demo-{split}-{index:05d}"
-                for name, array in (("rgb", scene.rgb), ("thermal", scene.thermal), ("depth", scene.depth)):
+                for name, array in (
+                    ("rgb", scene.rgb),
+                    ("thermal", scene.thermal),
+                    ("depth", scene.depth),
+                    ("segmentation", scene.labels),
+                ):
                     Image.fromarray(array).save(os.path.join(staging, name, f"{sample_id}.png"), compress_level=9)
                 image_id = len(images) + 1
                 images.append(

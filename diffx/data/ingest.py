@@ -16,8 +16,11 @@ from typing import Any
 
 from diffx import fsio
 from diffx.config import DataConfig, IngestConfig, ShardsConfig, section_hash
+from diffx.data.images import encode_png
+from diffx.data.layouts import sobel_edges
 from diffx.data.readers import ReadContext, read_source
 from diffx.data.sample import Rejected, Sample, validated
+from diffx.data.spec import DatasetSpec
 from diffx.errors import DataError
 from diffx.progress import Progress
 from diffx.shards.manifest import ShardRecord
@@ -85,6 +88,19 @@ def _counted(items: Iterable[Any], counter: Progress) -> Iterator[Any]:
         counter.update(1)
 
 
+def with_edges(items: Iterable[Any], spec: DatasetSpec, compress_level: int) -> Iterator[Any]:
+    """An ``edges`` layout the source does not have is computed from the RGB (Sobel), as the paper does."""
+    rgb = next((m.name for m in spec.modalities if m.channels == 3), None)
+    for item in items:
+        if spec.layout_kind == "edges" and isinstance(item, Sample) and item.layout is None and rgb in item.images:
+            source = item.images[rgb]
+            try:
+                item.layout = encode_png(sobel_edges(source.to_array()), f"{source.path}#edges", compress_level)
+            except DataError as err:
+                item = Rejected(item.id, item.split, str(err))
+        yield item
+
+
 def _refuse_too_many_rejects(options: IngestConfig, result: IngestResult) -> None:
     """The error names the commonest reasons: a mismatch of the whole source shows in the message itself."""
     rejected = result.quarantined
@@ -110,7 +126,8 @@ def _refuse_too_many_rejects(options: IngestConfig, result: IngestResult) -> Non
             f"ingest.max_quarantine_fraction={options.max_quarantine_fraction}; commonest reasons: {common}",
         )
     if result.total_rows == 0:
-        raise DataError(str(getattr(options.source, "root", "source")), "no valid sample was read")
+        why = f"; all {len(rejected)} quarantined, commonest reasons: {common}" if rejected else ""
+        raise DataError(str(getattr(options.source, "root", "source")), f"no valid sample was read{why}")
 
 
 def _reason_kind(reason: str) -> str:
@@ -134,7 +151,7 @@ def ingest(data: DataConfig, options: IngestConfig, shards: ShardsConfig, *, pro
         rows: dict[str, int] = {}
         items = read_source(options.source, ReadContext(spec, shards.png_compress_level))
         with Progress("ingest", None, unit="samples", bar=progress) as counter:
-            stream = validated(_counted(items, counter), spec, rejected)
+            stream = validated(with_edges(_counted(items, counter), spec, shards.png_compress_level), spec, rejected)
             records = _write_split_streams(writer, stream, shards.rows_per_shard, rows)
         result = IngestResult(options.output, rows, len(records), rejected, time.perf_counter() - started)
         report = result.report()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diffx.data.images import EncodedImage
+from diffx.data.layouts import is_label_map, layout_problem
 from diffx.data.spec import DatasetSpec
 from diffx.errors import DataError
 
@@ -81,6 +82,20 @@ def sample_problems(sample: Sample, spec: DatasetSpec) -> list[str]:
             problems.append(f"{name}: PNG mode {image.mode!r}, expected {want!r}")
     if sample.layout is not None and sample.layout.size != (sample.width, sample.height):
         problems.append(f"layout: size {sample.layout.width}x{sample.layout.height} differs from the sample")
+    if spec.layout_kind is not None and sample.layout is None:
+        problems.append(f"layout: missing; the dataset's layout_kind is {spec.layout_kind!r} (one map per sample)")
+    elif spec.layout_kind is None and sample.layout is not None:
+        problems.append("layout: the sample has a layout map but the dataset's layout_kind is null")
+    elif sample.layout is not None:
+        if sample.layout.mode != "L":
+            problems.append(f"layout: PNG mode {sample.layout.mode!r}, expected 'L' (8-bit grey)")
+        elif is_label_map(spec):
+            try:
+                problem = layout_problem(sample.layout.to_array(), spec)
+            except DataError as err:
+                problem = str(err)
+            if problem:
+                problems.append(f"layout: {problem}")
     for index, obj in enumerate(sample.objects):
         where = f"objects[{index}]"
         x0, y0, x1, y1 = obj.bbox

@@ -58,6 +58,18 @@ def to_display(array: np.ndarray, modality: str) -> np.ndarray:
     return _lut(COLOUR_MAPS.get(modality, "inferno"))[(values * 255 + 0.5).astype(np.uint8)]
 
 
+def layout_display(layout: np.ndarray, label_map: bool) -> np.ndarray:
+    """A 1 x H x W stored layout -> HxWx3 uint8: label ids in fixed distinct colours, intensities in grey."""
+    values = np.asarray(layout)[0]
+    if not label_map:
+        grey = (np.clip(values, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    ids = values.astype(np.int64)
+    palette = (np.stack([ids * 97, ids * 57 + 80, ids * 151 + 30], axis=-1) % 256).astype(np.uint8)
+    palette[ids == 0] = 0
+    return palette
+
+
 def _wrap(text: str, width_px: int, char_px: int = 6) -> list[str]:
     """Greedy word wrap for PIL's default bitmap font (about 6 px per character)."""
     per_line = max(8, width_px // char_px)

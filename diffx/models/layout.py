@@ -83,10 +83,13 @@ class DenseTokenizer(nn.Module):
 
 
 class DenseDownsampler(nn.Module):
-    """Dense map -> ``out_channels`` at latent resolution (/8), concatenated to the noisy latent."""
+    """Dense map -> ``out_channels`` at latent resolution (/``factor``, the VAE's), concatenated to the noisy
+    latent."""
 
     def __init__(self, in_channels: int, out_channels: int = 8, factor: int = 8):
         super().__init__()
+        if factor < 2 or factor & (factor - 1):
+            raise ValueError(f"the VAE's downsample factor must be a power of 2, at least 2; got {factor}")
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, 16, factor // 2, stride=factor // 2),
             nn.SiLU(),

@@ -61,6 +61,7 @@ class DiffXUNet(ModelMixin, ConfigMixin):
         max_objects: int = 30,
         dense_channels: int = 1,
         dense_latent_channels: int = 8,
+        dense_factor: int = 8,
         jme_heads: int = 8,
     ):
         super().__init__()
@@ -86,7 +87,7 @@ class DiffXUNet(ModelMixin, ConfigMixin):
             self.box_tokenizer = BoxTokenizer(phrase_dim, cross_attention_dim)
         else:
             self.dense_tokenizer = DenseTokenizer(dense_channels, cross_attention_dim)
-            self.dense_downsampler = DenseDownsampler(dense_channels, dense_latent_channels)
+            self.dense_downsampler = DenseDownsampler(dense_channels, dense_latent_channels, dense_factor)
         self.jme = JointModalityEmbedder(
             cross_attention_dim, cross_attention_dim, heads=max(1, min(jme_heads, cross_attention_dim // 8))
         )

@@ -26,7 +26,8 @@ import torch
 
 from diffx import fsio
 from diffx.config import GenerateConfig
-from diffx.data.images import encode_png
+from diffx.data.images import EncodedImage, decode_array, encode_png
+from diffx.data.layout_tensors import stored_to_tensor
 from diffx.data.sample import BoxObject, Sample
 from diffx.data.spec import DatasetSpec, require_compatible
 from diffx.errors import ConfigError, DataError
@@ -80,6 +81,9 @@ def model_digest(folder: ModelFolder) -> str:
 
 
 def plan_key(rows: list[dict[str, Any]], model_id: str, sampler: dict[str, Any]) -> str:
+    rows = [  # a dense map enters by its digest: the key stays small and still changes with every pixel
+        {**r, "layout": hashlib.sha256(r["layout"]).hexdigest()} if r.get("layout") is not None else r for r in rows
+    ]
     text = json.dumps({"rows": rows, "model": model_id, "sampler": sampler}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -117,7 +121,7 @@ class PlanExecutor:
             text = TextEncoder(
                 card.text_encoder, max_tokens=card.max_tokens, tokenizer=card.text_tokenizer, device=self.device
             )
-        self.pipeline = DiffXPipeline(vae, unet, text, spec.classes, card.max_objects, folder.schedule(), self.device)
+        self.pipeline = DiffXPipeline(vae, unet, text, spec, card.max_objects, folder.schedule(), self.device)
         self.model_id = model_digest(folder)
         self.sampler = options.sampler.model_dump()
         self.encoder = ThreadPoolExecutor(max_workers=1)  # PNG encoding overlaps the next batch's sampling
@@ -132,6 +136,9 @@ class PlanExecutor:
                 m.name: _to_png(images[m.name][i], m.bit_depth, f"{row['id']}:{m.name}") for m in self.spec.modalities
             }
             objects = [BoxObject(tuple(o["bbox"]), o["category"], int(o["category_id"])) for o in row["objects"]]
+            layout = None
+            if row.get("layout") is not None:  # the map the sample was drawn from, stored as planned
+                layout = EncodedImage(row["layout"], f"{row['id']}:layout", int(row["width"]), int(row["height"]), "L")
             out.append(
                 Sample(
                     row["id"],
@@ -140,6 +147,7 @@ class PlanExecutor:
                     int(row["height"]),
                     encoded,
                     objects,
+                    layout=layout,
                     caption=row["caption"],
                     caption_source=row["caption_source"],
                     provenance={
@@ -154,6 +162,11 @@ class PlanExecutor:
             )
         self.encode_seconds += time.perf_counter() - started
         return out
+
+    def _layout(self, row: dict[str, Any]) -> torch.Tensor | None:
+        if row.get("layout") is None:
+            return None
+        return stored_to_tensor(decode_array(row["layout"], f"{self.options.plan} ({row['id']}) layout"), self.spec)
 
     def shard(self, rows: list[dict[str, Any]]) -> list[Sample]:
         pending: list[Future[list[Sample]]] = []
@@ -174,6 +187,7 @@ class PlanExecutor:
                         height,
                         width,
                         int(chunk[i]["seed"]),
+                        self._layout(chunk[i]),
                     )
                     for i in members
                 ]

@@ -1,9 +1,9 @@
 """The DiffX sampling pipeline: layout + caption -> one latent -> every modality.
 
 Classifier-free guidance runs the unconditional branch with an empty caption *and* a null layout (all
-slots masked), the same inputs the training dropout produces. Each sample's starting noise comes from its
-own generator, so a sample is a pure function of (models, caption, layout, seed, sampler, steps,
-guidance) whatever batch it is drawn in.
+slots masked; for a dense layout, an all-zero map), the same inputs the training dropout produces. Each
+sample's starting noise comes from its own generator, so a sample is a pure function of (models, caption,
+layout, seed, sampler, steps, guidance) whatever batch it is drawn in.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from diffx.data.layout_tensors import model_input
+from diffx.data.spec import DatasetSpec
 from diffx.models.layout import pack_boxes
 from diffx.models.mpvae import MPVAE
 from diffx.models.text import TextEncoder
@@ -22,7 +24,8 @@ from diffx.sample.schedulers import sampling_scheduler
 
 @dataclass
 class LayoutRequest:
-    """One sample to draw: caption, boxes in pixels (N x 4) with class ids, frame size, seed."""
+    """One sample to draw: caption, boxes in pixels (N x 4) with class ids, frame size, seed, and for a dense
+    model the layout map (1 x H x W stored values, diffx/data/layout_tensors.py)."""
 
     caption: str
     boxes: torch.Tensor
@@ -30,6 +33,7 @@ class LayoutRequest:
     height: int
     width: int
     seed: int
+    layout: torch.Tensor | None = None
 
 
 class DiffXPipeline:
@@ -38,17 +42,18 @@ class DiffXPipeline:
         vae: MPVAE,
         unet: DiffXUNet,
         text: TextEncoder,
-        classes: tuple[str, ...],
+        spec: DatasetSpec,
         max_objects: int,
         schedule: dict[str, Any],
         device: str | torch.device = "cpu",
     ):
         self.vae, self.unet, self.text = vae.eval(), unet.eval(), text
-        self.classes = classes
+        self.spec = spec
+        self.dense = unet.config.layout == "dense"
         self.max_objects = max_objects
         self.schedule = dict(schedule)
         self.device = torch.device(device)
-        self.phrase_table = text.phrases(list(classes)).to(self.device)
+        self.phrase_table = text.phrases(list(spec.classes)).to(self.device)
 
     def _latents(self, requests: list[LayoutRequest]) -> torch.Tensor:
         factor = self.vae.downsample_factor
@@ -59,6 +64,13 @@ class DiffXPipeline:
                 torch.randn((self.vae.config.latent_channels, r.height // factor, r.width // factor), generator=g)
             )
         return torch.stack(out).to(self.device)
+
+    def _dense(self, requests: list[LayoutRequest]) -> torch.Tensor:
+        for r in requests:
+            if r.layout is None or tuple(r.layout.shape[-2:]) != (r.height, r.width):
+                got = None if r.layout is None else tuple(r.layout.shape[-2:])
+                raise ValueError(f"a dense model needs a {r.height}x{r.width} layout map per request, got {got}")
+        return model_input(torch.stack([r.layout for r in requests]), self.spec).to(self.device)
 
     @torch.no_grad()
     def __call__(
@@ -87,6 +99,10 @@ class DiffXPipeline:
         all_boxes = torch.cat([boxes, boxes]) if guided else boxes
         all_phrases = torch.cat([phrases, phrases]) if guided else phrases
         all_box_mask = torch.cat([torch.zeros_like(box_mask), box_mask]) if guided else box_mask
+        all_dense = None
+        if self.dense:
+            dense = self._dense(requests)
+            all_dense = torch.cat([torch.zeros_like(dense), dense]) if guided else dense
         for t in scheduler.timesteps:
             model_in = scheduler.scale_model_input(torch.cat([latents, latents]) if guided else latents, t)
             eps = self.unet(
@@ -97,6 +113,7 @@ class DiffXPipeline:
                 boxes=all_boxes,
                 phrases=all_phrases,
                 box_mask=all_box_mask,
+                dense=all_dense,
             )
             if guided:
                 eps_null, eps_cond = eps.chunk(2)

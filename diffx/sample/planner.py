@@ -1,10 +1,14 @@
 """The layout planner: what to generate, decided (and written down) before anything is generated.
 
-Each planned row is a layout (boxes + classes in pixels), a caption, a frame size, a seed, its shard and
-row, and the id of the real sample it came from. Layouts come from the real data with augmentation (flip,
-jitter, box dropout, pasting boxes from other samples without overlapping beyond a limit), steered towards
-per-class targets ("bicycle: 2x" doubles bicycles per sample relative to the real data), or from a user's
-COCO JSON / JSONL. The plan is a small Parquet file and a pure function of (source, params, seed).
+Each planned row is a layout (boxes + classes in pixels, and the dense map when the data has one), a caption,
+a frame size, a seed, its shard and row, and the id of the real sample it came from. Layouts come from the
+real data with augmentation (flip, jitter, box dropout, pasting boxes from other samples without overlapping
+beyond a limit), steered towards per-class targets ("bicycle: 2x" doubles bicycles per sample relative to the
+real data), or from a user's COCO JSON / JSONL. A dense map is flipped with its boxes; box edits that the map
+could not follow (jitter, dropout, pasting) are off for data with a dense layout, so the boxes and the map
+always describe the same scene. With a frame resolution, every layout is resized and cropped (at a seeded
+random place on the 8-px grid) to the model's frame, as training saw it. The plan is a small Parquet file and
+a pure function of (source, params, seed).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import io
 import json
 import logging
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +25,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from diffx import fsio
 from diffx.caption.template import layout_sentences, when_phrase
 from diffx.config import ConditioningConfig, PlanConfig, section_hash
+from diffx.data.frame import place, place_boxes, place_image
+from diffx.data.images import decode_array, encode_png, read_file_bytes
+from diffx.data.layout_tensors import stored_to_tensor, tensor_to_stored
+from diffx.data.layouts import is_label_map, layout_problem
 from diffx.data.readers.base import load_coco
 from diffx.data.sample import BoxObject
 from diffx.data.spec import DatasetSpec
@@ -48,6 +58,7 @@ PLAN_SCHEMA = pa.schema(
         ("caption_source", pa.string()),
         ("objects", pa.list_(OBJECT)),
         ("edited", pa.bool_()),
+        ("layout", pa.binary()),  # the dense layout map (PNG) when the data has one, else null
     ]
 )
 MIN_SIDE_PX = 2.0
@@ -61,6 +72,7 @@ class Layout:
     objects: list[BoxObject]
     caption: str | None
     caption_source: str | None
+    layout: bytes | None = None  # the dense layout map (PNG)
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -80,9 +92,8 @@ def source_layouts(options: PlanConfig, spec: DatasetSpec) -> list[Layout]:
     if options.layouts:
         return user_layouts(options.layouts, spec)
     shard_set = ShardSet(options.source)
-    rows = shard_set.read_table(
-        options.split, ["id", "width", "height", "objects", "caption", "caption_source"]
-    ).to_pylist()
+    columns = ["id", "width", "height", "objects", "caption", "caption_source"]
+    rows = shard_set.read_table(options.split, columns + (["layout"] if spec.layout_kind else [])).to_pylist()
     if not rows:
         raise DataError(options.source, f"split {options.split!r} has no layouts to plan from")
     return [
@@ -93,15 +104,39 @@ def source_layouts(options: PlanConfig, spec: DatasetSpec) -> list[Layout]:
             [BoxObject(tuple(o["bbox"]), o["category"], int(o["category_id"])) for o in r["objects"]],
             r["caption"],
             r["caption_source"],
+            (r.get("layout") or {}).get("bytes"),
         )
         for r in rows
     ]
 
 
+def _user_map(path: str, value: Any, width: int, height: int, spec: DatasetSpec) -> bytes:
+    """A JSONL row's ``layout``: a PNG path (relative to the JSONL file) holding the dense map of the frame."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"the data has a {spec.layout_kind} layout: 'layout' must name its PNG file")
+    file = value if os.path.isabs(value) else os.path.join(os.path.dirname(os.path.abspath(path)), value)
+    data = read_file_bytes(file)
+    array = decode_array(data, file)
+    problem = layout_problem(array, spec)
+    if problem is None and array.shape != (height, width):
+        problem = f"map is {array.shape[1]}x{array.shape[0]}, the row's frame is {width}x{height}"
+    if problem:
+        raise DataError(file, f"layout ({spec.layout_kind}): {problem}")
+    return encode_png(array, file).data
+
+
 def user_layouts(path: str, spec: DatasetSpec) -> list[Layout]:
-    """COCO JSON (``images`` + ``annotations``) or JSONL (one {width, height, objects, caption?} per line)."""
+    """COCO JSON (``images`` + ``annotations``) or JSONL (one {width, height, objects, caption?, layout?} per line;
+    ``layout`` names the dense map's PNG when the data has a dense layout)."""
     out: list[Layout] = []
     if path.endswith(".json"):
+        if spec.layout_kind is not None:
+            raise DataError(
+                path,
+                f"the data has a {spec.layout_kind} layout, which COCO JSON cannot carry; give the layouts as JSONL "
+                "with a 'layout' PNG per line",
+                field="plan.layouts",
+            )
         coco = load_coco(path)
         for image in coco.images:
             objects = []
@@ -119,6 +154,8 @@ def user_layouts(path: str, spec: DatasetSpec) -> list[Layout]:
                 continue
             try:
                 data = json.loads(line)
+                width, height = int(data["width"]), int(data["height"])
+                dense = _user_map(path, data.get("layout"), width, height, spec) if spec.layout_kind else None
                 objects = [
                     BoxObject(tuple(float(v) for v in o["bbox"]), o["category"], spec.class_id(o["category"]))
                     for o in data.get("objects", [])
@@ -126,11 +163,12 @@ def user_layouts(path: str, spec: DatasetSpec) -> list[Layout]:
                 out.append(
                     Layout(
                         str(data.get("id", lineno)),
-                        int(data["width"]),
-                        int(data["height"]),
+                        width,
+                        height,
                         objects,
                         data.get("caption"),
                         "human" if data.get("caption") else None,
+                        dense,
                     )
                 )
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
@@ -140,8 +178,11 @@ def user_layouts(path: str, spec: DatasetSpec) -> list[Layout]:
     return out
 
 
-def _augment(layout: Layout, rng: np.random.Generator, options: PlanConfig) -> tuple[list[BoxObject], bool]:
-    objects, edited = list(layout.objects), False
+def _augment(
+    layout: Layout, rng: np.random.Generator, options: PlanConfig, box_edits: bool
+) -> tuple[list[BoxObject], bool, bool]:
+    """(objects, edited, flipped); ``box_edits`` False keeps boxes as the dense map has them (flip only)."""
+    objects, edited, flipped = list(layout.objects), False, False
     if options.flip and rng.random() < options.flip:
         objects = [
             BoxObject(
@@ -149,7 +190,9 @@ def _augment(layout: Layout, rng: np.random.Generator, options: PlanConfig) -> t
             )
             for o in objects
         ]
-        edited = True
+        edited = flipped = True
+    if not box_edits:
+        return objects, edited, flipped
     kept = []
     for obj in objects:
         if options.box_dropout and rng.random() < options.box_dropout:
@@ -165,7 +208,43 @@ def _augment(layout: Layout, rng: np.random.Generator, options: PlanConfig) -> t
         clipped = _clip(box, layout.width, layout.height)
         if clipped is not None:
             kept.append(BoxObject(clipped, obj.category, obj.category_id))
-    return kept, edited
+    return kept, edited, flipped
+
+
+@dataclass
+class Framed:
+    """A planned layout in the model's frame: size, boxes and the dense map (PNG)."""
+
+    width: int
+    height: int
+    objects: list[BoxObject]
+    layout: bytes | None
+
+
+def _in_model_frame(
+    source: Layout, objects: list[BoxObject], flipped: bool, spec: DatasetSpec, rng: np.random.Generator
+) -> Framed:
+    """Flip the dense map with its boxes, then resize + crop all of them to the model's frame (a seeded random
+    crop, drawn only when the data has a frame resolution, so plans without one are unchanged)."""
+    layout = source.layout
+    if layout is not None and flipped:
+        layout = encode_png(np.ascontiguousarray(decode_array(layout, source.id)[:, ::-1]), source.id).data
+    if spec.frame.resolution is None:
+        return Framed(source.width, source.height, objects, layout)
+    generator = torch.Generator().manual_seed(int(rng.integers(1 << 62)))
+    placement = place(source.height, source.width, spec.frame, generator)
+    boxes = torch.tensor([o.bbox for o in objects], dtype=torch.float32).reshape(-1, 4)
+    ids = torch.tensor([o.category_id for o in objects], dtype=torch.int64)
+    boxes, ids = place_boxes(boxes, ids, placement, spec.frame.min_box_visible)
+    placed = [
+        BoxObject(tuple(float(v) for v in b), spec.classes[int(i)], int(i))  # type: ignore[arg-type]
+        for b, i in zip(boxes.tolist(), ids.tolist(), strict=True)
+    ]
+    if layout is not None:
+        stored = stored_to_tensor(decode_array(layout, source.id), spec)
+        moved = place_image(stored, placement, nearest=is_label_map(spec))
+        layout = encode_png(tensor_to_stored(moved, spec), source.id).data
+    return Framed(placement.width, placement.height, placed, layout)
 
 
 def plan(options: PlanConfig, conditioning: ConditioningConfig) -> dict[str, Any]:
@@ -191,13 +270,14 @@ def plan(options: PlanConfig, conditioning: ConditioningConfig) -> dict[str, Any
     ).clip(min=0.05)
     weights /= weights.sum()
     donors = [(layout, o) for layout in layouts for o in layout.objects]
+    box_edits = spec.layout_kind is None  # a dense map cannot follow jittered, dropped or pasted boxes
     planned: Counter[str] = Counter()
     rows: list[dict[str, Any]] = []
     for index in range(options.num_samples):
         rng = np.random.default_rng([options.seed, index])
         source = layouts[int(rng.choice(len(layouts), p=weights))]
-        objects, edited = _augment(source, rng, options)
-        for cls in spec.classes:  # paste boxes of classes behind their target
+        objects, edited, flipped = _augment(source, rng, options, box_edits)
+        for cls in spec.classes if box_edits else ():  # paste boxes of classes behind their target
             attempts = 0
             while (
                 (planned[cls] + sum(o.category == cls for o in objects)) < target[cls] * (index + 1)
@@ -219,11 +299,13 @@ def plan(options: PlanConfig, conditioning: ConditioningConfig) -> dict[str, Any
                     continue
                 objects.append(BoxObject(box, cls, spec.class_id(cls)))
                 edited = True
-        objects = objects[:max_objects]
+        framed = _in_model_frame(source, objects[:max_objects], flipped, spec, rng)
+        objects = framed.objects
+        edited = edited or (framed.width, framed.height) != (source.width, source.height)
         planned.update(o.category for o in objects)
         if edited or not source.caption:
             caption = " ".join(
-                layout_sentences(objects, source.width, source.height, when_phrase(source.caption), spec.classes)
+                layout_sentences(objects, framed.width, framed.height, when_phrase(source.caption), spec.classes)
             )
             caption_source = "template"
         else:
@@ -236,14 +318,15 @@ def plan(options: PlanConfig, conditioning: ConditioningConfig) -> dict[str, Any
                 "id": f"gen-{options.seed:04d}-{index:07d}",
                 "source_id": source.id,
                 "seed": seed_for(options.seed, index),
-                "width": source.width,
-                "height": source.height,
+                "width": framed.width,
+                "height": framed.height,
                 "caption": caption,
                 "caption_source": caption_source,
                 "objects": [
                     {"bbox": list(o.bbox), "category": o.category, "category_id": o.category_id} for o in objects
                 ],
                 "edited": edited,
+                "layout": framed.layout,
             }
         )
     table = pa.Table.from_pylist(rows, schema=PLAN_SCHEMA).replace_schema_metadata(
@@ -293,7 +376,8 @@ def read_plan(path: str) -> tuple[list[dict[str, Any]], DatasetSpec, int]:
         raise DataError(path, f"not a readable plan Parquet file, truncated or corrupt? ({err})") from None
     if not isinstance(meta, dict) or "dataset" not in meta:
         raise DataError(path, "not a diffx plan (no diffx_plan metadata)")
-    missing = sorted(set(PLAN_SCHEMA.names) - set(table.column_names))
+    optional = {"layout"}  # plans of box-only data made before dense layouts had no layout column
+    missing = sorted(set(PLAN_SCHEMA.names) - set(table.column_names) - optional)
     if missing:
         raise DataError(path, f"plan columns {missing} missing; expected {PLAN_SCHEMA.names}")
     try:
@@ -325,6 +409,7 @@ def check_plan_rows(rows: list[dict[str, Any]], spec: DatasetSpec, path: str) ->
         width, height = row["width"], row["height"]
         if not (width and height and width > 0 and height > 0):
             raise DataError(path, f"{where}: frame {width}x{height}; expected positive sizes", field="width")
+        _check_layout(row, spec, path, where)
         for k, obj in enumerate(row["objects"] or []):
             x0, y0, x1, y1 = obj["bbox"]
             if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or not (x0 < x1 and y0 < y1):
@@ -341,6 +426,24 @@ def check_plan_rows(rows: list[dict[str, Any]], spec: DatasetSpec, path: str) ->
                     f"{where}: class {obj['category']!r} / id {obj['category_id']} is not one of {list(spec.classes)}",
                     field=f"objects[{k}]",
                 )
+
+
+def _check_layout(row: dict[str, Any], spec: DatasetSpec, path: str, where: str) -> None:
+    if spec.layout_kind is None:
+        if row.get("layout") is not None:
+            raise DataError(path, f"{where}: a layout map, but the plan's data has no dense layout", field="layout")
+        return
+    if row.get("layout") is None:
+        raise DataError(path, f"{where}: no layout map; the data has a {spec.layout_kind} layout", field="layout")
+    try:
+        array = decode_array(row["layout"], f"{path} {where}")
+    except DataError as err:
+        raise DataError(path, f"{where}: the layout map does not decode ({err.problem})", field="layout") from None
+    problem = layout_problem(array, spec)
+    if problem is None and array.shape != (row["height"], row["width"]):
+        problem = f"map is {array.shape[1]}x{array.shape[0]}, the row's frame is {row['width']}x{row['height']}"
+    if problem:
+        raise DataError(path, f"{where}: layout ({spec.layout_kind}): {problem}", field="layout")
 
 
 def _check_sources(rows: list[dict[str, Any]], source: str, path: str) -> None:

@@ -1,8 +1,10 @@
-"""A torch ``Dataset`` over a shard set, shaped for detector training.
+"""A torch ``Dataset`` over a shard set, in the frame a model sees.
 
 Each item holds one float tensor per modality (C x H x W, scaled to [0, 1] by the modality's bit
-depth), the boxes (N x 4, x_min y_min x_max y_max pixels) and the class ids. Parquet files are opened
-lazily per worker process, so the dataset pickles cleanly into DataLoader workers.
+depth), the boxes (N x 4, x_min y_min x_max y_max pixels) and the class ids, and the dense layout
+(1 x H x W, diffx/data/layout_tensors.py) when the set has one, all placed by the set's frame policy
+(diffx/data/frame.py): centred by default, at random with a generator (training), or resized only.
+Parquet files are opened lazily per worker process, so the dataset pickles cleanly into DataLoader workers.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
+from diffx.data.frame import place, place_boxes, place_image, resize_only
 from diffx.data.images import decode_array
+from diffx.data.layout_tensors import stored_to_tensor
+from diffx.data.layouts import is_label_map
+from diffx.errors import DataError
 from diffx.shards.reader import ShardSet
 
 
@@ -26,7 +32,10 @@ class ShardDataset(Dataset):
         split: str | None = None,
         modalities: list[str] | None = None,
         storage_options: dict[str, Any] | None = None,
+        *,
+        layout: bool | None = None,
     ):
+        """``layout``: read the dense layout column (default: when the set has one)."""
         self.root = root
         self.split = split
         self.storage_options = storage_options or {}
@@ -42,7 +51,12 @@ class ShardDataset(Dataset):
             self.starts.append(total)
             total += record.rows
         self.length = total
+        self.layout = self.spec.layout_kind is not None if layout is None else layout
+        if self.layout and self.spec.layout_kind is None:
+            raise DataError(root, "the shard set has no dense layout (its layout_kind is null)")
         self._columns = ["id", "width", "height", *self.modalities, "objects", "caption"]
+        if self.layout:
+            self._columns.append("layout")
         self._shard_set: ShardSet | None = None
         self._cached: tuple[int, int, int, pa.Table] | None = None  # shard, row-group, first row, table
         self._row_groups: dict[int, list[int]] = {}
@@ -79,32 +93,68 @@ class ShardDataset(Dataset):
         return table.slice(row - first, 1).to_pylist()[0]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.item(index)
+
+    def item(self, index: int, generator: torch.Generator | None = None, *, crop: bool = True) -> dict[str, Any]:
+        """Sample ``index`` in the model's frame: crop centred, at random from ``generator``, or (``crop=False``)
+        the whole resized frame, whose latent a trainer can cache and crop later (``placement.latent_window``)."""
         row = self._row(*self._locate(index))
+        height, width = int(row["height"]), int(row["width"])
+        frame = self.spec.frame
+        placement = place(height, width, frame, generator) if crop else resize_only(height, width, frame)
         images = {}
         for name in self.modalities:
             spec = self.spec.modality(name)
             array = decode_array(row[name]["bytes"], f"{row['id']}:{name}").astype(np.float32) / spec.max_value
-            images[name] = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
+            image = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
+            images[name] = place_image(image, placement)
         objects = row["objects"]
         boxes = torch.tensor([o["bbox"] for o in objects], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([o["category_id"] for o in objects], dtype=torch.int64)
-        return {
+        boxes, labels = place_boxes(boxes, labels, placement, self.spec.frame.min_box_visible)
+        item = {
             "id": row["id"],
             "images": images,
             "boxes": boxes,
             "labels": labels,
             "caption": row.get("caption"),
-            "size": (int(row["height"]), int(row["width"])),
+            "size": (placement.height, placement.width),
+            "placement": placement,
         }
+        if self.layout:
+            cell = row.get("layout")
+            if not cell or cell.get("bytes") is None:
+                raise DataError(f"{self.root} ({row['id']})", "the row has no layout map; the set's kind needs one")
+            stored = stored_to_tensor(decode_array(cell["bytes"], f"{row['id']}:layout"), self.spec)
+            item["layout"] = place_image(stored, placement, nearest=is_label_map(self.spec))
+        return item
 
 
 def detection_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack images per modality (same size within a set); keep per-sample boxes/labels as lists."""
-    names = batch[0]["images"].keys()
-    return {
+    """Stack images (and dense layouts) per modality; keep per-sample boxes/labels as lists.
+
+    Frames of one batch must share a size: the set's frame policy gives that (a resolution with square crops
+    batches any mix of source sizes); frames stored at mixed sizes without one are refused by name.
+    """
+    names = list(batch[0]["images"].keys())
+    sizes = {tuple(b["images"][names[0]].shape[-2:]) for b in batch}
+    if len(sizes) > 1:
+        first = names[0]
+        shown = ", ".join(f"{b['id']} {b['images'][first].shape[-1]}x{b['images'][first].shape[-2]}" for b in batch[:4])
+        raise DataError(
+            f"samples {shown}",
+            "frames of different sizes in one batch; set data.frame.resolution (and crop: square) so every frame is "
+            "resized and cropped to one model frame, then re-run ingest",
+            field="data.frame",
+        )
+    out = {
         "id": [b["id"] for b in batch],
         "images": {n: torch.stack([b["images"][n] for b in batch]) for n in names},
         "boxes": [b["boxes"] for b in batch],
         "labels": [b["labels"] for b in batch],
         "caption": [b["caption"] for b in batch],
+        "placement": [b.get("placement") for b in batch],
     }
+    if "layout" in batch[0]:
+        out["layout"] = torch.stack([b["layout"] for b in batch])
+    return out

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
+
+FRAME_CROP = 20  # purpose of the per-sample frame-crop generator (diffx/data/frame.py)
 
 
 def seed_for(*keys: int) -> int:
@@ -65,22 +68,40 @@ class BatchPlan:
 
 
 class PlanSampler(Sampler[list[int]]):
-    """Yields this rank's micro-batches of dataset indices from ``start_step`` on, for a DataLoader."""
+    """Yields this rank's micro-batches of stream positions from ``start_step`` on, for a DataLoader over a
+    ``StreamDataset`` (which turns each position into its sample and its seeded frame crop)."""
 
     def __init__(self, plan: BatchPlan, rank: int, start_step: int, steps: int):
         self.plan, self.rank, self.start_step, self.steps = plan, rank, start_step, steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start_step, self.steps):
+            for micro in range(self.plan.grad_accum):
+                yield self.plan.positions(step, micro, self.rank)
+
+    def __len__(self) -> int:
+        return (self.steps - self.start_step) * self.plan.grad_accum
+
+
+class StreamDataset(Dataset):
+    """A dataset read by stream position: the sample the plan puts there, cropped by the generator of
+    ``(seed, position, purpose)`` (so a sample's crop does not depend on the process or micro-batch)."""
+
+    def __init__(self, dataset: Any, plan: BatchPlan, purpose: int):
+        self.dataset, self.plan, self.purpose = dataset, plan, purpose
         self._perm_cache: dict[int, torch.Tensor] = {}
 
-    def _index(self, position: int) -> int:
+    def index(self, position: int) -> int:
         epoch, offset = divmod(position, self.plan.dataset_size)
         if epoch not in self._perm_cache:
             self._perm_cache = {epoch: self.plan._permutation(epoch)}
         return int(self._perm_cache[epoch][offset])
 
-    def __iter__(self) -> Iterator[list[int]]:
-        for step in range(self.start_step, self.steps):
-            for micro in range(self.plan.grad_accum):
-                yield [self._index(p) for p in self.plan.positions(step, micro, self.rank)]
-
     def __len__(self) -> int:
-        return (self.steps - self.start_step) * self.plan.grad_accum
+        return len(self.dataset)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        item = getattr(self.dataset, "item", None)
+        if item is None:  # a dataset without a frame policy (e.g. a ConcatDataset): frames as it gives them
+            return self.dataset[self.index(position)]
+        return item(self.index(position), sample_generator(self.plan.seed, position, self.purpose))

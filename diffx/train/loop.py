@@ -29,7 +29,7 @@ from diffx.errors import ConfigError, DiffxError
 from diffx.progress import Progress
 from diffx.shards.dataset import detection_collate
 from diffx.train.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
-from diffx.train.data import BatchPlan, PlanSampler
+from diffx.train.data import FRAME_CROP, BatchPlan, PlanSampler, StreamDataset
 from diffx.train.distributed import DistContext
 from diffx.train.ema import EMA
 
@@ -217,7 +217,10 @@ class Trainer:
     def _batches(self, end: int) -> Iterator[dict[str, Any]]:
         sampler = PlanSampler(self.plan, self.ctx.rank, self.step, end)
         loader = DataLoader(
-            self.dataset, batch_sampler=sampler, collate_fn=detection_collate, num_workers=self.train_cfg.num_workers
+            StreamDataset(self.dataset, self.plan, FRAME_CROP),
+            batch_sampler=sampler,
+            collate_fn=detection_collate,
+            num_workers=self.train_cfg.num_workers,
         )
         return iter(loader)
 

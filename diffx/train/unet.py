@@ -23,9 +23,11 @@ from torch import nn
 
 from diffx import fsio
 from diffx.config import ConditioningConfig, UnetConfig, section_hash
+from diffx.data.layout_tensors import model_input
+from diffx.data.layouts import is_label_map, layout_channels
 from diffx.data.spec import DatasetSpec
 from diffx.errors import DataError
-from diffx.eval.grids import draw_boxes, grid_png, to_display
+from diffx.eval.grids import draw_boxes, grid_png, layout_display, to_display
 from diffx.models.folder import ModelCard, load_pretrained, write_model_folder
 from diffx.models.layout import pack_boxes
 from diffx.models.mpvae import MPVAE
@@ -57,11 +59,23 @@ def _encode_one(text: TextEncoder, caption: str, cache: dict[str, Any]) -> tuple
 
 
 def build_unet(
-    options: UnetConfig, conditioning: ConditioningConfig, latent_channels: int, text_dim: int, phrase_dim: int
+    options: UnetConfig,
+    conditioning: ConditioningConfig,
+    latent_channels: int,
+    text_dim: int,
+    phrase_dim: int,
+    dense_channels: int = 1,
+    dense_factor: int = 8,
 ) -> DiffXUNet:
     m = options.model
     if m.init_from_sd:
-        model = DiffXUNet.from_sd(m.init_from_sd, layout=m.layout, phrase_dim=phrase_dim, freeze=m.freeze_base)
+        model = DiffXUNet.from_sd(
+            m.init_from_sd,
+            layout=m.layout,
+            phrase_dim=phrase_dim,
+            dense_channels=dense_channels,
+            freeze=m.freeze_base,
+        )
         if model.config.cross_attention_dim != text_dim:
             raise DataError(
                 m.init_from_sd,
@@ -69,14 +83,22 @@ def build_unet(
                 f"text encoder {conditioning.text_encoder!r} gives {text_dim}",
             )
     else:
-        model = _from_scratch(options, conditioning.max_objects, latent_channels, text_dim, phrase_dim)
+        model = _from_scratch(
+            options, conditioning.max_objects, latent_channels, text_dim, phrase_dim, dense_channels, dense_factor
+        )
     if m.fuser_gate_init:
         model.set_fuser_gates(m.fuser_gate_init)
     return model
 
 
 def _from_scratch(
-    options: UnetConfig, max_objects: int, latent_channels: int, text_dim: int, phrase_dim: int
+    options: UnetConfig,
+    max_objects: int,
+    latent_channels: int,
+    text_dim: int,
+    phrase_dim: int,
+    dense_channels: int,
+    dense_factor: int,
 ) -> DiffXUNet:
     m = options.model
     return DiffXUNet(
@@ -92,6 +114,8 @@ def _from_scratch(
         phrase_dim=phrase_dim,
         layout=m.layout,
         max_objects=max_objects,
+        dense_channels=dense_channels,
+        dense_factor=dense_factor,
     )
 
 
@@ -121,13 +145,17 @@ class UnetTrainer(Trainer):
         key = section_hash(options, conditioning, extra={"dataset": self.spec.model_dump(mode="json")})
         super().__init__(ctx, options.train, options.checkpoints, key, progress=progress)
         self.options, self.conditioning = options, conditioning
-        if options.model.layout != "boxes":
+        self.dense = options.model.layout == "dense"
+        if self.dense and self.spec.layout_kind is None:
             raise DataError(
-                options.data,
-                "train_unet reads box layouts from the shards; dense-layout training "
-                "needs the shards' layout column (not wired yet)",
+                f"{options.data}/_manifest.json",
+                "unet.model.layout is dense but the shard set has no dense layout (its layout_kind is null); "
+                "ingest with data.layout_kind set, or train a box model (unet.model.layout: boxes)",
+                field="unet.model.layout",
             )
-        dataset = ShardDataset(options.data, options.train_split, list(self.spec.modality_names))
+        dataset = ShardDataset(
+            options.data, options.train_split, list(self.spec.modality_names), layout=self.dense
+        )
         if len(dataset) == 0:
             raise DataError(options.data, f"split {options.train_split!r} has no rows")
         self.vae = load_pretrained(MPVAE, options.vae, "MP-VAE").to(ctx.device).eval().requires_grad_(False)
@@ -143,7 +171,13 @@ class UnetTrainer(Trainer):
         self.phrase_table = self.text.phrases(list(self.spec.classes)).to(ctx.device)
         torch.manual_seed(self.train_cfg.seed)
         self.model = build_unet(
-            options, conditioning, self.vae.config.latent_channels, self.text.hidden_size, self.phrase_table.shape[1]
+            options,
+            conditioning,
+            self.vae.config.latent_channels,
+            self.text.hidden_size,
+            self.phrase_table.shape[1],
+            layout_channels(self.spec) if self.dense else 1,
+            self.vae.downsample_factor,
         ).to(ctx.device)
         if self.train_cfg.gradient_checkpointing:
             self.model.unet.enable_gradient_checkpointing()
@@ -162,7 +196,9 @@ class UnetTrainer(Trainer):
         """Posterior mean/std per image and text states per caption, in fixed chunks of the split's order.
 
         Fixed chunks make the cache the same whatever the world size or resume point, so cached runs stay
-        deterministic; the values are what ``loss`` would compute, just once instead of every step.
+        deterministic; the values are what ``loss`` would compute, just once instead of every step. Each image
+        is encoded whole (resized by the frame policy, uncropped); a step crops its latent on the 8-px grid at
+        the place the sample's seeded crop chose, which is the latent of the cropped pixels.
         """
         device = self.ctx.device
         posteriors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -171,15 +207,20 @@ class UnetTrainer(Trainer):
             "cache conditioning", len(dataset), unit="images", bar=self.progress, enabled=self.ctx.is_main
         )
         for start in range(0, len(dataset), chunk):
-            batch = detection_collate([dataset[i] for i in range(start, min(start + chunk, len(dataset)))])
-            posterior = self.vae.encode({k: (v * 2 - 1).to(device) for k, v in batch["images"].items()})
-            for i, sample_id in enumerate(batch["id"]):
-                posteriors[sample_id] = (posterior.mean[i], posterior.std[i])
-            captions = sorted({c or "" for c in batch["caption"]} - set(texts))
+            items = [dataset.item(i, crop=False) for i in range(start, min(start + chunk, len(dataset)))]
+            by_size: dict[tuple[int, int], list[dict[str, Any]]] = {}
+            for item in items:
+                by_size.setdefault(item["size"], []).append(item)
+            for group in by_size.values():
+                batch = detection_collate(group)
+                posterior = self.vae.encode({k: (v * 2 - 1).to(device) for k, v in batch["images"].items()})
+                for i, sample_id in enumerate(batch["id"]):
+                    posteriors[sample_id] = (posterior.mean[i], posterior.std[i])
+            captions = sorted({c or "" for c in (item["caption"] for item in items)} - set(texts))
             if captions:
                 states, mask = self.text.encode(captions)
                 texts.update({c: (states[j], mask[j]) for j, c in enumerate(captions)})
-            counter.update(len(batch["id"]))
+            counter.update(len(items))
         counter.close()
         if "" not in texts:
             states, mask = self.text.encode([""])
@@ -194,7 +235,14 @@ class UnetTrainer(Trainer):
             posterior = self.vae.encode(images)
             states, text_mask = self.text.encode(captions)
             return (posterior.mean, posterior.std), states, text_mask
-        means, stds = zip(*(self.cache["posteriors"][i] for i in batch["id"]), strict=True)
+        windows = [p.latent_window(self.vae.downsample_factor) for p in batch["placement"]]
+        means, stds = zip(
+            *(
+                tuple(t[:, top : top + h, left : left + w] for t in self.cache["posteriors"][i])
+                for i, (top, left, h, w) in zip(batch["id"], windows, strict=True)
+            ),
+            strict=True,
+        )
         texts = self.cache["texts"]
         states, masks = zip(
             *(texts[c] if c in texts else _encode_one(self.text, c, texts) for c in captions), strict=True
@@ -219,6 +267,11 @@ class UnetTrainer(Trainer):
         boxes, ids, box_mask = pack_boxes(batch["boxes"], batch["labels"], sizes, self.conditioning.max_objects)
         box_mask[torch.tensor(no_layout, dtype=torch.bool)] = 0
         boxes, ids, box_mask = boxes.to(device), ids.to(device), box_mask.to(device)
+        dense = None
+        if self.dense:  # a dropped layout is an all-zero map, as in the unconditional branch of sampling
+            dense = model_input(batch["layout"], self.spec)
+            dense[torch.tensor(no_layout, dtype=torch.bool)] = 0
+            dense = dense.to(device)
         timesteps = torch.stack(
             [
                 torch.randint(
@@ -236,7 +289,14 @@ class UnetTrainer(Trainer):
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         with self.autocast():
             pred = module(
-                noisy, timesteps, states, text_mask, boxes=boxes, phrases=self.phrase_table[ids], box_mask=box_mask
+                noisy,
+                timesteps,
+                states,
+                text_mask,
+                boxes=boxes,
+                phrases=self.phrase_table[ids],
+                box_mask=box_mask,
+                dense=dense,
             )
         per_sample = ((pred.float() - noise) ** 2).flatten(1).mean(dim=1)
         if cfg.min_snr_gamma:
@@ -255,7 +315,9 @@ class UnetTrainer(Trainer):
     # ------------------------------------------------------------------------------------------ outputs
     def preview(self) -> bytes:
         """Samples for validation layouts: every modality with the planned boxes drawn on it."""
-        dataset = ShardDataset(self.options.data, self.options.preview_split, list(self.spec.modality_names))
+        dataset = ShardDataset(
+            self.options.data, self.options.preview_split, list(self.spec.modality_names), layout=self.dense
+        )
         rows = [dataset[i] for i in range(min(self.options.preview_samples, len(dataset)))]
         if not rows:
             raise DataError(self.options.data, f"split {self.options.preview_split!r} has no rows to preview")
@@ -263,13 +325,15 @@ class UnetTrainer(Trainer):
             self.vae,
             self.model,
             self.text,
-            self.spec.classes,
+            self.spec,
             self.conditioning.max_objects,
             self.noise_scheduler.config,
             self.ctx.device,
         )
         requests = [
-            LayoutRequest(r["caption"] or "", r["boxes"], r["labels"], r["size"][0], r["size"][1], seed=i)
+            LayoutRequest(
+                r["caption"] or "", r["boxes"], r["labels"], r["size"][0], r["size"][1], seed=i, layout=r.get("layout")
+            )
             for i, r in enumerate(rows)
         ]
         preview = self.options.preview
@@ -280,11 +344,14 @@ class UnetTrainer(Trainer):
         tiles = []
         for i, row in enumerate(rows):
             line = [draw_boxes(to_display(row["images"][real].numpy(), real), row["boxes"])]
+            if self.dense:
+                line.append(layout_display(row["layout"].numpy(), is_label_map(self.spec)))
             line += [
                 draw_boxes(to_display(images[n][i].cpu().numpy(), n), row["boxes"]) for n in self.spec.modality_names
             ]
             tiles.append(line)
-        return grid_png(tiles, [f"real {real}"] + [f"gen {n}" for n in self.spec.modality_names])
+        heads = [f"real {real}"] + ([f"layout ({self.spec.layout_kind})"] if self.dense else [])
+        return grid_png(tiles, heads + [f"gen {n}" for n in self.spec.modality_names])
 
     def finish(self, samples_per_second: float) -> dict[str, Any]:
         if not self.ctx.is_main:

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from diffx.data.images import EncodedImage, encode_png, load_modality_file, to_modality
+from diffx.data.images import EncodedImage, decode_array, encode_png, load_modality_file, read_file_bytes, to_modality
+from diffx.data.layouts import layout_problem
 from diffx.data.sample import BoxObject, Rejected, Sample
 from diffx.data.spec import DatasetSpec
 from diffx.errors import DataError
@@ -99,6 +100,19 @@ def assemble(
 
 def load_modalities(paths: dict[str, str], ctx: ReadContext) -> dict[str, EncodedImage]:
     return {name: load_modality_file(path, ctx.spec.modality(name), ctx.compress_level) for name, path in paths.items()}
+
+
+def load_layout(path: str, ctx: ReadContext) -> EncodedImage:
+    """A dense layout map file: 8-bit grey (or grey stored as RGB), checked against the dataset's layout kind."""
+    if ctx.spec.layout_kind is None:
+        raise DataError(path, "a layout folder is configured but data.layout_kind is null; set the kind it holds")
+    array = decode_array(read_file_bytes(path), path)
+    if array.ndim == 3 and array.shape[2] in (3, 4) and (array[..., :3] == array[..., :1]).all():
+        array = np.ascontiguousarray(array[..., 0])
+    problem = layout_problem(array, ctx.spec)
+    if problem:
+        raise DataError(path, f"layout ({ctx.spec.layout_kind}): {problem}")
+    return encode_png(array, path, ctx.compress_level)
 
 
 def encode_modality(array: np.ndarray, name: str, source: str, ctx: ReadContext) -> EncodedImage:

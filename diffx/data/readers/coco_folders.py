@@ -8,7 +8,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from diffx.data.readers.base import CategoryMapper, ReadContext, assemble, guarded, load_coco, load_modalities
+from diffx.data.readers.base import (
+    CategoryMapper,
+    ReadContext,
+    assemble,
+    guarded,
+    load_coco,
+    load_layout,
+    load_modalities,
+)
 from diffx.data.sample import Rejected, Sample
 from diffx.section import Section
 
@@ -25,6 +33,10 @@ class CocoFoldersSource(Section):
     )
     category_map: dict[str, str] = Field(default_factory=dict, description="source class -> our class")
     ignore_categories: list[str] = Field(default_factory=list)
+    layout: str | None = Field(
+        default=None,
+        description="folder of dense layout maps (8-bit grey PNGs, same file names as the images; relative to root)",
+    )
 
 
 def read(options: CocoFoldersSource, ctx: ReadContext) -> Iterator[Sample | Rejected]:
@@ -39,8 +51,15 @@ def read(options: CocoFoldersSource, ctx: ReadContext) -> Iterator[Sample | Reje
             paths = {m: os.path.join(options.root, folder, on_disk) for m, folder in options.modalities.items()}
             boxes = coco.boxes[entry.get("id")]
 
-            def build(paths=paths, boxes=boxes, sample_id=sample_id, split=split, ann_path=ann_path) -> Sample:
+            layout_path = os.path.join(options.root, options.layout, on_disk) if options.layout else None
+
+            def build(
+                paths=paths, boxes=boxes, sample_id=sample_id, split=split, ann_path=ann_path, layout_path=layout_path
+            ) -> Sample:
                 images = load_modalities(paths, ctx)
-                return assemble(sample_id, split, images, mapper.objects(boxes, f"{ann_path} ({sample_id})"))
+                layout = load_layout(layout_path, ctx) if layout_path else None
+                return assemble(
+                    sample_id, split, images, mapper.objects(boxes, f"{ann_path} ({sample_id})"), layout=layout
+                )
 
             yield guarded(sample_id, split, build)

@@ -47,7 +47,10 @@ class DiffxFolderSource(Section):
         default=None, description="label_png: which classes become boxes (connected components)"
     )
     min_component_pixels: int = 16
-    layout: Literal["none", "sobel", "labels"] = "none"
+    layout: Literal["none", "sobel", "labels", "render"] = Field(
+        default="none",
+        description="the dense layout: sobel/<id> edge maps, the label maps, or render/<id> (3DDFA face renderings)",
+    )
     captions: bool = True
     category_map: dict[str, str] = Field(default_factory=dict)
     ignore_categories: list[str] = Field(default_factory=list)
@@ -100,6 +103,9 @@ def read(options: DiffxFolderSource, ctx: ReadContext) -> Iterator[Sample | Reje
                 layout = None
                 if options.layout == "sobel":
                     array, path = _grey(_find(os.path.join(root, "sobel"), sample_id, (".png", ".jpg")))
+                    layout = encode_png(array, path, ctx.compress_level)
+                elif options.layout == "render":
+                    array, path = _grey(_find(os.path.join(root, "render"), sample_id, (".png", ".jpg")))
                     layout = encode_png(array, path, ctx.compress_level)
                 elif options.layout == "labels":
                     if label_map is None:
