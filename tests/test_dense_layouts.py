@@ -132,7 +132,12 @@ def test_frames_of_different_sizes_are_refused_by_name_without_a_resolution() ->
 def seg_chain(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> DiffxConfig:
     """The demo's segmentation chain, resized to 32 px squares, every stage and gate of dvc.yaml in order."""
     tmp = tmp_path_factory.mktemp("seg-chain")
-    captioned = {"unet.data": str(tmp / "data/captioned"), "plan.source": str(tmp / "data/captioned")}
+    captioned = {
+        "unet.data": str(tmp / "data/captioned"),
+        "plan.source": str(tmp / "data/captioned"),
+        "quality.captions.max_unresolved_share": 1.0,  # 14 demo captions: one flagged is 7%, nobody reviews here
+        "evaluate.test_split": "val",
+    }
     config = chain_config(tmp, demo_root, **SEGMENTATION, **captioned, **{"data.frame.resolution": 32})
     stages.ingest(config, progress=False)
     assert stages.check("ingest", config).success
