@@ -412,6 +412,23 @@ class DetectorTrainConfig(TrainLoopConfig):
     size_weight: float = Field(default=0.1, ge=0, description="L1 weight of the box size head (CenterNet: 0.1)")
 
 
+class LayoutNetConfig(Section):
+    """The small net that reads a dense layout back from images (segmentation, saliency) for the evaluation."""
+
+    width: int = Field(default=16, ge=8, description="channels of the first stage (x1, x2, x4 deeper)")
+
+
+class LayoutNetTrainConfig(TrainLoopConfig):
+    steps: int = Field(default=300, ge=1)
+    batch_size: int = Field(default=16, ge=1, description="global batch: all processes and accumulation steps")
+    lr: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    ema_decay: float | None = Field(default=None, gt=0, lt=1)
+    log_every: int = Field(default=20, ge=1)
+    checkpoint_every: int = Field(default=150, ge=1)
+    hflip: bool = True
+
+
 class EvaluateConfig(Section):
     """Stage evaluate: realism, cross-modal alignment, layout fidelity and the downstream detector gain."""
 
@@ -430,6 +447,11 @@ class EvaluateConfig(Section):
     )
     detector: DetectorModelConfig = Field(default_factory=DetectorModelConfig)
     detector_train: DetectorTrainConfig = Field(default_factory=DetectorTrainConfig)
+    layout_net: LayoutNetConfig = Field(
+        default_factory=LayoutNetConfig,
+        description="dense layouts only: the segmentation / saliency net that measures layout agreement",
+    )
+    layout_net_train: LayoutNetTrainConfig = Field(default_factory=LayoutNetTrainConfig)
     grid_samples: int = Field(default=6, ge=0)
     device: str = "auto"
     output: str = Field(default="models/detector", description="the two detectors (real, real+synthetic)")

@@ -6,6 +6,7 @@ maps, at smoke-test size: ingest -> train_vae -> train_unet (dense) -> plan -> g
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,37 @@ def test_a_dense_unet_trains_and_generates_shards_that_carry_their_maps(seg_chai
     plan = {r["id"]: r["layout"] for r in pq.read_table(seg_chain.plan.output).to_pylist()}
     assert all(r["layout"]["bytes"] == plan[r["id"]] for r in rows)  # the map each sample was drawn from
     assert Path(seg_chain.unet.grid).is_file()  # the preview shows the map beside the samples
+
+
+def test_the_evaluation_measures_layout_agreement_of_real_generated_and_control(seg_chain: DiffxConfig) -> None:
+    import json
+
+    report = json.loads(Path(seg_chain.evaluate.report).read_text())
+    agreement = report["layout_agreement"]
+    assert agreement["kind"] == "segmentation"
+    assert set(agreement) == {"kind", "real_test", "generated", "control_misaligned"}
+    scores = [v for k, v in agreement.items() if k != "kind"]
+    assert all(0.0 <= v["miou"] <= 1.0 and 0.0 <= v["pixel_accuracy"] <= 1.0 for v in scores)
+    headline = json.loads(Path(seg_chain.evaluate.metrics).read_text())
+    assert set(headline["layout_agreement_miou"]) == {"real_test", "generated", "control_misaligned"}
+    assert (Path(seg_chain.evaluate.output) / "layout_net" / "config.json").is_file()
+
+
+def test_a_corrupt_layout_map_fails_the_gate_by_name(tmp_path: Path, demo_root: Path) -> None:
+    from diffx.quality.gate import GateFailed
+    from diffx.shards.writer import ShardSetWriter
+
+    config = chain_config(tmp_path, demo_root, **{"data.layout_kind": "edges"})
+    stages.ingest(config, progress=False)
+    shard_set = ShardSet(config.ingest.output)
+    samples = list(shard_set.iter_samples("train"))
+    cut = samples[0].layout
+    samples[0].layout = dataclasses.replace(cut, data=cut.data[:40])  # a truncated PNG
+    bad = tmp_path / "bad"
+    writer = ShardSetWriter(str(bad), shard_set.spec)
+    writer.finalize(writer.write_split("train", samples, 4))
+    with pytest.raises(GateFailed, match="layout map missing, corrupt"):
+        stages.check("ingest", config, data=str(bad))
 
 
 def test_a_dense_model_needs_data_with_a_dense_layout(tmp_path: Path, demo_root: Path) -> None:

@@ -42,6 +42,9 @@ TINY_CHAIN: dict[str, Any] = {
     "evaluate.detector_train.steps": 2,
     "evaluate.detector_train.batch_size": 4,
     "evaluate.detector_train.log_every": 1,
+    "evaluate.layout_net_train.steps": 2,
+    "evaluate.layout_net_train.batch_size": 4,
+    "evaluate.layout_net_train.log_every": 1,
     "evaluate.kid_subsets": 5,
     "evaluate.grid_samples": 2,
 }

@@ -4,8 +4,10 @@ One pass per image set collects everything the metrics need (features per modali
 every RGB/X pair, boxes); then two detectors are trained with the same seed and steps (real; real +
 synthetic) and scored with pycocotools. A control set (the generated set with RGB and X shifted apart
 and off their layout) runs through the same measurements: if it does not score worse, the metrics
-cannot see misalignment and the numbers above it mean little. Outputs: ``metrics/eval.json`` for
-``dvc metrics``, CSV curves for ``dvc plots``, a sample sheet, and both detectors (safetensors).
+cannot see misalignment and the numbers above it mean little. Data with a dense layout adds its layout
+agreement (diffx/eval/dense.py: mIoU, S-measure / MAE or edge SSIM) on the same three sets. Outputs:
+``metrics/eval.json`` for ``dvc metrics``, CSV curves for ``dvc plots``, a sample sheet, and the trained
+models (safetensors).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from diffx.data.spec import DatasetSpec, require_compatible
 from diffx.errors import ConfigError, DataError
 from diffx.eval.alignment import pair_scores, shift_image, summarize
 from diffx.eval.coco_map import DetectionScores, coco_scores
+from diffx.eval.dense import layout_agreement
 from diffx.eval.features import build_extractor, extract
 from diffx.eval.grids import draw_boxes, grid_png, to_display
 from diffx.eval.realism import realism
@@ -154,6 +157,10 @@ class EvalResult:
     seconds: dict[str, float]
 
 
+def _first(table: dict[str, dict[str, Any]]) -> list[str]:
+    return list(next(iter(table.values()), {}))
+
+
 def headline(report: dict[str, Any]) -> dict[str, Any]:
     """The numbers a reader compares between runs, from the full report: a dozen columns, not a hundred.
 
@@ -163,7 +170,12 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     generated = report["realism"]["generated"]
     fidelity = report["layout_fidelity"]
     downstream = report["downstream"]
+    dense = {}
+    if "layout_agreement" in report:  # a dense layout: agreement per set, on the kind's own measure
+        agreement = {k: v for k, v in report["layout_agreement"].items() if isinstance(v, dict)}
+        dense = {f"layout_agreement_{m}": {name: v[m] for name, v in agreement.items()} for m in _first(agreement)}
     return {
+        **dense,
         "fid": {m: v["fid"] for m, v in generated.items()},
         "registered_share": {m: v["registered_share"] for m, v in report["alignment"]["generated"].items()},
         "layout_fidelity_map50": {name: s["map50"] for name, s in fidelity.items()},
@@ -324,11 +336,21 @@ def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
         fidelity["control_misaligned"] = score(real_model, synthetic, options, device, transform=control)
     seconds["detect"] = time.perf_counter() - started
 
+    agreement = None
+    if spec.layout_kind is not None:
+        started = time.perf_counter()
+        measured = {"real_test": (test, None), "generated": (synthetic, None)}
+        if control:
+            measured["control_misaligned"] = (synthetic, control)
+        agreement = layout_agreement(options, spec, reference, measured, inputs, f"{base_key}-layout", progress)
+        seconds["layout_agreement"] = time.perf_counter() - started
+
     metrics: dict[str, Any] = {
         "feature_extractor": extractor_name,
         "realism": realism_table,
         "alignment": alignment_table,
         "layout_fidelity": {name: s.summary() for name, s in fidelity.items()},
+        **({"layout_agreement": {"kind": spec.layout_kind, **agreement}} if agreement is not None else {}),
         "downstream": {
             **{name: s.summary() for name, s in downstream.items()},
             "gain_map50": round(downstream["real+synthetic"].map50 - downstream["real"].map50, 4),

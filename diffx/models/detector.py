@@ -19,7 +19,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 
-class _Block(nn.Module):
+class ResidualBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
@@ -32,7 +32,7 @@ class _Block(nn.Module):
         return F.silu(x + self.norm2(self.conv2(y)))
 
 
-def _down(cin: int, cout: int) -> nn.Sequential:
+def downsample(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.GroupNorm(8, cout), nn.SiLU())
 
 
@@ -52,10 +52,10 @@ class CenterNet(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         w = width
-        self.stage2 = nn.Sequential(_down(in_channels, w), _Block(w))  # 1/2: no full-resolution layer (cost)
-        self.stage4 = nn.Sequential(_down(w, 2 * w), _Block(2 * w), _Block(2 * w))  # 1/4
-        self.stage8 = nn.Sequential(_down(2 * w, 4 * w), _Block(4 * w), _Block(4 * w))  # 1/8
-        self.stage16 = nn.Sequential(_down(4 * w, 4 * w), _Block(4 * w))  # 1/16
+        self.stage2 = nn.Sequential(downsample(in_channels, w), ResidualBlock(w))  # 1/2: no full-resolution layer
+        self.stage4 = nn.Sequential(downsample(w, 2 * w), ResidualBlock(2 * w), ResidualBlock(2 * w))  # 1/4
+        self.stage8 = nn.Sequential(downsample(2 * w, 4 * w), ResidualBlock(4 * w), ResidualBlock(4 * w))  # 1/8
+        self.stage16 = nn.Sequential(downsample(4 * w, 4 * w), ResidualBlock(4 * w))  # 1/16
         self.lateral8 = nn.Conv2d(4 * w, 4 * w, 1)
         self.lateral4 = nn.Conv2d(2 * w, 4 * w, 1)
         self.neck = nn.Sequential(nn.Conv2d(4 * w, 2 * w, 3, padding=1), nn.SiLU())

@@ -22,9 +22,10 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from diffx.config import ImageGateConfig
-from diffx.data.images import pil_to_array
+from diffx.data.images import decode_array, pil_to_array
+from diffx.data.layouts import layout_problem
 from diffx.data.spec import DatasetSpec
-from diffx.errors import ShardError
+from diffx.errors import DataError, ShardError
 from diffx.quality import consistency
 from diffx.shards.reader import ShardSet
 
@@ -129,6 +130,17 @@ def _box_stats(objects: list[dict[str, Any]], width: int, height: int, classes: 
     }
 
 
+def _layout_ok(cell: dict[str, Any] | None, spec: DatasetSpec, width: int, height: int) -> bool:
+    """A dense layout map is there, decodes, has the sample's frame and only labels its kind allows."""
+    if not cell or cell.get("bytes") is None:
+        return False
+    try:
+        array = decode_array(cell["bytes"], "layout")
+    except DataError:
+        return False
+    return array.shape == (height, width) and layout_problem(array, spec) is None
+
+
 def _row_stats(
     row: dict[str, Any], spec: DatasetSpec, shard: str, index: int, cfg: ImageGateConfig
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray | None]:
@@ -163,6 +175,8 @@ def _row_stats(
         if values is not None:
             decoded[modality.name] = values
     stats["content_hash"] = content.hexdigest()
+    if spec.layout_kind is not None:
+        stats["layout_ok"] = _layout_ok(row.get("layout"), spec, width, height)
     stats.update(_box_stats(objects, width, height, spec.classes))
     stats["duplicate_boxes"] = consistency.duplicate_boxes(objects, cfg.duplicate_box_iou)
     cross, print_ = _cross_modal(spec, decoded, objects, width, height, cfg)
@@ -267,6 +281,7 @@ def sample_table(
     spec = shard_set.spec
     reference = reference or {}
     columns = ["id", "split", "width", "height", *spec.modality_names, "objects"]
+    columns += ["layout"] if spec.layout_kind is not None else []
     pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
     try:
         results = list(

@@ -72,6 +72,14 @@ def sample_suite(
                 f"{column.removesuffix('_hist_distance')}: value distribution far from the real data's",
             )
         )
+    if spec.layout_kind is not None:
+        out.append(
+            _true(
+                "layout_ok",
+                f"{spec.layout_kind} layout map missing, corrupt, of another frame size, or with labels outside "
+                "layout_classes",
+            )
+        )
     out += [
         _true("boxes_finite", "box coordinates NaN or infinite"),
         _true("boxes_ordered", "inverted or zero-area box (needs x_min < x_max, y_min < y_max)"),
