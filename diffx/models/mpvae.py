@@ -245,9 +245,12 @@ class MPVAE(ModelMixin, ConfigMixin):
         decoder is a copy of SD's decoder. For a 1-channel modality the 3 RGB filters are summed on the way
         in (the same response as replicating grey to RGB) and averaged on the way out.
         """
+        from pathlib import Path
+
         from diffusers import AutoencoderKL
 
-        sd = AutoencoderKL.from_pretrained(path)
+        folder = Path(path) / "vae" if (Path(path) / "vae" / "config.json").is_file() else Path(path)
+        sd = AutoencoderKL.from_pretrained(str(folder))  # an SD pipeline folder or its vae/ folder
         sd_config = sd.config
         model = cls(
             modalities=tuple(modalities),
