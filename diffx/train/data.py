@@ -55,16 +55,12 @@ class BatchPlan:
     def micro_batch(self) -> int:
         return self.batch_size // (self.grad_accum * self.world_size)
 
-    def _permutation(self, epoch: int) -> torch.Tensor:
+    def permutation(self, epoch: int) -> torch.Tensor:
         return torch.randperm(self.dataset_size, generator=torch.Generator().manual_seed(seed_for(self.seed, epoch)))
 
     def positions(self, step: int, micro: int, rank: int) -> list[int]:
         start = step * self.batch_size + micro * (self.batch_size // self.grad_accum) + rank * self.micro_batch
         return list(range(start, start + self.micro_batch))
-
-    def index(self, position: int) -> int:
-        epoch, offset = divmod(position, self.dataset_size)
-        return int(self._permutation(epoch)[offset])
 
 
 class PlanSampler(Sampler[list[int]]):
@@ -94,7 +90,7 @@ class StreamDataset(Dataset):
     def index(self, position: int) -> int:
         epoch, offset = divmod(position, self.plan.dataset_size)
         if epoch not in self._perm_cache:
-            self._perm_cache = {epoch: self.plan._permutation(epoch)}
+            self._perm_cache = {epoch: self.plan.permutation(epoch)}
         return int(self._perm_cache[epoch][offset])
 
     def __len__(self) -> int:
