@@ -198,7 +198,8 @@ class UnetTrainer(Trainer):
         Fixed chunks make the cache the same whatever the world size or resume point, so cached runs stay
         deterministic; the values are what ``loss`` would compute, just once instead of every step. Each image
         is encoded whole (resized by the frame policy, uncropped); a step crops its latent on the 8-px grid at
-        the place the sample's seeded crop chose, which is the latent of the cropped pixels.
+        the place the sample's seeded crop chose: the latent of those pixels as seen within the whole frame
+        (diffx/data/frame.py says where that differs from encoding the crop alone).
         """
         device = self.ctx.device
         posteriors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
