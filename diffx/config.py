@@ -663,13 +663,13 @@ def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     """``overlay`` over ``base``: mappings merge key by key, anything else replaces.
 
     A mapping naming another ``format`` (a reader) is another kind of thing: it replaces the base's whole, so a
-    preset's FLIR source never inherits the demo reader's options.
+    preset's FLIR source never inherits the demo reader's options; an empty mapping clears (``class_targets: {}``).
     """
     out = dict(base)
     for key, value in overlay.items():
         current = out.get(key)
         kind = current.get("format") if isinstance(current, dict) else None
-        if isinstance(value, dict) and isinstance(current, dict) and value.get("format", kind) == kind:
+        if isinstance(value, dict) and value and isinstance(current, dict) and value.get("format", kind) == kind:
             out[key] = merge(current, value)
         else:
             out[key] = value

@@ -1,0 +1,144 @@
+"""Every preset of the paper's tasks runs on CPU: tiny stand-in weights saved in the real folder formats (an SD
+v1.x pipeline folder, a Long-CLIP checkpoint with its CLIP tokenizer, a LLaVA folder) at the preset's own
+weight paths, and a small dataset in the preset's reader format (tests/task_sources.py).
+
+What changes from the preset is only size: the frame (32 px), the steps, the sample counts. Its reader, layout
+kind, modalities, text encoder, captioner, SD initialisation and sampler are the preset's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from diffx import stages
+from diffx.config import DiffxConfig, load_config, merge
+from diffx.shards.reader import ShardSet
+from diffx.shards.validate import validate_shard_set
+
+from . import task_sources, tiny_chain
+from .conftest import REPO
+from .test_text import _tiny_clip, _to_openai
+from .tiny_models import tiny_llava
+
+DIFFX_FOLDERS = {
+    "box-rgb-t": ({"rgb": "RGB", "thermal": "T"}, "yolo"),
+    "box-rgb-t-d": ({"rgb": "RGB", "thermal": "T", "depth": "D"}, "yolo"),
+    "seg-rgb-t-d": ({"rgb": "RGB", "thermal": "T", "depth": "D"}, "label_png"),
+    "sod-rgb-d-edge": ({"rgb": "RGB", "depth": "D", "edge": "E"}, "saliency"),
+    "face-rgb-nir-swir-t": ({"rgb": "RGB", "nir": "NIR", "swir": "SWIR", "thermal": "T"}, "none"),
+}
+WRITERS = {
+    "seg-rgb-t": task_sources.write_mfnet,
+    "sod-rgb-d": task_sources.write_come15k,
+    "edge-rgb-d": task_sources.write_come15k,
+    **{
+        name: (lambda root, n, m=modalities, labels=labels: task_sources.write_diffx_folder(root, n, m, labels))
+        for name, (modalities, labels) in DIFFX_FOLDERS.items()
+    },
+}
+OUTPUT_ROOTS = ("data/", "models/", "reports/", "metrics/", "cache/", "reviews/", "checkpoints/")
+SMALL = {  # size only: what a CPU smoke run needs
+    "data.frame.resolution": 32,
+    "vae.train.crop": None,
+    "vae.train.batch_size": 2,
+    "vae.train.warmup_steps": 1,
+    "vae.eval_samples": 2,
+    "unet.train.batch_size": 2,
+    "unet.train.warmup_steps": 1,
+    "unet.preview_samples": 1,
+    "caption.lmm.batch_size": 2,
+    "caption.lmm.max_new_tokens": 6,
+    "caption.lmm.device": "cpu",
+    "plan.num_samples": 2,
+    "plan.rows_per_shard": 2,
+    "plan.split": "val",
+    "generate.batch_size": 2,
+    "generate.sampler.steps": 2,
+    "quality.docs": None,
+}
+
+
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding ``weights/`` exactly where the presets look for them (paths relative to the run)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    root = tmp_path_factory.mktemp("stand-ins")
+    weights = root / "weights"
+    torch.manual_seed(0)
+    sd = weights / "stable-diffusion-v1-4"
+    AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),  # /8, as SD's
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+    ).save_pretrained(sd / "vae")
+    UNet2DConditionModel(
+        sample_size=4,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=8,
+        cross_attention_dim=64,  # the tiny CLIP text tower's width
+        norm_num_groups=8,
+    ).save_pretrained(sd / "unet")
+    clip = _tiny_clip(weights / "clip-vit-large-patch14", positions=248)  # the tokenizer folder, and Long-CLIP:
+    torch.save(_to_openai(clip), weights / "longclip-L.pt")
+    tiny_llava(weights / "llava-1.5-7b-hf")
+    return root
+
+
+def preset_config(name: str, work: Path) -> DiffxConfig:
+    """params.yaml + the preset, its reader pointed at a stand-in dataset, every output under ``work``."""
+    preset = yaml.safe_load((REPO / "presets" / f"{name}.yaml").read_text())
+    raw = tiny_chain.apply(merge(yaml.safe_load((REPO / "params.yaml").read_text()), preset))  # then size down
+    raw["ingest"]["source"] = {**raw["ingest"]["source"], **WRITERS[name](work / "raw", 3)}
+
+    def move(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: move(v) for k, v in node.items()}
+        if isinstance(node, str) and node.startswith(OUTPUT_ROOTS):
+            return str(work / node)
+        return node
+
+    path = work / "params.yaml"
+    path.write_text(yaml.safe_dump(move(raw), sort_keys=False))
+    return load_config(path, (), SMALL)
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_each_paper_preset_runs_its_task_on_tiny_stand_ins(
+    name: str, stand_ins: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(stand_ins)  # the preset's weight paths (weights/...) resolve as in a user's checkout
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = preset_config(name, tmp_path)
+    stages.ingest(config, progress=False)
+    stages.caption(config, progress=False)
+    stages.refine(config)
+    stages.train_vae(config, progress=False)
+    stages.train_unet(config, progress=False)
+    stages.plan(config)
+    stages.generate(config, progress=False)
+    assert validate_shard_set(config.generate.output).ok
+    generated = ShardSet(config.generate.output)
+    assert generated.spec.modality_names == tuple(m.name for m in config.data.modalities)
+    assert generated.spec.layout_kind == config.data.layout_kind
+    columns = ["width", "height", *(["layout"] if config.data.layout_kind else [])]
+    rows = generated.read_table(config.generate.split, columns).to_pylist()
+    assert len(rows) == 2 and all((r["width"], r["height"]) == (32, 32) for r in rows)
+    assert config.data.layout_kind is None or all(r["layout"] is not None for r in rows)
+    captions = pq.read_table(config.caption.output, columns=["caption_source"]).column(0).to_pylist()
+    assert captions and all(source.startswith("lmm:") for source in captions)  # the preset's captioner
