@@ -17,9 +17,10 @@ import yaml
 from PIL import Image
 
 from diffx import stages
-from diffx.config import OUTPUT_KEYS, DiffxConfig, load_config
+from diffx.config import DiffxConfig, load_config
 from diffx.data.demo import LAYOUT_CLASSES
 from diffx.data.frame import place, place_boxes, place_image
+from diffx.data.images import decode_array
 from diffx.data.layouts import sobel_edges
 from diffx.data.spec import FrameSpec
 from diffx.errors import DataError
@@ -31,21 +32,10 @@ from . import tiny_chain
 from .conftest import REPO
 from .tiny_models import TINY_UNET_MODEL
 
-RELOCATED = ("data/", "models/", "reports/", "metrics/", "cache/", "reviews/", "checkpoints/")
-
 
 def chain_config(tmp: Path, demo: Path, **overrides: Any) -> DiffxConfig:
     """params.yaml at smoke-test size, every path moved under ``tmp``, reading the demo at ``demo``."""
-    raw = tiny_chain.apply(yaml.safe_load((REPO / "params.yaml").read_text()))
-
-    def move(node: Any, key: str = "") -> Any:
-        if isinstance(node, dict):
-            return {k: move(v, k) for k, v in node.items()}
-        if isinstance(node, str) and (node.startswith(RELOCATED) or key in OUTPUT_KEYS):
-            return str(tmp / node)
-        return node
-
-    raw = move(raw)
+    raw = tiny_chain.relocated(tiny_chain.apply(yaml.safe_load((REPO / "params.yaml").read_text())), tmp)
     raw["ingest"]["source"]["root"] = str(demo)
     raw["ingest"]["source"]["annotations"] = {"train": "annotations/train.json", "val": "annotations/val.json"}
     for dotted in [k for k, v in overrides.items() if isinstance(v, dict)]:  # mappings replace, never merge
@@ -158,7 +148,7 @@ def test_segmentation_maps_are_ingested_with_their_class_list(seg_chain: DiffxCo
     shard_set = ShardSet(seg_chain.ingest.output)
     assert shard_set.spec.layout_kind == "segmentation" and shard_set.spec.layout_classes == LAYOUT_CLASSES
     row = shard_set.read_table("train", ["id", "layout"]).to_pylist()[0]
-    stored = np.asarray(Image.open(__import__("io").BytesIO(row["layout"]["bytes"])))
+    stored = decode_array(row["layout"]["bytes"], "layout")
     on_disk = np.asarray(Image.open(demo_root / "segmentation" / f"{row['id']}.png"))
     assert np.array_equal(stored, on_disk)  # lossless: the model frame is made at read time
 
@@ -232,8 +222,8 @@ def test_edges_are_computed_from_rgb_when_the_source_has_none(tmp_path: Path, de
     config = chain_config(tmp_path, demo_root, **{"data.layout_kind": "edges"})
     stages.ingest(config, progress=False)
     row = ShardSet(config.ingest.output).read_table("train", ["id", "rgb", "layout"]).to_pylist()[0]
-    decode = lambda cell: np.asarray(Image.open(__import__("io").BytesIO(cell["bytes"])))  # noqa: E731
-    assert np.array_equal(decode(row["layout"]), sobel_edges(decode(row["rgb"])))
+    edges, rgb = decode_array(row["layout"]["bytes"], "layout"), decode_array(row["rgb"]["bytes"], "rgb")
+    assert np.array_equal(edges, sobel_edges(rgb))
 
 
 def test_label_values_beyond_the_class_list_are_quarantined_by_name(tmp_path: Path, demo_root: Path) -> None:

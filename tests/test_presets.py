@@ -9,7 +9,6 @@ kind, modalities, text encoder, captioner, SD initialisation and sampler are the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -23,8 +22,7 @@ from diffx.shards.validate import validate_shard_set
 
 from . import task_sources, tiny_chain
 from .conftest import REPO
-from .test_text import _tiny_clip, _to_openai
-from .tiny_models import tiny_llava
+from .tiny_models import clip_to_openai, tiny_clip, tiny_llava
 
 DIFFX_FOLDERS = {
     "box-rgb-t": ({"rgb": "RGB", "thermal": "T"}, "yolo"),
@@ -42,7 +40,6 @@ WRITERS = {
         for name, (modalities, labels) in DIFFX_FOLDERS.items()
     },
 }
-OUTPUT_ROOTS = ("data/", "models/", "reports/", "metrics/", "cache/", "reviews/", "checkpoints/")
 SMALL = {  # size only: what a CPU smoke run needs
     "data.frame.resolution": 32,
     "vae.train.crop": None,
@@ -94,8 +91,8 @@ def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cross_attention_dim=64,  # the tiny CLIP text tower's width
         norm_num_groups=8,
     ).save_pretrained(sd / "unet")
-    clip = _tiny_clip(weights / "clip-vit-large-patch14", positions=248)  # the tokenizer folder, and Long-CLIP:
-    torch.save(_to_openai(clip), weights / "longclip-L.pt")
+    clip = tiny_clip(weights / "clip-vit-large-patch14", positions=248)  # the tokenizer folder, and Long-CLIP:
+    torch.save(clip_to_openai(clip), weights / "longclip-L.pt")
     tiny_llava(weights / "llava-1.5-7b-hf")
     return root
 
@@ -106,15 +103,8 @@ def preset_config(name: str, work: Path) -> DiffxConfig:
     raw = tiny_chain.apply(merge(yaml.safe_load((REPO / "params.yaml").read_text()), preset))  # then size down
     raw["ingest"]["source"] = {**raw["ingest"]["source"], **WRITERS[name](work / "raw", 3)}
 
-    def move(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: move(v) for k, v in node.items()}
-        if isinstance(node, str) and node.startswith(OUTPUT_ROOTS):
-            return str(work / node)
-        return node
-
     path = work / "params.yaml"
-    path.write_text(yaml.safe_dump(move(raw), sort_keys=False))
+    path.write_text(yaml.safe_dump(tiny_chain.relocated(raw, work), sort_keys=False))
     return load_config(path, (), SMALL)
 
 

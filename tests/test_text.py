@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextModel
 
 from diffx.errors import ConfigError
 from diffx.models.text import TextEncoder, convert_longclip, longclip_state_to_hf
 
-from .tiny_models import tiny_word_tokenizer
+from .tiny_models import clip_to_openai, tiny_clip
 
 
 def test_minilm_encodes_pools_and_truncates_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -30,32 +30,9 @@ def test_minilm_encodes_pools_and_truncates_with_a_warning(caplog: pytest.LogCap
     assert close > far  # real pretrained weights, not a random tower
 
 
-def _tiny_clip(path: Path, positions: int = 77) -> CLIPTextModel:
-    """64 wide with one 64-d head: OpenAI checkpoints carry no head count, CLIP's convention is width / 64."""
-    tokenizer = tiny_word_tokenizer()
-    torch.manual_seed(0)
-    model = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=1,
-            max_position_embeddings=positions,
-            projection_dim=16,
-            bos_token_id=2,
-            eos_token_id=3,
-            pad_token_id=1,
-        )
-    )
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return model
-
-
 def test_clip_text_tower_from_a_local_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    _tiny_clip(tmp_path / "clip")
+    tiny_clip(tmp_path / "clip")
     encoder = TextEncoder(f"clip:{tmp_path / 'clip'}", max_tokens=12)
     states, mask = encoder.encode(["an image of a car", "a person"])
     assert states.shape == (2, 12, 64) and encoder.pooled(["car"]).shape == (1, 64)
@@ -64,40 +41,14 @@ def test_clip_text_tower_from_a_local_folder(tmp_path: Path, monkeypatch: pytest
         TextEncoder(f"clip:{tmp_path / 'missing'}")
 
 
-def _to_openai(model: CLIPTextModel) -> dict[str, torch.Tensor]:
-    """The inverse of the converter: HF CLIP text weights in OpenAI / Long-CLIP key layout."""
-    s = {k.removeprefix("text_model."): v for k, v in model.state_dict().items()}
-    out = {
-        "token_embedding.weight": s["embeddings.token_embedding.weight"],
-        "positional_embedding": s["embeddings.position_embedding.weight"],
-        "ln_final.weight": s["final_layer_norm.weight"],
-        "ln_final.bias": s["final_layer_norm.bias"],
-        "text_projection": torch.randn(64, 16),
-        "visual.conv1.weight": torch.randn(4, 3, 2, 2),
-    }
-    for i in range(model.config.num_hidden_layers):
-        src, dst = f"encoder.layers.{i}", f"transformer.resblocks.{i}"
-        out[f"{dst}.attn.in_proj_weight"] = torch.cat([s[f"{src}.self_attn.{p}_proj.weight"] for p in "qkv"])
-        out[f"{dst}.attn.in_proj_bias"] = torch.cat([s[f"{src}.self_attn.{p}_proj.bias"] for p in "qkv"])
-        for a, b in {
-            "attn.out_proj": "self_attn.out_proj",
-            "ln_1": "layer_norm1",
-            "ln_2": "layer_norm2",
-            "mlp.c_fc": "mlp.fc1",
-            "mlp.c_proj": "mlp.fc2",
-        }.items():
-            out[f"{dst}.{a}.weight"], out[f"{dst}.{a}.bias"] = s[f"{src}.{b}.weight"], s[f"{src}.{b}.bias"]
-    return out
-
-
 def _positions(model: CLIPTextModel) -> torch.Tensor:
     tower = getattr(model, "text_model", model)  # transformers 4 nests the tower, 5 does not
     return tower.embeddings.position_embedding.weight
 
 
 def test_longclip_checkpoint_converts_to_an_equivalent_clip_text_model(tmp_path: Path) -> None:
-    reference = _tiny_clip(tmp_path / "ref", positions=248).eval()
-    state = _to_openai(reference)
+    reference = tiny_clip(tmp_path / "ref", positions=248).eval()
+    state = clip_to_openai(reference)
     residual = torch.randn_like(state["positional_embedding"])
     state["positional_embedding_res"] = residual  # Long-CLIP's stretched positions beyond the first 20
     torch.save(state, tmp_path / "longclip-tiny.pt")

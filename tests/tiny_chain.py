@@ -71,6 +71,21 @@ def apply(params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+RELOCATED = ("data/", "models/", "reports/", "metrics/", "cache/", "reviews/", "checkpoints/")
+
+
+def relocated(params: Any, work: Path, key: str = "") -> Any:
+    """``params`` with every repo-relative data, model, report or output path moved under ``work``, so a test
+    runs the stage functions on the real params without writing into the repository."""
+    from diffx.config import OUTPUT_KEYS
+
+    if isinstance(params, dict):
+        return {k: relocated(v, work, k) for k, v in params.items()}
+    if isinstance(params, str) and (params.startswith(RELOCATED) or key in OUTPUT_KEYS):
+        return str(work / params)
+    return params
+
+
 def run(cwd: Path, *args: str, ok: bool = True, timeout: int = 600, env: dict[str, str] | None = None) -> str:
     """Run a tool as a user would (this environment first on PATH, a git identity for experiments); its output."""
     env = {

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import CLIPTextModel
 
 TINY_UNET_MODEL: dict[str, Any] = {
     "block_out_channels": [32, 64],
@@ -128,3 +131,54 @@ def tiny_llava(path: Path) -> Path:
     LlavaForConditionalGeneration(config).save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def tiny_clip(path: Path, positions: int = 77) -> CLIPTextModel:
+    """64 wide with one 64-d head: OpenAI checkpoints carry no head count, CLIP's convention is width / 64."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_word_tokenizer()
+    torch.manual_seed(0)
+    model = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=1,
+            max_position_embeddings=positions,
+            projection_dim=16,
+            bos_token_id=2,
+            eos_token_id=3,
+            pad_token_id=1,
+        )
+    )
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model
+
+
+def clip_to_openai(model: CLIPTextModel) -> dict[str, torch.Tensor]:
+    """The inverse of the converter: HF CLIP text weights in OpenAI / Long-CLIP key layout."""
+    s = {k.removeprefix("text_model."): v for k, v in model.state_dict().items()}
+    out = {
+        "token_embedding.weight": s["embeddings.token_embedding.weight"],
+        "positional_embedding": s["embeddings.position_embedding.weight"],
+        "ln_final.weight": s["final_layer_norm.weight"],
+        "ln_final.bias": s["final_layer_norm.bias"],
+        "text_projection": torch.randn(64, 16),
+        "visual.conv1.weight": torch.randn(4, 3, 2, 2),
+    }
+    for i in range(model.config.num_hidden_layers):
+        src, dst = f"encoder.layers.{i}", f"transformer.resblocks.{i}"
+        out[f"{dst}.attn.in_proj_weight"] = torch.cat([s[f"{src}.self_attn.{p}_proj.weight"] for p in "qkv"])
+        out[f"{dst}.attn.in_proj_bias"] = torch.cat([s[f"{src}.self_attn.{p}_proj.bias"] for p in "qkv"])
+        for a, b in {
+            "attn.out_proj": "self_attn.out_proj",
+            "ln_1": "layer_norm1",
+            "ln_2": "layer_norm2",
+            "mlp.c_fc": "mlp.fc1",
+            "mlp.c_proj": "mlp.fc2",
+        }.items():
+            out[f"{dst}.{a}.weight"], out[f"{dst}.{a}.bias"] = s[f"{src}.{b}.weight"], s[f"{src}.{b}.bias"]
+    return out
