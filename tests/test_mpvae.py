@@ -121,3 +121,39 @@ def test_from_sd_vae_copies_trunk_and_decoders(tiny_sd_vae: Path) -> None:
         decoded = model.decode(z)
     torch.testing.assert_close(decoded["rgb"], expected)  # every decoder starts as SD's decoder
     torch.testing.assert_close(decoded["thermal"], expected.mean(dim=1, keepdim=True), atol=1e-5, rtol=1e-5)
+
+
+def test_shared_decoder_reads_every_modality_from_one_trunk() -> None:
+    spec = {"rgb": 3, "thermal": 1, "depth": 1}
+    model = MPVAE(modalities=tuple(spec), channels=tuple(spec.values()), decoder="shared", **TINY).eval()
+    assert set(model.decoders) == {"shared"} and model.decoders["shared"].conv_out.out_channels == 5
+    out = model(_images(spec))
+    assert {k: v.shape[1] for k, v in out.reconstructions.items()} == spec
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model.decode(z, ["depth"])["depth"], model.decode(z)["depth"])
+    with pytest.raises(ConfigError, match="decoder must be"):
+        MPVAE(modalities=("rgb",), channels=(3,), decoder="one", **TINY)
+
+
+def test_posterior_logvar_init_starts_the_latent_narrow() -> None:
+    x = _images({"rgb": 3, "thermal": 1})
+    stds = []
+    for init in (0.0, -6.0):
+        torch.manual_seed(0)
+        model = MPVAE(modalities=("rgb", "thermal"), channels=(3, 1), posterior_logvar_init=init, **TINY)
+        with torch.no_grad():
+            stds.append(float(model.encode(x).std.mean()))
+    assert stds[1] < 0.1 * stds[0]  # exp(-6 / 2) = 0.05 of the default's spread
+
+
+def test_from_sd_vae_shared_decoder_starts_as_sd(tiny_sd_vae: Path) -> None:
+    sd = AutoencoderKL.from_pretrained(tiny_sd_vae).eval()
+    model = MPVAE.from_sd_vae(str(tiny_sd_vae), ("rgb", "thermal", "depth"), (3, 1, 1), decoder="shared").eval()
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = sd.decode(z).sample
+        decoded = model.decode(z)
+    torch.testing.assert_close(decoded["rgb"], expected)
+    for grey in ("thermal", "depth"):
+        torch.testing.assert_close(decoded[grey], expected.mean(dim=1, keepdim=True), atol=1e-5, rtol=1e-5)

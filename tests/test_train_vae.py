@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -24,7 +25,7 @@ from diffx.shards.writer import ShardSetWriter
 from diffx.stages import train_vae
 from diffx.train.checkpoint import latest_checkpoint, list_checkpoints, pack, unpack
 from diffx.train.distributed import init_distributed
-from diffx.train.vae import TrainingError, VaeTrainer
+from diffx.train.vae import LOG_MSE_FLOOR, TrainingError, VaeTrainer
 
 from .conftest import DEMO_SPEC, make_sample
 
@@ -131,12 +132,21 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, shard
     def poison(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
         return output * float("nan") if trainer.step == 3 else output
 
-    trainer.model.decoders["thermal"].register_forward_hook(poison)
+    trainer.model.post_quant_conv.register_forward_hook(poison)
     with pytest.raises(TrainingError, match=r"step 3: the loss is not finite.*step-0000003"):
         trainer.run()
     latest = latest_checkpoint(tmp_path / "nan" / "ckpt")
     assert latest is not None and latest.step == 3
     assert all(torch.isfinite(v).all() for v in latest.tensors("model").values())
+
+
+@pytest.mark.parametrize("kind", ["mse", "log_mse"])
+def test_reconstruction_loss_sums_each_modality_term(tmp_path: Path, shards: Path, kind: str) -> None:
+    trainer = _trainer(tmp_path, shards, kind, reconstruction_loss=kind, kl_weight=0.0)
+    loss, parts = trainer.loss(trainer.model, next(trainer._batches(1)), trainer.plan.positions(0, 0, 0))
+    mses = [parts[f"mse_{name}"] for name in DEMO_SPEC.modality_names]
+    expected = sum(math.log(m + LOG_MSE_FLOOR) for m in mses) if kind == "log_mse" else sum(mses)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
 def test_the_modalities_come_from_the_manifest_not_from_params(tmp_path: Path) -> None:

@@ -184,9 +184,7 @@ def require_compatible(found: DatasetSpec, needed: DatasetSpec, *, found_in: str
     if found.layout_kind != needed.layout_kind:
         problems.append(f"layout kind {found.layout_kind!r}, {needed_by} needs {needed.layout_kind!r}")
     elif tuple(found.layout_classes) != tuple(needed.layout_classes):
-        problems.append(
-            f"layout classes {list(found.layout_classes)}, {needed_by} needs {list(needed.layout_classes)}"
-        )
+        problems.append(f"layout classes {list(found.layout_classes)}, {needed_by} needs {list(needed.layout_classes)}")
     if found.frame.resolution != needed.frame.resolution or found.frame.crop != needed.frame.crop:
         problems.append(
             f"frames at resolution {found.frame.resolution} (crop {found.frame.crop}), {needed_by} needs "

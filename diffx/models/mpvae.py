@@ -8,7 +8,9 @@ Structure (DiffX, section 3.1, generalised from the original's separate 2/3/4-mo
   modality at that level's resolution is concatenated, projected to the level's width and *added after
   every ResBlock* of the level (switchable, so the paper's ablation can be rerun);
 * one diagonal-Gaussian latent (``latent_channels`` x H/8 x W/8 for four levels), read by one SD-style
-  decoder per modality.
+  decoder per modality (the paper), or by one shared decoder whose last conv has every modality's channels
+  (``decoder="shared"``): the modalities are aligned, so their edges and layout are one structure to decode;
+  a shared trunk costs a third of three decoders on RGB+T+D and learns from every modality's gradient.
 
 The trunk's module names match ``AutoencoderKL.encoder`` so :meth:`MPVAE.from_sd_vae` copies SD v1.x
 weights by name. ``scaling_factor`` is estimated from the training data (1 / std of the latents), not
@@ -18,6 +20,7 @@ reused from SD, and travels with the model in ``config.json``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +31,8 @@ from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block
 from torch import nn
 
 from diffx.errors import ConfigError
+
+SHARED = "shared"  # key of the one decoder of decoder="shared"
 
 
 @dataclass
@@ -141,6 +146,8 @@ class MPVAE(ModelMixin, ConfigMixin):
         replicate_grey: bool = False,
         mid_block_add_attention: bool = True,
         scaling_factor: float = 0.18215,
+        decoder: Literal["per_modality", "shared"] = "per_modality",
+        posterior_logvar_init: float = 0.0,
     ):
         super().__init__()
         if len(modalities) != len(channels) or not modalities:
@@ -162,22 +169,31 @@ class MPVAE(ModelMixin, ConfigMixin):
             [_ConvNormAct(pyramid_in, c, norm_num_groups) for c in block_out_channels] if use_pyramid else []
         )
         self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1)
+        if posterior_logvar_init:
+            # A fresh posterior has log-variance ~0: latent noise as large as the signal, which the decoder must
+            # wait out until the encoder learns to shrink it (the KL weight is ~1e-6). Starting narrow skips that.
+            with torch.no_grad():
+                self.quant_conv.bias[latent_channels:] += posterior_logvar_init
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1)
-        self.decoders = nn.ModuleDict(
-            {
-                name: Decoder(
-                    in_channels=latent_channels,
-                    out_channels=c,
-                    up_block_types=("UpDecoderBlock2D",) * len(block_out_channels),
-                    block_out_channels=tuple(block_out_channels),
-                    layers_per_block=layers_per_block,
-                    norm_num_groups=norm_num_groups,
-                    act_fn="silu",
-                    mid_block_add_attention=mid_block_add_attention,
-                )
-                for name, c in zip(modalities, channels, strict=True)
-            }
-        )
+
+        def sd_decoder(out_channels: int) -> Decoder:
+            return Decoder(
+                in_channels=latent_channels,
+                out_channels=out_channels,
+                up_block_types=("UpDecoderBlock2D",) * len(block_out_channels),
+                block_out_channels=tuple(block_out_channels),
+                layers_per_block=layers_per_block,
+                norm_num_groups=norm_num_groups,
+                act_fn="silu",
+                mid_block_add_attention=mid_block_add_attention,
+            )
+
+        if decoder == "shared":
+            self.decoders = nn.ModuleDict({SHARED: sd_decoder(sum(channels))})
+        elif decoder == "per_modality":
+            self.decoders = nn.ModuleDict({name: sd_decoder(c) for name, c in zip(modalities, channels, strict=True)})
+        else:
+            raise ConfigError(f"MPVAE: decoder must be 'per_modality' or 'shared', got {decoder!r}")
 
     # ----------------------------------------------------------------------------- helpers
     def _in_channels(self, channels: int) -> int:
@@ -220,6 +236,9 @@ class MPVAE(ModelMixin, ConfigMixin):
         """Every requested modality from the one latent (unscaled: divide by scaling_factor first)."""
         z = self.post_quant_conv(latents)
         names = modalities or list(self.config.modalities)
+        if self.config.decoder == "shared":
+            every = torch.split(self.decoders[SHARED](z), list(self.config.channels), dim=1)
+            return {name: every[self.config.modalities.index(name)] for name in names}
         return {name: self.decoders[name](z) for name in names}
 
     def forward(self, images: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> MPVAEOutput:
@@ -238,12 +257,14 @@ class MPVAE(ModelMixin, ConfigMixin):
         *,
         use_pyramid: bool = True,
         replicate_grey: bool = False,
+        decoder: Literal["per_modality", "shared"] = "per_modality",
     ) -> MPVAE:
         """Initialise from a diffusers ``AutoencoderKL`` folder (SD v1.x), as the original DiffX did.
 
         The SD encoder trunk is copied as is; every modality's stem starts from SD's ``conv_in`` and every
-        decoder is a copy of SD's decoder. For a 1-channel modality the 3 RGB filters are summed on the way
-        in (the same response as replicating grey to RGB) and averaged on the way out.
+        decoder is a copy of SD's decoder (a shared decoder: one copy whose output filters are SD's RGB ones
+        per modality). For a 1-channel modality the 3 RGB filters are summed on the way in (the same response
+        as replicating grey to RGB) and averaged on the way out.
         """
         from pathlib import Path
 
@@ -263,6 +284,7 @@ class MPVAE(ModelMixin, ConfigMixin):
             replicate_grey=replicate_grey,
             mid_block_add_attention=getattr(sd_config, "mid_block_add_attention", True),
             scaling_factor=sd_config.scaling_factor,
+            decoder=decoder,
         )
         state = sd.state_dict()
         trunk = {
@@ -277,17 +299,28 @@ class MPVAE(ModelMixin, ConfigMixin):
             model.post_quant_conv.load_state_dict(sd.post_quant_conv.state_dict())
         conv_in_w, conv_in_b = state["encoder.conv_in.weight"], state["encoder.conv_in.bias"]
         decoder_state = {k.removeprefix("decoder."): v for k, v in state.items() if k.startswith("decoder.")}
+
+        def output_filters(c: int) -> dict[str, torch.Tensor]:
+            if c == 3:
+                return {k: decoder_state[f"conv_out.{k}"] for k in ("weight", "bias")}
+            grey = {k: decoder_state[f"conv_out.{k}"].mean(dim=0, keepdim=True) for k in ("weight", "bias")}
+            return {k: v.repeat(c, *([1] * (v.ndim - 1))) for k, v in grey.items()}
+
         with torch.no_grad():
             for name, c in zip(modalities, channels, strict=True):
                 stem_conv = model.stems[name][0]
                 grey_in = model._in_channels(c) == 1
                 stem_conv.weight.copy_(conv_in_w.sum(dim=1, keepdim=True) if grey_in else conv_in_w)
                 stem_conv.bias.copy_(conv_in_b)
-                own = dict(decoder_state)
-                if c == 1:
-                    own["conv_out.weight"] = decoder_state["conv_out.weight"].mean(dim=0, keepdim=True)
-                    own["conv_out.bias"] = decoder_state["conv_out.bias"].mean(dim=0, keepdim=True)
-                model.decoders[name].load_state_dict(own, strict=True)
+            heads = {name: output_filters(c) for name, c in zip(modalities, channels, strict=True)}
+            if decoder == "shared":
+                merged = {k: torch.cat([h[k] for h in heads.values()]) for k in ("weight", "bias")}
+                own = {**decoder_state, **{f"conv_out.{k}": v for k, v in merged.items()}}
+                model.decoders[SHARED].load_state_dict(own, strict=True)
+            else:
+                for name, head in heads.items():
+                    own = {**decoder_state, **{f"conv_out.{k}": v for k, v in head.items()}}
+                    model.decoders[name].load_state_dict(own, strict=True)
         return model
 
     def check_modalities(self, modalities: tuple[str, ...], channels: tuple[int, ...], source: str) -> None:

@@ -153,9 +153,7 @@ class UnetTrainer(Trainer):
                 "ingest with data.layout_kind set, or train a box model (unet.model.layout: boxes)",
                 field="unet.model.layout",
             )
-        dataset = ShardDataset(
-            options.data, options.train_split, list(self.spec.modality_names), layout=self.dense
-        )
+        dataset = ShardDataset(options.data, options.train_split, list(self.spec.modality_names), layout=self.dense)
         if len(dataset) == 0:
             raise DataError(options.data, f"split {options.train_split!r} has no rows")
         self.vae = load_pretrained(MPVAE, options.vae, "MP-VAE").to(ctx.device).eval().requires_grad_(False)

@@ -36,6 +36,7 @@ from diffx.train.loop import Trainer, TrainingError, write_history_csv
 log = logging.getLogger(__name__)
 
 NOISE, CROP, FLIP = 0, 1, 2  # purposes of the per-sample generators
+LOG_MSE_FLOOR = 1e-8  # keeps log(MSE) finite on a perfect reconstruction (200 dB on [-1, 1])
 
 
 __all__ = ["TrainingError", "VaeTrainResult", "VaeTrainer", "build_model", "train_vae"]
@@ -63,6 +64,7 @@ def build_model(config: VaeConfig, spec: DatasetSpec) -> MPVAE:
             channels,
             use_pyramid=model_cfg.use_pyramid,
             replicate_grey=model_cfg.replicate_grey,
+            decoder=model_cfg.decoder,
         )
     return MPVAE(
         modalities=names,
@@ -74,6 +76,8 @@ def build_model(config: VaeConfig, spec: DatasetSpec) -> MPVAE:
         use_pyramid=model_cfg.use_pyramid,
         replicate_grey=model_cfg.replicate_grey,
         mid_block_add_attention=model_cfg.mid_block_add_attention,
+        decoder=model_cfg.decoder,
+        posterior_logvar_init=model_cfg.posterior_logvar_init,
     )
 
 
@@ -155,7 +159,8 @@ class VaeTrainer(Trainer):
         for name in self.spec.modality_names:
             mse = F.mse_loss(out.reconstructions[name].float(), images[name].float())
             parts[f"mse_{name}"] = float(mse.detach())
-            total = total + self.train_cfg.modality_weights.get(name, 1.0) * mse
+            term = torch.log(mse + LOG_MSE_FLOOR) if self.train_cfg.reconstruction_loss == "log_mse" else mse
+            total = total + self.train_cfg.modality_weights.get(name, 1.0) * term
         kl = out.posterior.kl().float().mean()
         parts["kl"] = float(kl.detach())
         return total + self.train_cfg.kl_weight * kl, parts
