@@ -16,6 +16,7 @@ TINY_UNET_MODEL: dict[str, Any] = {
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
     "layers_per_block": 1,
     "norm_num_groups": 8,
+    "attention_head_dim": 8,  # heads of 4 and 8 channels; the tolerance tests were set with these
 }
 """The two-level DiffX-UNet the training and generation tests build (params.yaml's unet.model section)."""
 
