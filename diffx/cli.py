@@ -117,9 +117,25 @@ def ingest(
     params: ParamsOption = Path("params.yaml"),
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
     overrides: SetOption = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="read and check the source as ingest would, print what was found (samples per split, boxes per "
+            "class, frame sizes, would-be quarantine, unmatched image files) and write nothing",
+        ),
+    ] = False,
 ) -> None:
     """Stage ingest: raw dataset -> validated canonical shards (data/canonical) + reports/ingest.json."""
     config = _load(params, overrides)
+    if dry_run:
+        from diffx.data.survey import summary_lines, survey
+
+        report = _run(lambda: survey(config.data, config.ingest, config.shards))
+        for line in summary_lines(report):
+            typer.echo(line, err=True)
+        typer.echo(json.dumps(report))
+        return
     result = _run(lambda: stages.ingest(config, progress=progress))
     summary = {k: v for k, v in result.report().items() if k != "quarantine"}
     typer.echo(json.dumps(summary))

@@ -21,6 +21,7 @@ from diffx.data.readers.coco_folders import CocoFoldersSource
 from diffx.data.readers.come15k import Come15kSource
 from diffx.data.readers.diffx_folder import DiffxFolderSource
 from diffx.data.readers.flir import FlirSource
+from diffx.data.readers.kaist import KaistSource
 from diffx.data.readers.mfnet import MfnetSource
 from diffx.data.readers.sunrgbd import SunRgbdSource
 from diffx.data.readers.voc_pairs import VocPairsSource
@@ -31,9 +32,17 @@ from diffx.section import RECORDER, Section
 OUTPUT_KEYS = frozenset(
     {"output", "report", "queue", "cache", "reports", "docs", "checkpoints", "metrics", "plots", "grid"}
 )
+SPEED_KEYS = frozenset({"workers"})  # how many processes do the work: the same bytes for any count
 # each reader declares its options next to its code (diffx/data/readers/*.py)
 Source = Annotated[
-    CocoFoldersSource | VocPairsSource | DiffxFolderSource | MfnetSource | FlirSource | Come15kSource | SunRgbdSource,
+    CocoFoldersSource
+    | VocPairsSource
+    | DiffxFolderSource
+    | MfnetSource
+    | FlirSource
+    | Come15kSource
+    | SunRgbdSource
+    | KaistSource,
     Field(discriminator="format"),
 ]
 
@@ -98,13 +107,19 @@ class IngestConfig(Section):
             },
         ),
         description="the dataset reader and its options (format: coco_folders | voc_pairs | diffx_folder | mfnet | "
-        "flir | come15k | sunrgbd)",
+        "flir | come15k | sunrgbd | kaist); every option: docs/readers.md",
     )
     output: str = "data/canonical"
     report: str = Field(default="reports/ingest.json", description="run report: timings, the quarantine list")
     metrics: str = Field(default="metrics/ingest.json", description="headline counts (dvc metrics)")
     on_invalid: Literal["quarantine", "raise"] = "quarantine"
     max_quarantine_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    workers: int = Field(
+        default=0,
+        ge=0,
+        description="processes that decode and encode images (0 = every usable core); rows and bytes are the same "
+        "for any count",
+    )
 
 
 class DemoConfig(Section):
@@ -248,9 +263,21 @@ class LmmConfig(Section):
     prompt: str | None = Field(default=None, description="null = diffx.caption.lmm.DEFAULT_PROMPT")
 
 
+class TemplateCaptionConfig(Section):
+    """The offline captioner's words. Refine (its fallback captions) and plan (captions of edited layouts) read
+    this section too, so every template caption of a run names the same scene."""
+
+    scene: str | None = Field(
+        default=None,
+        description="the place the captions name ('street scene', 'indoor scene', 'face', 'bedroom', any text); "
+        "null = chosen from data.classes (street classes -> street scene, furniture -> indoor scene, else scene)",
+    )
+
+
 class CaptionConfig(Section):
     data: str = "data/canonical"
     backend: Literal["template", "lmm"] = Field(default="template", description="template (offline) | lmm")
+    template: TemplateCaptionConfig = Field(default_factory=TemplateCaptionConfig)
     lmm: LmmConfig | None = Field(default=None, description="e.g. {model: llava-hf/llava-1.5-7b-hf, batch_size: 8}")
     cache: str | None = Field(
         default="cache/captions.sqlite", description="reruns never recompute a caption; null disables"
@@ -273,6 +300,13 @@ class RefineConfig(Section):
     captions: str = "data/captions.parquet"
     decisions: str = Field(default="reviews/decisions.jsonl", description="human decisions, in git, re-applied")
     near_duplicate: float = Field(default=0.9, gt=0, le=1, description="word-trigram Jaccard that flags a pair")
+    near_duplicate_layout: float | None = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="a near-duplicate pair whose box layouts are at least this alike (greedy same-class IoU) is not "
+        "flagged: a fixed camera's frames of one layout rightly share a caption; null flags every pair",
+    )
     output: str = "data/captioned"
     queue: str = "reviews/queue.jsonl"
     report: str = "reports/refine.json"
@@ -631,12 +665,13 @@ def section_hash(*sections: Section, extra: dict[str, Any] | None = None) -> str
     """A short digest of the given sections (and ``extra`` values derived from others): provenance for
     everything a stage writes.
 
-    Keys named in OUTPUT_KEYS are left out: where a result is written never changes what it is.
+    Keys named in OUTPUT_KEYS are left out: where a result is written never changes what it is; nor does the
+    number of processes that wrote it (SPEED_KEYS).
     """
     chosen: list[Any] = [extra] if extra else []
     for section in sections:
         dumped = section.model_dump(mode="json")  # recorded as a read of every key (diffx/section.py)
-        chosen.append({k: v for k, v in dumped.items() if k not in OUTPUT_KEYS})
+        chosen.append({k: v for k, v in dumped.items() if k not in OUTPUT_KEYS | SPEED_KEYS})
     text = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

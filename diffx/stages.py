@@ -34,7 +34,7 @@ def caption(config: DiffxConfig, *, progress: bool = True) -> Any:
 def refine(config: DiffxConfig) -> Any:
     from diffx.caption.refine import refine as run
 
-    return run(config.refine, config.conditioning, config.shards)
+    return run(config.refine, config.conditioning, config.shards, config.caption.template)
 
 
 def train_vae(config: DiffxConfig, **kwargs: Any) -> Any:
@@ -52,7 +52,7 @@ def train_unet(config: DiffxConfig, **kwargs: Any) -> Any:
 def plan(config: DiffxConfig) -> dict[str, Any]:
     from diffx.sample.planner import plan as run
 
-    return run(config.plan, config.conditioning)
+    return run(config.plan, config.conditioning, config.caption.template)
 
 
 def generate(config: DiffxConfig, **kwargs: Any) -> Any:

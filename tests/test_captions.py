@@ -298,3 +298,79 @@ def test_a_caption_the_unet_would_truncate_is_flagged_by_refine_and_fails_the_ga
     assert any("over the text encoder's 96" in f for f in queue[victim.id].flags)
     with pytest.raises(GateFailed, match="caption_tokens"):
         check("captions", config)
+
+
+# ------------------------------------------------------------------ captions beyond streets
+def _frame(width: int, height: int, objects: list[BoxObject], spec=DEMO_SPEC, seed: int = 0):
+    """A sample of flat images with warm thermal boxes, at any frame size."""
+    import numpy as np
+
+    from diffx.data.images import encode_png
+    from diffx.data.sample import Sample
+
+    rng = np.random.default_rng(seed)
+    images = {}
+    for modality in spec.modalities:
+        if modality.channels == 3:
+            array = rng.integers(120, 200, (height, width, 3), dtype=np.uint8)
+        elif modality.bit_depth == 16:
+            array = np.full((height, width), 5000, dtype=np.uint16)
+        else:
+            array = np.full((height, width), 60, dtype=np.uint8)
+            for obj in objects:
+                x0, y0, x1, y1 = (round(v) for v in obj.bbox)
+                array[y0:y1, x0:x1] = 220
+        images[modality.name] = encode_png(array, f"{modality.name}.png", 1)
+    return Sample("s", "train", width, height, images, objects)
+
+
+def test_scene_comes_from_the_classes_or_params_and_no_absence_is_claimed() -> None:
+    from diffx.caption.scene import scene_noun
+    from diffx.data.spec import DatasetSpec, ModalitySpec
+
+    assert scene_noun(("person", "bicycle", "car")) == "street scene"
+    assert scene_noun(("bed", "night_stand", "dresser", "lamp", "ottoman", "dresser_mirror")) == "indoor scene"
+    assert scene_noun(("person",)) == "scene" and scene_noun(("face",)) == "face"
+    assert scene_noun(("person",), "factory floor") == "factory floor"
+    empty = _frame(64, 48, [])
+    text = TemplateCaptioner(DEMO_SPEC).caption(empty)
+    assert (
+        text.startswith("An image of a street scene in daylight.") and "no people" not in text and "empty" not in text
+    )
+    indoor = DatasetSpec(
+        modalities=(
+            ModalitySpec(name="rgb", channels=3),
+            ModalitySpec(name="depth", channels=1, bit_depth=16, scale=0.001),
+        ),
+        classes=("bed", "lamp"),
+    )
+    bed = BoxObject((4.0, 4.0, 40.0, 30.0), "bed", 0)
+    text = TemplateCaptioner(indoor).caption(_frame(64, 48, [bed], indoor))
+    assert text.startswith("An image of an indoor scene in daylight with one bed.") and "street" not in text
+    assert (
+        TemplateCaptioner(indoor, "bedroom").caption(_frame(64, 48, [bed], indoor)).startswith("An image of a bedroom")
+    )
+
+
+def test_large_frames_are_captioned_from_a_subsampled_copy_with_the_same_findings() -> None:
+    person = BoxObject((300.0, 200.0, 420.0, 700.0), "person", 0)
+    car = BoxObject((800.0, 500.0, 1200.0, 800.0), "car", 2)
+    large = TemplateCaptioner(DEMO_SPEC).caption(_frame(1280, 1024, [person, car]))
+    scaled = [BoxObject(tuple(v / 8 for v in o.bbox), o.category, o.category_id) for o in (person, car)]
+    small = TemplateCaptioner(DEMO_SPEC).caption(_frame(160, 128, scaled))
+    assert large == small and "warm against the cooler background" in large
+
+
+def test_near_duplicates_of_one_fixed_camera_layout_are_not_flagged() -> None:
+    from diffx.data.boxes import layout_similarity
+
+    here = [BoxObject((10.0, 10.0, 20.0, 40.0), "person", 0)]
+    moved = [BoxObject((11.0, 10.0, 21.0, 40.0), "person", 0)]
+    there = [BoxObject((40.0, 5.0, 50.0, 35.0), "person", 0)]
+    assert layout_similarity(here, moved) > 0.8 and layout_similarity(here, there) == 0.0
+    assert layout_similarity([], []) == 1.0
+    layouts = {"a": here, "b": moved, "c": there}
+    captions = dict.fromkeys(layouts, "an image of a scene at night with one person on the left")
+    alike = lambda x, y: layout_similarity(layouts[x], layouts[y]) >= 0.5  # noqa: E731
+    assert near_duplicates(captions, 0.9, alike) == {"c": "a"}  # b is the same layout again; c is not
+    assert near_duplicates(captions, 0.9) == {"b": "a", "c": "a"}

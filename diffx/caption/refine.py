@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,8 @@ from diffx.caption.rules import near_duplicates, refine_caption
 from diffx.caption.stage import read_captions
 from diffx.caption.template import NAME as TEMPLATE
 from diffx.caption.template import TemplateCaptioner
-from diffx.config import ConditioningConfig, RefineConfig, ShardsConfig, section_hash
+from diffx.config import ConditioningConfig, RefineConfig, ShardsConfig, TemplateCaptionConfig, section_hash
+from diffx.data.boxes import layout_similarity
 from diffx.data.sample import Sample
 from diffx.errors import DataError
 from diffx.models.text import token_counter
@@ -91,8 +93,23 @@ def _apply(
     return caption, source, flags
 
 
-def refine(options: RefineConfig, conditioning: ConditioningConfig, shards: ShardsConfig) -> RefineResult:
-    """Captions are held to the UNet's token limit (``conditioning``), counted by its own tokenizer."""
+def _same_layout(samples: list[Sample], options: RefineConfig) -> Callable[[str, str], bool] | None:
+    """Fixed cameras film the same layout many times; those frames may share a caption."""
+    if options.near_duplicate_layout is None:
+        return None
+    objects = {s.id: s.objects for s in samples}
+    limit = options.near_duplicate_layout
+    return lambda a, b: layout_similarity(objects[a], objects[b]) >= limit
+
+
+def refine(
+    options: RefineConfig,
+    conditioning: ConditioningConfig,
+    shards: ShardsConfig,
+    template_options: TemplateCaptionConfig | None = None,
+) -> RefineResult:
+    """Captions are held to the UNet's token limit (``conditioning``), counted by its own tokenizer; fallback
+    captions use the caption stage's template words (``template_options``)."""
     started = time.perf_counter()
     tokenizer, max_tokens = conditioning.tokenizer(), conditioning.token_limit()
     shard_set = ShardSet(options.data)
@@ -108,7 +125,7 @@ def refine(options: RefineConfig, conditioning: ConditioningConfig, shards: Shar
         )
     decisions = read_decisions(options.decisions, known_ids=ids)
     count_tokens = token_counter(tokenizer)
-    template = TemplateCaptioner(spec)
+    template = TemplateCaptioner(spec, template_options.scene if template_options else None)
     result = RefineResult(options.output, len(samples), 0, 0)
 
     refined: dict[str, tuple[str, list[str], list[str]]] = {}
@@ -116,7 +133,9 @@ def refine(options: RefineConfig, conditioning: ConditioningConfig, shards: Shar
         row = captions[sample.id]
         outcome = refine_caption(row["caption"], sample.objects, spec.classes, sample.width, count_tokens, max_tokens)
         refined[sample.id] = (outcome.caption, outcome.fixes, outcome.flags)
-    duplicates = near_duplicates({k: v[0] for k, v in refined.items() if v[0]}, options.near_duplicate)
+    duplicates = near_duplicates(
+        {k: v[0] for k, v in refined.items() if v[0]}, options.near_duplicate, _same_layout(samples, options)
+    )
     for sample_id, other in duplicates.items():
         refined[sample_id][2].append(f"near-duplicate of {other}'s caption")
 
@@ -151,7 +170,9 @@ def refine(options: RefineConfig, conditioning: ConditioningConfig, shards: Shar
         writer = ShardSetWriter(
             staging,
             spec,
-            params_hash=section_hash(options, shards, extra={"tokenizer": tokenizer, "max_tokens": max_tokens}),
+            params_hash=section_hash(
+                options, shards, extra={"tokenizer": tokenizer, "max_tokens": max_tokens, "scene": template.scene}
+            ),
             row_group_bytes=shards.row_group_bytes,
             compression=shards.compression,
         )

@@ -107,11 +107,14 @@ def shingles(text: str, n: int = 3) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
 
 
-def near_duplicates(captions: dict[str, str], threshold: float) -> dict[str, str]:
+def near_duplicates(
+    captions: dict[str, str], threshold: float, alike: Callable[[str, str], bool] | None = None
+) -> dict[str, str]:
     """id -> id of an earlier caption at least ``threshold`` similar (word-trigram Jaccard).
 
-    Exact duplicates are found by hashing; near ones by comparing candidates that share a rare trigram,
-    which keeps the pass close to linear for captions that are mostly distinct.
+    Near ones are found by comparing candidates that share a trigram, which keeps the pass close to linear
+    for captions that are mostly distinct. A pair for which ``alike`` holds (two frames of one fixed camera
+    with the same layout) may share a caption and is not reported.
     """
     sets = {k: shingles(v) for k, v in captions.items()}
     index: dict[tuple[str, ...], list[str]] = {}
@@ -123,7 +126,7 @@ def near_duplicates(captions: dict[str, str], threshold: float) -> dict[str, str
             candidates.update(index.get(gram, ()))
         for other in sorted(candidates):
             theirs = sets[other]
-            if len(mine & theirs) / max(1, len(mine | theirs)) >= threshold:
+            if len(mine & theirs) / max(1, len(mine | theirs)) >= threshold and not (alike and alike(key, other)):
                 found[key] = other
                 break
         for gram in mine:

@@ -62,7 +62,7 @@ class CaptionResult:
 
 def build_captioner(options: CaptionConfig, spec: DatasetSpec) -> Any:
     if options.backend == "template":
-        return TemplateCaptioner(spec)
+        return TemplateCaptioner(spec, options.template.scene)
     from diffx.caption.lmm import DEFAULT_PROMPT, LmmCaptioner
 
     lmm = options.lmm

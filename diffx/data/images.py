@@ -92,8 +92,8 @@ def to_modality(array: np.ndarray, spec: ModalitySpec, source: str) -> np.ndarra
     if array.ndim == 3 and array.shape[2] == 4:
         raise DataError(
             source,
-            f"modality {spec.name!r}: got a 4-channel image; a reader must split it "
-            "explicitly (e.g. MFNet keeps thermal in channel 3)",
+            f"modality {spec.name!r}: got a 4-channel image; a reader must split it explicitly (e.g. MFNet keeps "
+            f"thermal in channel 3), or set ingest.source.channels.{spec.name} to {{pick: N}}",
         )
     if spec.channels == 3:
         if array.ndim != 3 or array.shape[2] != 3:
@@ -106,7 +106,9 @@ def to_modality(array: np.ndarray, spec: ModalitySpec, source: str) -> np.ndarra
         if not (np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 0], array[..., 2])):
             raise DataError(
                 source,
-                f"modality {spec.name!r}: expected 1 channel (or grey stored as 3 equal channels), got a colour image",
+                f"modality {spec.name!r}: expected 1 channel (or grey stored as 3 equal channels), got 3 channels "
+                f"that differ; if they are meant as grey, set ingest.source.channels.{spec.name} to mean or "
+                "{pick: 0}",
             )
         array = array[..., 0]
     want = np.uint8 if spec.bit_depth == 8 else np.uint16

@@ -18,10 +18,11 @@ from diffx import fsio
 from diffx.config import DataConfig, IngestConfig, ShardsConfig, section_hash
 from diffx.data.images import encode_png
 from diffx.data.layouts import sobel_edges
-from diffx.data.readers import ReadContext, read_source
+from diffx.data.parallel import resolve_workers, resolved
+from diffx.data.readers import ReadContext, list_source
 from diffx.data.sample import Rejected, Sample, validated
 from diffx.data.spec import DatasetSpec
-from diffx.errors import DataError
+from diffx.errors import ConfigError, DataError
 from diffx.progress import Progress
 from diffx.shards.manifest import ShardRecord
 from diffx.shards.writer import ShardSetWriter
@@ -51,7 +52,9 @@ class IngestResult:
             "quarantined": len(self.quarantined),
             "quarantined_fraction": round(len(self.quarantined) / total, 6) if total else 0.0,
             "seconds": round(self.seconds, 3),
-            "quarantine": [{"id": r.id, "split": r.split, "reason": r.reason} for r in self.quarantined],
+            "quarantine": [
+                {"id": r.id, "split": r.split, "reason": r.reason, "files": list(r.files)} for r in self.quarantined
+            ],
         }
 
     def headline(self) -> dict[str, Any]:
@@ -88,17 +91,39 @@ def _counted(items: Iterable[Any], counter: Progress) -> Iterator[Any]:
         counter.update(1)
 
 
-def with_edges(items: Iterable[Any], spec: DatasetSpec, compress_level: int) -> Iterator[Any]:
-    """An ``edges`` layout the source does not have is computed from the RGB (Sobel), as the paper does."""
-    rgb = next((m.name for m in spec.modalities if m.channels == 3), None)
-    for item in items:
+@dataclass(frozen=True)
+class EdgesFromRgb:
+    """An ``edges`` layout the source does not have is computed from the RGB (Sobel), as the paper does.
+
+    A picklable callable, run in the ingest workers right after each sample is built."""
+
+    spec: DatasetSpec
+    compress_level: int
+
+    def __call__(self, item: Sample | Rejected) -> Sample | Rejected:
+        spec = self.spec
+        rgb = next((m.name for m in spec.modalities if m.channels == 3), None)
         if spec.layout_kind == "edges" and isinstance(item, Sample) and item.layout is None and rgb in item.images:
             source = item.images[rgb]
             try:
-                item.layout = encode_png(sobel_edges(source.to_array()), f"{source.path}#edges", compress_level)
+                item.layout = encode_png(sobel_edges(source.to_array()), f"{source.path}#edges", self.compress_level)
             except DataError as err:
-                item = Rejected(item.id, item.split, str(err))
-        yield item
+                return Rejected(item.id, item.split, str(err), (source.path,))
+        return item
+
+
+def read_context(data: DataConfig, options: IngestConfig, shards: ShardsConfig) -> ReadContext:
+    """The reader's context; a channel rule for a modality that is not a 1-channel one is a config error."""
+    spec = data.spec()
+    channels = options.source.channels
+    for name, rule in channels.items():
+        if name not in spec.modality_names:
+            raise ConfigError(
+                f"ingest.source.channels.{name}: not a modality of data.modalities {list(spec.modality_names)}"
+            )
+        if spec.modality(name).channels != 1 and rule != "strict":
+            raise ConfigError(f"ingest.source.channels.{name}: channel rules apply to 1-channel modalities only")
+    return ReadContext(spec, shards.png_compress_level, dict(channels))
 
 
 def _refuse_too_many_rejects(options: IngestConfig, result: IngestResult) -> None:
@@ -139,6 +164,7 @@ def ingest(data: DataConfig, options: IngestConfig, shards: ShardsConfig, *, pro
     """``data`` is written into the manifest: later stages read what the set is from there, not from params."""
     started = time.perf_counter()
     spec = data.spec()
+    workers = resolve_workers(options.workers)
     with fsio.staged_folder(options.output) as staging:  # a failed run keeps the previous good set
         writer = ShardSetWriter(
             staging,
@@ -149,9 +175,10 @@ def ingest(data: DataConfig, options: IngestConfig, shards: ShardsConfig, *, pro
         )
         rejected: list[Rejected] = []
         rows: dict[str, int] = {}
-        items = read_source(options.source, ReadContext(spec, shards.png_compress_level))
+        ctx = read_context(data, options, shards)
+        built = resolved(list_source(options.source, ctx), EdgesFromRgb(spec, ctx.compress_level), workers)
         with Progress("ingest", None, unit="samples", bar=progress) as counter:
-            stream = validated(with_edges(_counted(items, counter), spec, shards.png_compress_level), spec, rejected)
+            stream = validated(_counted(built, counter), spec, rejected)
             records = _write_split_streams(writer, stream, shards.rows_per_shard, rows)
         result = IngestResult(options.output, rows, len(records), rejected, time.perf_counter() - started)
         report = result.report()

@@ -36,6 +36,15 @@ class Sample:
     caption: str | None = None
     caption_source: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)  # generated rows: seed, source_id, ...
+    annotation: str | None = None  # ingest only: the file the boxes came from, for error messages
+
+    def source_files(self) -> tuple[str, ...]:
+        """The files this sample was read from (annotation first), named in every complaint about it."""
+        files = [self.annotation] if self.annotation else []
+        files += [image.path for image in self.images.values() if image.path]
+        if self.layout is not None and self.layout.path:
+            files.append(self.layout.path)
+        return tuple(dict.fromkeys(files))
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class Rejected:
     id: str
     split: str
     reason: str
+    files: tuple[str, ...] = ()  # the source files involved, so the quarantine list says where to look
 
 
 def make_object(bbox: Iterable[float], category: str, spec: DatasetSpec) -> BoxObject:
@@ -151,6 +161,9 @@ def validated(items: Iterable[Sample | Rejected], spec: DatasetSpec, rejected: l
         if duplicate:
             problems.append(duplicate)
         if problems:
-            rejected.append(Rejected(item.id, item.split, "; ".join(problems)))
+            files = item.source_files()
+            objects = any(p.startswith("objects[") for p in problems)
+            where = f"{item.annotation}: " if objects and item.annotation else ""
+            rejected.append(Rejected(item.id, item.split, where + "; ".join(problems), files))
             continue
         yield item

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from diffx.data.boxes import box_iou
+
 WORK_SIDE = 160  # thumbnails for registration: an 8 px shift stays >= 2 px up to 640 px frames
 SEARCH_PX = 12  # registration shift search, in frame pixels
 THUMB = 16  # near-duplicate fingerprint side
@@ -183,17 +185,9 @@ def duplicate_boxes(objects: list[dict[str, Any]], min_iou: float) -> int:
     count = 0
     for i, a in enumerate(objects):
         for b in objects[i + 1 :]:
-            if a["category"] == b["category"] and _iou(a["bbox"], b["bbox"]) > min_iou:
+            if a["category"] == b["category"] and box_iou(a["bbox"], b["bbox"]) > min_iou:
                 count += 1
     return count
-
-
-def _iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 and math.isfinite(union) else 0.0
 
 
 def fingerprint(values: np.ndarray) -> np.ndarray:

@@ -28,8 +28,10 @@ import pyarrow.parquet as pq
 import torch
 
 from diffx import fsio
+from diffx.caption.scene import scene_noun
 from diffx.caption.template import layout_sentences, when_phrase
-from diffx.config import ConditioningConfig, PlanConfig, section_hash
+from diffx.config import ConditioningConfig, PlanConfig, TemplateCaptionConfig, section_hash
+from diffx.data.boxes import box_iou
 from diffx.data.frame import place, place_boxes, place_image
 from diffx.data.images import decode_array, encode_png, read_file_bytes
 from diffx.data.layout_tensors import stored_to_tensor, tensor_to_stored
@@ -73,14 +75,6 @@ class Layout:
     caption: str | None
     caption_source: str | None
     layout: bytes | None = None  # the dense layout map (PNG)
-
-
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _clip(box: tuple[float, ...], width: int, height: int) -> tuple[float, float, float, float] | None:
@@ -247,12 +241,16 @@ def _in_model_frame(
     return Framed(placement.width, placement.height, placed, layout)
 
 
-def plan(options: PlanConfig, conditioning: ConditioningConfig) -> dict[str, Any]:
+def plan(
+    options: PlanConfig, conditioning: ConditioningConfig, template: TemplateCaptionConfig | None = None
+) -> dict[str, Any]:
     """Write the plan (Parquet) and its report; returns the report.
 
     The classes and modalities come from the manifest of ``options.source`` (the data the UNet trains on), the
-    number of layout slots from ``conditioning``."""
+    number of layout slots from ``conditioning``, the scene word of edited layouts' captions from ``template``
+    (the caption stage's, so a planned caption reads like an ingested one)."""
     spec = ShardSet(options.source).spec
+    scene = scene_noun(spec.classes, template.scene if template else None)
     max_objects = conditioning.max_objects
     unknown = sorted(set(options.class_targets) - set(spec.classes))
     if unknown:
@@ -295,7 +293,7 @@ def plan(options: PlanConfig, conditioning: ConditioningConfig) -> dict[str, Any
                     source.width,
                     source.height,
                 )
-                if box is None or any(_iou(box, o.bbox) > options.max_paste_overlap for o in objects):
+                if box is None or any(box_iou(box, o.bbox) > options.max_paste_overlap for o in objects):
                     continue
                 objects.append(BoxObject(box, cls, spec.class_id(cls)))
                 edited = True
@@ -305,7 +303,7 @@ def plan(options: PlanConfig, conditioning: ConditioningConfig) -> dict[str, Any
         planned.update(o.category for o in objects)
         if edited or not source.caption:
             caption = " ".join(
-                layout_sentences(objects, framed.width, framed.height, when_phrase(source.caption), spec.classes)
+                layout_sentences(objects, framed.width, framed.height, when_phrase(source.caption), spec.classes, scene)
             )
             caption_source = "template"
         else:

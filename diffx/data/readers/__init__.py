@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from diffx.data.readers import coco_folders, come15k, diffx_folder, flir, mfnet, sunrgbd, voc_pairs
-from diffx.data.readers.base import ReadContext
+from diffx.data.readers import coco_folders, come15k, diffx_folder, flir, kaist, mfnet, sunrgbd, voc_pairs
+from diffx.data.readers.base import Pending, ReadContext
 from diffx.data.sample import Rejected, Sample
 
-READERS: dict[str, Callable[[Any, ReadContext], Iterator[Sample | Rejected]]] = {
+READERS: dict[str, Callable[[Any, ReadContext], Iterator[Pending | Rejected]]] = {
     "coco_folders": coco_folders.read,
     "voc_pairs": voc_pairs.read,
     "diffx_folder": diffx_folder.read,
@@ -20,9 +20,16 @@ READERS: dict[str, Callable[[Any, ReadContext], Iterator[Sample | Rejected]]] = 
     "flir": flir.read,
     "come15k": come15k.read,
     "sunrgbd": sunrgbd.read,
+    "kaist": kaist.read,
 }
 
 
-def read_source(source: Any, ctx: ReadContext) -> Iterator[Sample | Rejected]:
-    """Dispatch on ``source.format`` (the discriminator of the ingest.source config)."""
+def list_source(source: Any, ctx: ReadContext) -> Iterator[Pending | Rejected]:
+    """What the source holds, not yet decoded; dispatch on ``source.format`` (the ingest.source discriminator)."""
     return READERS[source.format](source, ctx)
+
+
+def read_source(source: Any, ctx: ReadContext) -> Iterator[Sample | Rejected]:
+    """Every sample of the source, built here one by one (ingest builds them on worker processes instead)."""
+    for item in list_source(source, ctx):
+        yield item.resolve() if isinstance(item, Pending) else item

@@ -1,8 +1,11 @@
 """Pieces every source reader shares: annotation parsers, category mapping, per-sample error capture.
 
-Readers yield :class:`Sample` or :class:`Rejected`. A problem confined to one sample (a corrupt image,
-a missing modality file, a bad box line) rejects that sample with the reason; a problem with the whole
-source (a missing annotation file, an empty split list) raises, because nothing sensible can follow.
+Readers yield :class:`Pending` samples (or :class:`Rejected`): listing the source and parsing its annotation
+files happens in the reader, while decoding and encoding a sample's images waits in ``Pending.build`` so that
+ingest can run those builds in worker processes (:mod:`diffx.data.parallel`). A problem confined to one sample
+(a corrupt image, a missing modality file, a bad box line) rejects that sample with the reason; a problem
+with the whole source (a missing annotation file, an empty split list) raises, because nothing sensible can
+follow.
 """
 
 from __future__ import annotations
@@ -12,13 +15,21 @@ import math
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from diffx.data.images import EncodedImage, decode_array, encode_png, load_modality_file, read_file_bytes, to_modality
+from diffx.data.images import (
+    EncodedImage,
+    decode_array,
+    encode_png,
+    load_modality_file,
+    read_file_bytes,
+    to_modality,
+)
 from diffx.data.layouts import layout_problem
+from diffx.data.readers.options import ChannelRule, apply_channel_rule
 from diffx.data.sample import BoxObject, Rejected, Sample
 from diffx.data.spec import DatasetSpec
 from diffx.errors import DataError
@@ -32,14 +43,31 @@ class ReadContext:
 
     spec: DatasetSpec
     compress_level: int = 6
+    channels: dict[str, ChannelRule] = field(default_factory=dict)
+
+    def channel_rule(self, modality: str) -> ChannelRule:
+        return self.channels.get(modality, "strict")
 
 
-def guarded(sample_id: str, split: str, build: Callable[[], Sample]) -> Sample | Rejected:
-    """Run ``build``; a DataError rejects just this sample, with the error as the reason."""
-    try:
-        return build()
-    except DataError as err:
-        return Rejected(sample_id, split, str(err))
+@dataclass(frozen=True)
+class Pending:
+    """A sample the reader has found but not yet decoded: ``build`` reads and encodes its files."""
+
+    id: str
+    split: str
+    build: Callable[[], Sample]
+
+    def resolve(self) -> Sample | Rejected:
+        """Run ``build``; a DataError rejects just this sample, naming the file it came from."""
+        try:
+            return self.build()
+        except DataError as err:
+            return Rejected(self.id, self.split, str(err), (err.source,))
+
+
+def guarded(sample_id: str, split: str, build: Callable[[], Sample]) -> Pending:
+    """The sample ``build`` makes, run later (and maybe elsewhere) with its errors confined to it."""
+    return Pending(sample_id, split, build)
 
 
 class CategoryMapper:
@@ -83,7 +111,9 @@ def assemble(
     layout: EncodedImage | None = None,
     caption: str | None = None,
     caption_source: str | None = None,
+    annotation: str | None = None,
 ) -> Sample:
+    """``annotation`` is the file the boxes came from, named by any later complaint about them."""
     first = next(iter(images.values()))
     return Sample(
         sample_id,
@@ -95,11 +125,20 @@ def assemble(
         layout,
         caption,
         caption_source if caption is not None else None,
+        annotation=annotation,
     )
 
 
+def load_modality(path: str, name: str, ctx: ReadContext) -> EncodedImage:
+    """One modality file; a channel rule other than strict reduces a multi-channel file first."""
+    rule = ctx.channel_rule(name)
+    if rule == "strict":
+        return load_modality_file(path, ctx.spec.modality(name), ctx.compress_level)
+    return encode_modality(decode_array(read_file_bytes(path), path), name, path, ctx)
+
+
 def load_modalities(paths: dict[str, str], ctx: ReadContext) -> dict[str, EncodedImage]:
-    return {name: load_modality_file(path, ctx.spec.modality(name), ctx.compress_level) for name, path in paths.items()}
+    return {name: load_modality(path, name, ctx) for name, path in paths.items()}
 
 
 def load_layout(path: str, ctx: ReadContext) -> EncodedImage:
@@ -116,6 +155,8 @@ def load_layout(path: str, ctx: ReadContext) -> EncodedImage:
 
 
 def encode_modality(array: np.ndarray, name: str, source: str, ctx: ReadContext) -> EncodedImage:
+    """An array a reader decoded itself (MFNet planes, FLIR crops) -> canonical PNG, channel rule applied."""
+    array = apply_channel_rule(array, ctx.channel_rule(name), name, source)
     return encode_png(to_modality(array, ctx.spec.modality(name), source), source, ctx.compress_level)
 
 
@@ -142,7 +183,8 @@ class CocoIndex:
     boxes: dict[Any, list[tuple[str, Box]]]  # image id -> (category name, xyxy)
 
 
-def load_coco(path: str) -> CocoIndex:
+def load_coco(path: str, file_key: str = "file_name") -> CocoIndex:
+    """``file_key`` names the image entry's file-name key (COCO: file_name; INSANet's KAIST JSON: im_name)."""
     if not os.path.isfile(path):
         raise DataError(path, "COCO annotation file not found")
     try:
@@ -165,8 +207,14 @@ def load_coco(path: str) -> CocoIndex:
             raise DataError(path, "category needs 'id' and 'name'", field=f"categories[{index}]")
         names[cat["id"]] = cat["name"]
     for index, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or not isinstance(img.get("file_name"), str):
-            raise DataError(path, "image entry needs a 'file_name' string", field=f"images[{index}]")
+        if not isinstance(img, dict) or not isinstance(img.get(file_key), str):
+            keys = sorted(img) if isinstance(img, dict) else type(img).__name__
+            raise DataError(
+                path,
+                f"image entry needs a {file_key!r} string (it has {keys}; set file_name_key to the key that "
+                "holds the file name)",
+                field=f"images[{index}]",
+            )
     boxes: dict[Any, list[tuple[str, Box]]] = {img.get("id"): [] for img in data["images"]}
     for index, ann in enumerate(data["annotations"]):
         where = f"annotations[{index}]"

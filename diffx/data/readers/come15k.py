@@ -12,6 +12,7 @@ from pydantic import Field
 from diffx.data.images import decode_array, encode_png, read_file_bytes
 from diffx.data.readers.base import (
     CategoryMapper,
+    Pending,
     ReadContext,
     assemble,
     encode_modality,
@@ -19,12 +20,12 @@ from diffx.data.readers.base import (
     load_coco,
     load_modalities,
 )
+from diffx.data.readers.options import ReaderOptions
 from diffx.data.sample import Rejected, Sample
 from diffx.errors import ConfigError, DataError
-from diffx.section import Section
 
 
-class Come15kSource(Section):
+class Come15kSource(ReaderOptions):
     """COME15K: RGB + depth + saliency GT, COCO instance JSON with the single class 'foreground'."""
 
     format: Literal["come15k"] = "come15k"
@@ -45,7 +46,7 @@ class Come15kSource(Section):
     ignore_categories: list[str] = Field(default_factory=list)
 
 
-def read(options: Come15kSource, ctx: ReadContext) -> Iterator[Sample | Rejected]:
+def read(options: Come15kSource, ctx: ReadContext) -> Iterator[Pending | Rejected]:
     names = ctx.spec.modality_names
     unknown = [n for n in names if n not in ("rgb", "depth")]
     if unknown:
@@ -85,8 +86,7 @@ def read(options: Come15kSource, ctx: ReadContext) -> Iterator[Sample | Rejected
                     saliency = saliency[..., 0] if saliency.ndim == 3 else saliency
                     layout = encode_png(np.where(saliency > 127, 255, 0).astype(np.uint8), sal_path, ctx.compress_level)
                 ordered = {n: images[n] for n in names}
-                return assemble(
-                    sample_id, split, ordered, mapper.objects(boxes, f"{coco_path} ({sample_id})"), layout=layout
-                )
+                objects = mapper.objects(boxes, f"{coco_path} ({sample_id})")
+                return assemble(sample_id, split, ordered, objects, layout=layout, annotation=coco_path)
 
             yield guarded(sample_id, split, build)

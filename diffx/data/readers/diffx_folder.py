@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from diffx.data.images import decode_array, encode_png, read_file_bytes
 from diffx.data.readers.base import (
     CategoryMapper,
+    Pending,
     ReadContext,
     assemble,
     boxes_from_label_map,
@@ -25,12 +26,12 @@ from diffx.data.readers.base import (
     parse_yolo,
     read_id_list,
 )
+from diffx.data.readers.options import ReaderOptions, check_templates, per_modality
 from diffx.data.sample import Rejected, Sample
 from diffx.errors import DataError
-from diffx.section import Section
 
 
-class DiffxFolderSource(Section):
+class DiffxFolderSource(ReaderOptions):
     """The original DiffX layout: Main/<split>.txt, JPEGImages_<MOD>/<id>.jpg, labels/, sobel/, caption/."""
 
     format: Literal["diffx_folder"] = "diffx_folder"
@@ -38,6 +39,11 @@ class DiffxFolderSource(Section):
     modalities: dict[str, str] = Field(description="modality -> the <MOD> suffix of JPEGImages_<MOD>")
     splits: list[str] = Field(default_factory=lambda: ["train", "val"])
     extension: str = ".jpg"
+    filename_template: str | dict[str, str] | None = Field(
+        default=None,
+        description="file name of an id's image in JPEGImages_<MOD>, one for all modalities or one per modality; "
+        "null = '{id}' + extension",
+    )
     labels: Literal["yolo", "label_png", "saliency", "none"] = "yolo"
     label_classes: list[str] = Field(
         default_factory=lambda: ["person", "bicycle", "car"],
@@ -55,6 +61,11 @@ class DiffxFolderSource(Section):
     category_map: dict[str, str] = Field(default_factory=dict)
     ignore_categories: list[str] = Field(default_factory=list)
 
+    @field_validator("filename_template")
+    @classmethod
+    def _known_fields(cls, value: str | dict[str, str] | None) -> str | dict[str, str] | None:
+        return check_templates(value, {"id"})
+
 
 def _find(folder: str, sample_id: str, extensions: tuple[str, ...]) -> str:
     for ext in extensions:
@@ -71,16 +82,21 @@ def _grey(path: str) -> tuple[np.ndarray, str]:
     return array, path
 
 
-def read(options: DiffxFolderSource, ctx: ReadContext) -> Iterator[Sample | Rejected]:
+def read(options: DiffxFolderSource, ctx: ReadContext) -> Iterator[Pending | Rejected]:
     mapper = CategoryMapper(ctx.spec, options.category_map, options.ignore_categories)
     root = options.root
+    templates = per_modality(
+        options.filename_template or "{id}" + options.extension,
+        list(options.modalities),
+        "ingest.source.filename_template",
+    )
     for split in options.splits:
         for sample_id in read_id_list(os.path.join(root, "Main", f"{split}.txt")):
 
             def build(sample_id=sample_id, split=split) -> Sample:
                 images = load_modalities(
                     {
-                        m: os.path.join(root, f"JPEGImages_{suffix}", sample_id + options.extension)
+                        m: os.path.join(root, f"JPEGImages_{suffix}", templates[m].format(id=sample_id))
                         for m, suffix in options.modalities.items()
                     },
                     ctx,
@@ -89,6 +105,7 @@ def read(options: DiffxFolderSource, ctx: ReadContext) -> Iterator[Sample | Reje
                 labels_dir = os.path.join(root, "labels")
                 boxes: list = []
                 label_map = None
+                path = None
                 if options.labels == "yolo":
                     path = os.path.join(labels_dir, f"{sample_id}.txt")
                     boxes = parse_yolo(path, first.width, first.height, options.label_classes)
@@ -125,6 +142,7 @@ def read(options: DiffxFolderSource, ctx: ReadContext) -> Iterator[Sample | Reje
                     layout=layout,
                     caption=caption,
                     caption_source="human",
+                    annotation=path if options.labels != "none" else None,
                 )
 
             yield guarded(sample_id, split, build)

@@ -21,18 +21,19 @@ from pydantic import Field
 from diffx.data.images import decode_array, read_file_bytes
 from diffx.data.readers.base import (
     CategoryMapper,
+    Pending,
     ReadContext,
     assemble,
     encode_modality,
     guarded,
     load_coco,
 )
+from diffx.data.readers.options import ReaderOptions
 from diffx.data.sample import Rejected, Sample
 from diffx.errors import ConfigError, DataError
-from diffx.section import Section
 
 
-class FlirSource(Section):
+class FlirSource(ReaderOptions):
     """FLIR ADAS v2. RGB and thermal are not pixel-aligned, so pairing and alignment are explicit."""
 
     format: Literal["flir"] = "flir"
@@ -59,7 +60,7 @@ def _align_rgb(array: np.ndarray, crop: tuple[int, int, int, int], size: tuple[i
     return np.asarray(region.resize(size, Image.Resampling.BICUBIC))
 
 
-def read(options: FlirSource, ctx: ReadContext) -> Iterator[Sample | Rejected]:
+def read(options: FlirSource, ctx: ReadContext) -> Iterator[Pending | Rejected]:
     names = ctx.spec.modality_names
     if "rgb" in names and options.pairing != "video_map":
         raise ConfigError(
@@ -124,6 +125,7 @@ def read(options: FlirSource, ctx: ReadContext) -> Iterator[Sample | Rejected]:
                     aligned = _align_rgb(rgb, options.rgb_crop, size, rgb_path)  # type: ignore[arg-type]
                     images["rgb"] = encode_modality(aligned, "rgb", rgb_path, ctx)
                 ordered = {n: images[n] for n in names}
-                return assemble(sample_id, split, ordered, mapper.objects(boxes, f"{coco_path} ({sample_id})"))
+                objects = mapper.objects(boxes, f"{coco_path} ({sample_id})")
+                return assemble(sample_id, split, ordered, objects, annotation=coco_path)
 
             yield guarded(sample_id, split, build)

@@ -15,6 +15,7 @@ from pydantic import Field
 from diffx.data.images import decode_array, encode_png, read_file_bytes
 from diffx.data.readers.base import (
     CategoryMapper,
+    Pending,
     ReadContext,
     assemble,
     boxes_from_label_map,
@@ -23,12 +24,12 @@ from diffx.data.readers.base import (
     read_id_list,
     require_dir,
 )
+from diffx.data.readers.options import ReaderOptions
 from diffx.data.sample import Rejected, Sample
 from diffx.errors import DataError
-from diffx.section import Section
 
 
-class MfnetSource(Section):
+class MfnetSource(ReaderOptions):
     """MFNet: 4-channel PNG (RGB + thermal in channel 3) and a 9-class label PNG per id."""
 
     format: Literal["mfnet"] = "mfnet"
@@ -54,7 +55,7 @@ def _split_ids(options: MfnetSource) -> list[tuple[str, str]]:
     return [("train", os.path.splitext(n)[0]) for n in sorted(os.listdir(images)) if n.endswith(".png")]
 
 
-def read(options: MfnetSource, ctx: ReadContext) -> Iterator[Sample | Rejected]:
+def read(options: MfnetSource, ctx: ReadContext) -> Iterator[Pending | Rejected]:
     mapper = CategoryMapper(ctx.spec, options.category_map, options.ignore_categories)
     names = ctx.spec.modality_names
     for split, sample_id in _split_ids(options):

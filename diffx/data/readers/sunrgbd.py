@@ -17,6 +17,7 @@ from diffx.data.images import decode_array, read_file_bytes
 from diffx.data.readers.base import (
     Box,
     CategoryMapper,
+    Pending,
     ReadContext,
     assemble,
     encode_modality,
@@ -24,12 +25,12 @@ from diffx.data.readers.base import (
     load_modalities,
     require_dir,
 )
+from diffx.data.readers.options import ReaderOptions
 from diffx.data.sample import Rejected, Sample
 from diffx.errors import ConfigError, DataError
-from diffx.section import Section
 
 
-class SunRgbdSource(Section):
+class SunRgbdSource(ReaderOptions):
     """SUN RGB-D style: RGB + 16-bit depth with rotated bits; optional VoteNet 2D boxes."""
 
     format: Literal["sunrgbd"] = "sunrgbd"
@@ -71,7 +72,7 @@ def parse_votenet_labels(path: str, width: int, height: int) -> list[tuple[str, 
     return objects
 
 
-def read(options: SunRgbdSource, ctx: ReadContext) -> Iterator[Sample | Rejected]:
+def read(options: SunRgbdSource, ctx: ReadContext) -> Iterator[Pending | Rejected]:
     names = ctx.spec.modality_names
     unknown = [n for n in names if n not in ("rgb", "depth")]
     if unknown:
@@ -102,10 +103,12 @@ def read(options: SunRgbdSource, ctx: ReadContext) -> Iterator[Sample | Rejected
                 ordered = {n: images[n] for n in names}
                 first = next(iter(ordered.values()))
                 boxes: list[tuple[str, Box]] = []
+                label_path = None
                 if options.labels is not None:
                     label_path = os.path.join(options.root, options.labels, f"{padded}.txt")
                     if os.path.isfile(label_path):
                         boxes = parse_votenet_labels(label_path, first.width, first.height)
-                return assemble(sample_id, split, ordered, mapper.objects(boxes, f"labels ({sample_id})"))
+                objects = mapper.objects(boxes, label_path or f"labels ({sample_id})")
+                return assemble(sample_id, split, ordered, objects, annotation=label_path)
 
             yield guarded(sample_id, split, build)

@@ -1,0 +1,95 @@
+"""``diffx ingest --dry-run``: what a reader finds in a source, before anything is written.
+
+A new dataset rarely ingests on the first try: a wrong folder option leaves half the files unmatched, a class
+name is missing from the map, a split folder is absent. The survey reads the source exactly as ingest would
+(same reader, same validation, same worker processes) and reports what it found: samples per split, boxes
+per class, frame sizes, what would be quarantined and why, and the image files under the root that no sample
+used. Nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+from diffx.config import DataConfig, IngestConfig, ShardsConfig
+from diffx.data.ingest import EdgesFromRgb, read_context
+from diffx.data.parallel import resolve_workers, resolved
+from diffx.data.readers import list_source
+from diffx.data.sample import Rejected, validated
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+LISTED = 10  # examples shown per list; the counts are always complete
+
+
+def _image_files(root: str) -> set[str]:
+    found = set()
+    for folder, _, names in os.walk(root):
+        found.update(os.path.normpath(os.path.join(folder, n)) for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
+    return found
+
+
+def survey(data: DataConfig, options: IngestConfig, shards: ShardsConfig) -> dict[str, Any]:
+    """The dry run's report (a JSON-able dict); raises what ingest would raise for a source-wide problem."""
+    spec = data.spec()
+    ctx = read_context(data, options, shards)
+    rejected: list[Rejected] = []
+    splits: Counter[str] = Counter()
+    boxes: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    used: set[str] = set()
+    empty = 0
+    built = resolved(
+        list_source(options.source, ctx), EdgesFromRgb(spec, ctx.compress_level), resolve_workers(options.workers)
+    )
+    for sample in validated(built, spec, rejected):
+        splits[sample.split] += 1
+        boxes.update(o.category for o in sample.objects)
+        sizes[f"{sample.width}x{sample.height}"] += 1
+        empty += not sample.objects
+        used.update(os.path.normpath(f) for f in sample.source_files())
+    for item in rejected:
+        used.update(os.path.normpath(f) for f in item.files)
+    root = str(getattr(options.source, "root", ""))
+    unmatched = sorted(_image_files(root) - used) if root and os.path.isdir(root) else []
+    total = sum(splits.values()) + len(rejected)
+    return {
+        "source": options.source.format,
+        "root": root,
+        "samples": sum(splits.values()),
+        "samples_by_split": dict(sorted(splits.items())),
+        "boxes_by_class": {c: boxes.get(c, 0) for c in spec.classes},
+        "samples_without_boxes": empty,
+        "frame_sizes": dict(sizes.most_common()),
+        "would_quarantine": len(rejected),
+        "would_quarantine_fraction": round(len(rejected) / total, 6) if total else 0.0,
+        "max_quarantine_fraction": options.max_quarantine_fraction,
+        "quarantine_examples": [
+            {"id": r.id, "split": r.split, "reason": r.reason, "files": list(r.files)} for r in rejected[:LISTED]
+        ],
+        "unmatched_image_files": len(unmatched),
+        "unmatched_examples": [os.path.relpath(p, root) for p in unmatched[:LISTED]],
+    }
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The report for a terminal: one line per finding, the problems last."""
+    lines = [
+        f"{report['source']} at {report['root']}: {report['samples']} valid samples "
+        + ", ".join(f"{s} {n}" for s, n in report["samples_by_split"].items()),
+        "boxes: "
+        + (", ".join(f"{c} {n}" for c, n in report["boxes_by_class"].items()) or "none")
+        + f" ({report['samples_without_boxes']} samples without boxes)",
+        "frame sizes: " + ", ".join(f"{s} ({n})" for s, n in report["frame_sizes"].items()),
+    ]
+    if report["would_quarantine"]:
+        lines.append(
+            f"would quarantine {report['would_quarantine']} ({report['would_quarantine_fraction']:.1%}; "
+            f"ingest fails above {report['max_quarantine_fraction']:.0%}), e.g.:"
+        )
+        lines += [f"  {q['id']} ({q['split']}): {q['reason']}" for q in report["quarantine_examples"]]
+    if report["unmatched_image_files"]:
+        lines.append(f"{report['unmatched_image_files']} image file(s) under the root used by no sample, e.g.:")
+        lines += [f"  {p}" for p in report["unmatched_examples"]]
+    return lines
