@@ -311,6 +311,21 @@ def params_render(
         write_bytes_atomic(str(out), text.encode("utf-8"))
 
 
+@params_app.command("readers")
+def params_readers(
+    out: Annotated[Path | None, typer.Option(help="write here, e.g. docs/readers.md (default: print)")] = None,
+) -> None:
+    """The reader reference: every ingest.source option with its default, and an example per dataset."""
+    from diffx.fsio import write_bytes_atomic
+    from diffx.reader_reference import render_reference
+
+    text = render_reference()
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        write_bytes_atomic(str(out), text.encode("utf-8"))
+
+
 class ExportFormat(StrEnum):
     coco = "coco"
     yolo = "yolo"

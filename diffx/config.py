@@ -300,12 +300,10 @@ class RefineConfig(Section):
     captions: str = "data/captions.parquet"
     decisions: str = Field(default="reviews/decisions.jsonl", description="human decisions, in git, re-applied")
     near_duplicate: float = Field(default=0.9, gt=0, le=1, description="word-trigram Jaccard that flags a pair")
-    near_duplicate_layout: float | None = Field(
-        default=0.5,
-        ge=0,
-        le=1,
-        description="a near-duplicate pair whose box layouts are at least this alike (greedy same-class IoU) is not "
-        "flagged: a fixed camera's frames of one layout rightly share a caption; null flags every pair",
+    near_duplicate_when: Literal["always", "layouts_differ"] = Field(
+        default="layouts_differ",
+        description="flag a near-duplicate pair always, or only when the two layouts differ in what a caption "
+        "states (the objects per class): a fixed camera's frames with the same objects rightly share a caption",
     )
     output: str = "data/captioned"
     queue: str = "reviews/queue.jsonl"

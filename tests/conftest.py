@@ -145,3 +145,42 @@ def make_sample(
     }
     boxes = boxes if boxes is not None else [("car", [1, 2, 10, 12]), ("person", [20, 5, 25, 30])]
     return Sample(sample_id, split, width, height, images, [make_object(b, c, DEMO_SPEC) for c, b in boxes])
+
+
+KAIST_SIZE = (64, 48)
+
+
+def write_kaist(root: Path) -> Path:
+    """A KAIST folder as released: two videos whose frames share names (I00000, I00001), JPEG pairs whose LWIR
+    is three nearly equal channels, bbGt annotations (a box past the edge, an ignored unsure one), image sets."""
+    import numpy as np
+    from PIL import Image
+
+    width, height = KAIST_SIZE
+    rng = np.random.default_rng(7)
+    for video in ("V000", "V001"):
+        for frame in ("I00000", "I00001"):
+            folder = root / "images" / "set00" / video
+            lwir = np.repeat(rng.integers(0, 200, (height, width, 1), dtype=np.uint8), 3, axis=2)
+            lwir[:16, :16, 1] += 8  # KAIST LWIR channels differ by a few grey levels here and there
+            for name, array in (("visible", rng.integers(0, 255, (height, width, 3), dtype=np.uint8)), ("lwir", lwir)):
+                (folder / name).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(folder / name / f"{frame}.jpg", quality=90)
+            lines = ["% bbGt version=3"]
+            if frame == "I00000":
+                lines += [
+                    "person 10 5 12 30 0 0 0 0 0 0 0",
+                    "cyclist 50 10 20 30 0 0 0 0 0 0 0",  # runs past the 64 px edge: clipped to 50..64
+                    "person? 1 1 4 4 0 0 0 0 0 1 0",  # unsure and marked ignore
+                ]
+            (root / "annotations" / "set00" / video).mkdir(parents=True, exist_ok=True)
+            (root / "annotations" / "set00" / video / f"{frame}.txt").write_text("\n".join(lines) + "\n")
+    (root / "imageSets").mkdir(parents=True, exist_ok=True)
+    (root / "imageSets" / "train.txt").write_text("set00/V000/I00000\nset00/V000/I00001\nset00/V001/I00000\n")
+    (root / "imageSets" / "test.txt").write_text("set00/V001/I00001\n")
+    return root
+
+
+@pytest.fixture
+def kaist_root(tmp_path: Path) -> Path:
+    return write_kaist(tmp_path / "kaist")

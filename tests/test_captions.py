@@ -361,16 +361,27 @@ def test_large_frames_are_captioned_from_a_subsampled_copy_with_the_same_finding
     assert large == small and "warm against the cooler background" in large
 
 
-def test_near_duplicates_of_one_fixed_camera_layout_are_not_flagged() -> None:
-    from diffx.data.boxes import layout_similarity
-
-    here = [BoxObject((10.0, 10.0, 20.0, 40.0), "person", 0)]
-    moved = [BoxObject((11.0, 10.0, 21.0, 40.0), "person", 0)]
-    there = [BoxObject((40.0, 5.0, 50.0, 35.0), "person", 0)]
-    assert layout_similarity(here, moved) > 0.8 and layout_similarity(here, there) == 0.0
-    assert layout_similarity([], []) == 1.0
-    layouts = {"a": here, "b": moved, "c": there}
-    captions = dict.fromkeys(layouts, "an image of a scene at night with one person on the left")
-    alike = lambda x, y: layout_similarity(layouts[x], layouts[y]) >= 0.5  # noqa: E731
-    assert near_duplicates(captions, 0.9, alike) == {"c": "a"}  # b is the same layout again; c is not
-    assert near_duplicates(captions, 0.9) == {"b": "a", "c": "a"}
+def test_near_duplicates_with_the_same_objects_are_not_flagged(tmp_path: Path, canonical: Path) -> None:
+    """A fixed camera films the same objects again and again; a caption that ignores a different layout is
+    still flagged."""
+    config = _config(tmp_path, canonical)
+    caption(config, progress=False)
+    samples = {s.id: s for s in ShardSet(str(canonical)).iter_samples()}
+    counts = {i: sorted(o.category for o in s.objects) for i, s in samples.items()}
+    same = next((a, b) for a in sorted(counts) for b in sorted(counts) if a < b and counts[a] == counts[b])
+    differ = next(b for b in sorted(counts) if counts[b] != counts[same[0]] and b > same[1])
+    text = "An image of a street scene at dusk seen from a parked car, with people, bicycles and cars in view."
+    for victim in (*same, differ):
+        _override_caption(config, victim, text)
+    refine(config)
+    flagged = {q.id: q.flags for q in read_queue(config.refine.queue)}
+    assert not any("near-duplicate" in f for f in flagged.get(same[1], []))
+    assert any("near-duplicate" in f for f in flagged[differ])
+    always = _config(tmp_path / "always", canonical, **{"refine.near_duplicate_when": "always"})
+    (tmp_path / "always").mkdir()
+    caption(always, progress=False)
+    for victim in (*same, differ):
+        _override_caption(always, victim, text)
+    refine(always)
+    flagged = {q.id: q.flags for q in read_queue(always.refine.queue)}
+    assert any("near-duplicate" in f for f in flagged[same[1]])

@@ -22,14 +22,14 @@ from diffx.data.survey import survey
 from diffx.errors import ConfigError, DataError
 from diffx.shards.manifest import read_manifest
 
-from .conftest import make_config
+from .conftest import KAIST_SIZE, make_config
 
 RT = DatasetSpec(
     modalities=(ModalitySpec(name="rgb", channels=3), ModalitySpec(name="thermal", channels=1)),
     classes=("person",),
 )
 RNG = np.random.default_rng(7)
-W, H = 64, 48
+W, H = KAIST_SIZE
 
 
 def _read(source, spec=RT, channels=None) -> tuple[list[Sample], list[Rejected]]:
@@ -43,42 +43,8 @@ def _save(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path, quality=95)
 
 
-def _lwir() -> np.ndarray:
-    """KAIST-like LWIR: three channels that differ by a grey level here and there (JPEG of a grey image)."""
-    grey = RNG.integers(0, 200, (H, W), dtype=np.uint8)
-    planes = np.stack([grey, grey, grey], axis=2)
-    planes[::7, ::5, 1] += 1
-    return planes
-
-
-@pytest.fixture
-def kaist_root(tmp_path: Path) -> Path:
-    """Two videos whose frames share names (I00000, I00001), bbGt annotations, an image-set file."""
-    root = tmp_path / "kaist"
-    for video in ("V000", "V001"):
-        for frame in ("I00000", "I00001"):
-            _save(
-                root / "images" / "set00" / video / "visible" / f"{frame}.png",
-                RNG.integers(0, 255, (H, W, 3), np.uint8),
-            )
-            _save(root / "images" / "set00" / video / "lwir" / f"{frame}.png", _lwir())
-            lines = ["% bbGt version=3"]
-            if frame == "I00000":
-                lines += [
-                    "person 10 5 12 30 0 0 0 0 0 0 0",
-                    "cyclist 50 10 20 30 0 0 0 0 0 0 0",  # runs past the 64 px edge: clipped to 50..64
-                    "person? 1 1 4 4 0 0 0 0 0 1 0",  # unsure and marked ignore
-                ]
-            (root / "annotations" / "set00" / video).mkdir(parents=True, exist_ok=True)
-            (root / "annotations" / "set00" / video / f"{frame}.txt").write_text("\n".join(lines) + "\n")
-    (root / "imageSets").mkdir()
-    (root / "imageSets" / "train.txt").write_text("set00/V000/I00000\nset00/V000/I00001\nset00/V001/I00000\n")
-    (root / "imageSets" / "test.txt").write_text("set00/V001/I00001\n")
-    return root
-
-
 def _kaist(root: Path, **kw) -> KaistSource:
-    defaults = {"root": str(root), "extension": ".png", "category_map": {"cyclist": "person"}, "drop_ignored": True}
+    defaults = {"root": str(root), "category_map": {"cyclist": "person"}, "drop_ignored": True}
     return KaistSource(**{**defaults, **kw})
 
 
@@ -86,7 +52,7 @@ def test_kaist_lwir_is_refused_strictly_and_read_with_a_channel_rule(kaist_root:
     samples, rejected = _read(_kaist(kaist_root))
     assert not samples and len(rejected) == 4
     assert "3 channels that differ" in rejected[0].reason and "ingest.source.channels.thermal" in rejected[0].reason
-    assert rejected[0].files and rejected[0].files[0].endswith("lwir/I00000.png")
+    assert rejected[0].files and rejected[0].files[0].endswith("lwir/I00000.jpg")
     for rule in ("mean", PickChannel(pick=0)):
         samples, rejected = _read(_kaist(kaist_root), channels={"thermal": rule})
         assert not rejected and len(samples) == 4
@@ -108,7 +74,7 @@ def test_kaist_ids_splits_boxes(kaist_root: Path) -> None:
     assert [o.bbox for o in first.objects] == [(10.0, 5.0, 22.0, 35.0), (50.0, 10.0, 64.0, 40.0)]  # clipped
     assert first.annotation and first.annotation.endswith("annotations/set00/V000/I00000.txt")
     thermal = first.images["thermal"].to_array()
-    raw = np.asarray(Image.open(kaist_root / "images/set00/V000/lwir/I00000.png")).astype(np.float32)
+    raw = np.asarray(Image.open(kaist_root / "images/set00/V000/lwir/I00000.jpg")).astype(np.float32)
     assert np.array_equal(thermal, np.rint(raw.mean(axis=2)).astype(np.uint8))
 
 
@@ -129,7 +95,7 @@ def test_box_outside_the_image_names_the_annotation_file(kaist_root: Path) -> No
     assert (
         "annotations/set00/V000/I00000.txt: objects[1].bbox" in outside.reason and "outside the 64x48" in outside.reason
     )
-    assert outside.files[0].endswith("I00000.txt") and any(f.endswith("visible/I00000.png") for f in outside.files)
+    assert outside.files[0].endswith("I00000.txt") and any(f.endswith("visible/I00000.jpg") for f in outside.files)
 
 
 def test_insanet_style_coco_json_with_im_name_and_colliding_stems(kaist_root: Path) -> None:
@@ -146,7 +112,7 @@ def test_insanet_style_coco_json_with_im_name_and_colliding_stems(kaist_root: Pa
         root=str(kaist_root),
         modalities={"rgb": "images", "thermal": "images"},
         annotations={"train": "coco.json"},
-        filename_template={"rgb": "{dir}/visible/{stem}.png", "thermal": "{dir}/lwir/{stem}.png"},
+        filename_template={"rgb": "{dir}/visible/{stem}.jpg", "thermal": "{dir}/lwir/{stem}.jpg"},
         channels={"thermal": "mean"},
     )
     with pytest.raises(DataError, match=r"needs a 'file_name' string .*'im_name'.*file_name_key"):
@@ -190,7 +156,7 @@ def test_channel_rules_are_checked_against_the_modalities(kaist_root: Path, tmp_
             "classes": ["person"],
         },
         "ingest": {
-            "source": {"format": "kaist", "root": str(kaist_root), "extension": ".png", "channels": {"lwir": "mean"}},
+            "source": {"format": "kaist", "root": str(kaist_root), "channels": {"lwir": "mean"}},
             "output": str(tmp_path / "out"),
             "report": str(tmp_path / "r.json"),
             "metrics": str(tmp_path / "m.json"),
@@ -230,7 +196,7 @@ def test_two_workers_write_the_same_bytes_as_one(demo_root: Path, tmp_path: Path
 
 
 def test_dry_run_reports_and_writes_nothing(kaist_root: Path, tmp_path: Path) -> None:
-    stray = kaist_root / "images" / "set00" / "V000" / "visible" / "I00099.png"  # no lwir partner, no annotation
+    stray = kaist_root / "images" / "set00" / "V000" / "visible" / "I00099.jpg"  # no lwir partner, no annotation
     _save(stray, RNG.integers(0, 255, (H, W, 3), np.uint8))
     params = tmp_path / "params.yaml"
     params.write_text(
@@ -244,7 +210,6 @@ def test_dry_run_reports_and_writes_nothing(kaist_root: Path, tmp_path: Path) ->
                     "source": {
                         "format": "kaist",
                         "root": str(kaist_root),
-                        "extension": ".png",
                         "splits": {"train": "imageSets/train.txt"},
                         "channels": {"thermal": "mean"},
                         "ignore_categories": ["cyclist", "person?"],
@@ -261,5 +226,5 @@ def test_dry_run_reports_and_writes_nothing(kaist_root: Path, tmp_path: Path) ->
     assert report["samples_by_split"] == {"train": 3} and report["boxes_by_class"] == {"person": 2}
     assert report["frame_sizes"] == {"64x48": 3} and report["samples_without_boxes"] == 1
     assert report["unmatched_image_files"] == 3  # the test-split pair and the stray frame
-    assert "set00/V000/visible/I00099.png" in {p.replace("images/", "", 1) for p in report["unmatched_examples"]}
+    assert "set00/V000/visible/I00099.jpg" in {p.replace("images/", "", 1) for p in report["unmatched_examples"]}
     assert not (tmp_path / "out").exists() and not (tmp_path / "r.json").exists()

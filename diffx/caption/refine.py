@@ -21,13 +21,13 @@ from typing import Any
 
 from diffx import fsio
 from diffx.caption.decisions import Decision, caption_digest, read_decisions
+from diffx.caption.layout_text import class_counts
 from diffx.caption.queue import QueueItem
 from diffx.caption.rules import near_duplicates, refine_caption
 from diffx.caption.stage import read_captions
 from diffx.caption.template import NAME as TEMPLATE
 from diffx.caption.template import TemplateCaptioner
 from diffx.config import ConditioningConfig, RefineConfig, ShardsConfig, TemplateCaptionConfig, section_hash
-from diffx.data.boxes import layout_similarity
 from diffx.data.sample import Sample
 from diffx.errors import DataError
 from diffx.models.text import token_counter
@@ -93,13 +93,12 @@ def _apply(
     return caption, source, flags
 
 
-def _same_layout(samples: list[Sample], options: RefineConfig) -> Callable[[str, str], bool] | None:
-    """Fixed cameras film the same layout many times; those frames may share a caption."""
-    if options.near_duplicate_layout is None:
+def _same_objects(samples: list[Sample], options: RefineConfig) -> Callable[[str, str], bool] | None:
+    """Fixed cameras film the same objects many times; such frames may share a caption."""
+    if options.near_duplicate_when == "always":
         return None
-    objects = {s.id: s.objects for s in samples}
-    limit = options.near_duplicate_layout
-    return lambda a, b: layout_similarity(objects[a], objects[b]) >= limit
+    counts = {s.id: class_counts(o.category for o in s.objects) for s in samples}
+    return lambda a, b: counts[a] == counts[b]
 
 
 def refine(
@@ -134,7 +133,7 @@ def refine(
         outcome = refine_caption(row["caption"], sample.objects, spec.classes, sample.width, count_tokens, max_tokens)
         refined[sample.id] = (outcome.caption, outcome.fixes, outcome.flags)
     duplicates = near_duplicates(
-        {k: v[0] for k, v in refined.items() if v[0]}, options.near_duplicate, _same_layout(samples, options)
+        {k: v[0] for k, v in refined.items() if v[0]}, options.near_duplicate, _same_objects(samples, options)
     )
     for sample_id, other in duplicates.items():
         refined[sample_id][2].append(f"near-duplicate of {other}'s caption")
