@@ -407,6 +407,13 @@ class PlanConfig(Section):
     jitter: float = Field(default=0.05, ge=0, le=0.5, description="box shift/scale as a fraction of its size")
     box_dropout: float = Field(default=0.1, ge=0, le=1)
     max_paste_overlap: float = Field(default=0.2, ge=0, le=1, description="IoU limit for pasted boxes")
+    segment_moves: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="segmentation layouts: chance per sample of a class-preserving edit (one object's region moved "
+        "sideways with its box; never erases a class or overlaps another box beyond max_paste_overlap)",
+    )
     output: str = "data/plan.parquet"
     report: str = "reports/plan.json"
 

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ from diffx.data.readers.base import load_coco
 from diffx.data.sample import BoxObject
 from diffx.data.spec import DatasetSpec
 from diffx.errors import DataError, ShardError
+from diffx.sample.segment_edits import move_segment
 from diffx.shards.reader import ShardSet
 from diffx.train.data import seed_for
 
@@ -205,6 +206,22 @@ def _augment(
     return kept, edited, flipped
 
 
+def _with_segment_moved(
+    layout: Layout, rng: np.random.Generator, options: PlanConfig, spec: DatasetSpec
+) -> tuple[Layout, bool]:
+    """A class-preserving edit of a segmentation layout (:mod:`diffx.sample.segment_edits`), drawn with
+    probability ``plan.segment_moves``; other layout kinds draw nothing and pass through."""
+    if spec.layout_kind != "segmentation" or layout.layout is None or not options.segment_moves:
+        return layout, False
+    if rng.random() >= options.segment_moves:
+        return layout, False
+    result = move_segment(decode_array(layout.layout, layout.id), layout.objects, rng, options.max_paste_overlap)
+    if result is None:
+        return layout, False
+    labels, objects = result
+    return replace(layout, objects=objects, layout=encode_png(labels, layout.id).data), True
+
+
 @dataclass
 class Framed:
     """A planned layout in the model's frame: size, boxes and the dense map (PNG)."""
@@ -274,7 +291,9 @@ def plan(
     for index in range(options.num_samples):
         rng = np.random.default_rng([options.seed, index])
         source = layouts[int(rng.choice(len(layouts), p=weights))]
+        source, moved = _with_segment_moved(source, rng, options, spec)
         objects, edited, flipped = _augment(source, rng, options, box_edits)
+        edited = edited or moved
         for cls in spec.classes if box_edits else ():  # paste boxes of classes behind their target
             attempts = 0
             while (
