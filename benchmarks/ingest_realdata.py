@@ -72,7 +72,10 @@ def main() -> None:
             progress=False,
         )
     ingest_report = {
-        str(w): {"seconds_median": round(statistics.median(s), 3), "samples_per_s": round(rows / statistics.median(s), 2)}
+        str(w): {
+            "seconds_median": round(statistics.median(s), 3),
+            "samples_per_s": round(rows / statistics.median(s), 2),
+        }
         for w, s in seconds.items()
     }
     print(

@@ -1,13 +1,16 @@
 """Nightly generation: plan, shard work mapped over N workers, a final pass, and the gate.
 
 Workers are Prefect tasks. Locally they run on threads; on a Ray cluster use :func:`on_ray` (prefect-ray's
-RayTaskRunner, one GPU per worker). Each worker loads the models once and takes the shards whose index % N
-is its rank; the final single-worker pass finds every shard complete and writes the manifest (or finishes
-any shard a lost worker left behind).
+RayTaskRunner; ``gpus_per_worker`` / ``cpus_per_worker`` become each worker's Ray resources). Each worker
+loads the models once and takes the shards whose index % N is its rank; the final single-worker pass finds
+every shard complete and writes the manifest (or finishes any shard a lost worker left behind). A Ray worker
+that dies mid-shard is re-run by Ray and takes over the dead holder's shard lease at once, so the set comes
+out byte-identical to the rank mode run with the same threads per worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
@@ -17,6 +20,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -32,8 +36,12 @@ def generate_flow(
     model: str | None = None,
     output_url: str | None = None,
     workers: int = 2,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: float = 1.0,
 ) -> dict[str, Any]:
-    """Generate ``num_samples`` synthetic samples into ``output_url`` (any fsspec URL) with ``workers`` workers."""
+    """Generate ``num_samples`` synthetic samples into ``output_url`` (any fsspec URL) with ``workers`` workers.
+
+    ``gpus_per_worker`` and ``cpus_per_worker`` apply on Ray (see :func:`on_ray`); thread workers ignore them."""
     overrides = {
         "plan.num_samples": num_samples,
         "plan.class_targets": class_targets,
@@ -44,7 +52,10 @@ def generate_flow(
     config = load_config(params, overrides={k: v for k, v in overrides.items() if v is not None})
     logger = get_run_logger()
     planned = plan_task(config)
-    futures = generate_worker_task.map(config=unmapped(config), rank=list(range(workers)), world_size=unmapped(workers))
+    with _worker_resources(cpus_per_worker, gpus_per_worker):
+        futures = generate_worker_task.map(
+            config=unmapped(config), rank=list(range(workers)), world_size=unmapped(workers)
+        )
     progress = create_progress_artifact(
         0.0, key="generation-progress", description=f"samples of {config.plan.num_samples} written, by worker"
     )
@@ -52,8 +63,13 @@ def generate_flow(
     reports: list[dict[str, Any]] = [{} for _ in futures]
     written = 0
     for future in as_completed(list(futures)):
-        reports[by_future[id(future)]] = future.result()
-        written += reports[by_future[id(future)]]["samples_generated"]
+        rank = by_future[id(future)]
+        try:
+            reports[rank] = future.result()
+        except Exception as err:  # a lost worker (its retries spent): the final pass redoes its shards
+            logger.warning("generation worker %d failed (%s); the final pass finishes its shards", rank, err)
+            reports[rank] = {"samples_generated": 0, "failed": f"{type(err).__name__}: {err}"}
+        written += reports[rank]["samples_generated"]
         update_progress_artifact(progress, min(100.0, 100.0 * written / max(1, config.plan.num_samples)))
     final = generate_worker_task(config, 0, 1)  # finishes anything left and writes the manifest
     if final["complete"]:
@@ -79,10 +95,23 @@ def generate_flow(
     return {"plan": planned, "workers": reports, "final": final, "gate": gate["success"]}
 
 
-def on_ray(address: str) -> Any:
-    """The same flow with its workers on a Ray cluster: ``on_ray("ray://head:10001")(num_samples=200_000, workers=16)``.
+def _worker_resources(cpus: float, gpus: float) -> contextlib.AbstractContextManager[Any]:
+    """Ray resources for the worker tasks submitted inside; nothing on other task runners."""
+    context = FlowRunContext.get()
+    if context is None or type(context.task_runner).__name__ != "RayTaskRunner":
+        return contextlib.nullcontext()
+    from prefect_ray.context import remote_options
 
-    Needs ``pip install prefect-ray``; give each worker a GPU with Ray's resources (prefect_ray.context.remote_options).
+    return remote_options(num_cpus=cpus, num_gpus=gpus)
+
+
+def on_ray(address: str | None = None) -> Any:
+    """The same flow with its workers on a Ray cluster, e.g.
+    ``on_ray("ray://head:10001")(num_samples=200_000, workers=16, gpus_per_worker=1)``.
+
+    ``address``: ``ray://host:10001`` (Ray Client), ``host:6379`` (from a node of the cluster), or None for a
+    local Ray started by prefect-ray. Needs the ``ray`` extra (``pip install -e ".[ray]"``) on the driver and
+    the workers, with diffx and flows importable there (the same checkout or image).
     """
     from prefect_ray import RayTaskRunner
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from diffx.config import CocoFoldersSource, KaistSource, VocPairsSource, load_config
+from diffx.config import CocoFoldersSource, KaistSource, VocPairsSource, parse_config
 from diffx.data.ingest import ingest
 from diffx.data.readers import ReadContext, read_source
 from diffx.data.readers.kaist import parse_bbgt
@@ -149,29 +150,32 @@ def test_voc_pairs_per_modality_file_names(tmp_path: Path) -> None:
     assert samples[0].images["thermal"].path.endswith("p1_lwir.png")
 
 
+def _kaist_config(root: Path, tmp_path: Path, **source: Any):
+    """The whole configuration for a KAIST source, outputs under ``tmp_path``, validated as params are."""
+    return parse_config(
+        {
+            "data": {
+                "modalities": [{"name": "rgb", "channels": 3}, {"name": "thermal", "channels": 1}],
+                "classes": ["person"],
+            },
+            "ingest": {
+                "source": {"format": "kaist", "root": str(root), **source},
+                "output": str(tmp_path / "out"),
+                "report": str(tmp_path / "r.json"),
+                "metrics": str(tmp_path / "m.json"),
+            },
+        }
+    )
+
+
 def test_channel_rules_are_checked_against_the_modalities(kaist_root: Path, tmp_path: Path) -> None:
-    base = {
-        "data": {
-            "modalities": [{"name": "rgb", "channels": 3}, {"name": "thermal", "channels": 1}],
-            "classes": ["person"],
-        },
-        "ingest": {
-            "source": {"format": "kaist", "root": str(kaist_root), "channels": {"lwir": "mean"}},
-            "output": str(tmp_path / "out"),
-            "report": str(tmp_path / "r.json"),
-            "metrics": str(tmp_path / "m.json"),
-        },
-    }
-    params = tmp_path / "params.yaml"
-    params.write_text(json.dumps(base))
-    config = load_config(params)
-    with pytest.raises(ConfigError, match=r"ingest.source.channels.lwir: not a modality"):
-        ingest(config.data, config.ingest, config.shards, progress=False)
-    base["ingest"]["source"]["channels"] = {"rgb": "mean"}
-    params.write_text(json.dumps(base))
-    config = load_config(params)
-    with pytest.raises(ConfigError, match="1-channel modalities only"):
-        ingest(config.data, config.ingest, config.shards, progress=False)
+    for channels, message in (
+        ({"lwir": "mean"}, "ingest.source.channels.lwir: not a modality"),
+        ({"rgb": "mean"}, "1-channel modalities only"),
+    ):
+        config = _kaist_config(kaist_root, tmp_path, channels=channels)
+        with pytest.raises(ConfigError, match=message):
+            ingest(config.data, config.ingest, config.shards, progress=False)
 
 
 def test_two_workers_write_the_same_bytes_as_one(demo_root: Path, tmp_path: Path) -> None:
@@ -198,30 +202,13 @@ def test_two_workers_write_the_same_bytes_as_one(demo_root: Path, tmp_path: Path
 def test_dry_run_reports_and_writes_nothing(kaist_root: Path, tmp_path: Path) -> None:
     stray = kaist_root / "images" / "set00" / "V000" / "visible" / "I00099.jpg"  # no lwir partner, no annotation
     _save(stray, RNG.integers(0, 255, (H, W, 3), np.uint8))
-    params = tmp_path / "params.yaml"
-    params.write_text(
-        json.dumps(
-            {
-                "data": {
-                    "modalities": [{"name": "rgb", "channels": 3}, {"name": "thermal", "channels": 1}],
-                    "classes": ["person"],
-                },
-                "ingest": {
-                    "source": {
-                        "format": "kaist",
-                        "root": str(kaist_root),
-                        "splits": {"train": "imageSets/train.txt"},
-                        "channels": {"thermal": "mean"},
-                        "ignore_categories": ["cyclist", "person?"],
-                    },
-                    "output": str(tmp_path / "out"),
-                    "report": str(tmp_path / "r.json"),
-                    "metrics": str(tmp_path / "m.json"),
-                },
-            }
-        )
+    config = _kaist_config(
+        kaist_root,
+        tmp_path,
+        splits={"train": "imageSets/train.txt"},
+        channels={"thermal": "mean"},
+        ignore_categories=["cyclist", "person?"],
     )
-    config = load_config(params)
     report = survey(config.data, config.ingest, config.shards)
     assert report["samples_by_split"] == {"train": 3} and report["boxes_by_class"] == {"person": 2}
     assert report["frame_sizes"] == {"64x48": 3} and report["samples_without_boxes"] == 1

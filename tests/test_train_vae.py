@@ -146,7 +146,7 @@ def test_reconstruction_loss_sums_each_modality_term(tmp_path: Path, shards: Pat
     loss, parts = trainer.loss(trainer.model, next(trainer._batches(1)), trainer.plan.positions(0, 0, 0))
     mses = [parts[f"mse_{name}"] for name in DEMO_SPEC.modality_names]
     expected = sum(math.log(m + LOG_MSE_FLOOR) for m in mses) if kind == "log_mse" else sum(mses)
-    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
 
 
 def test_the_modalities_come_from_the_manifest_not_from_params(tmp_path: Path) -> None:
