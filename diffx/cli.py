@@ -302,13 +302,8 @@ def params_render(
 ) -> None:
     """Print (or write) the file with every key spelled out, defaults filled in and documented."""
     from diffx.config import render_params
-    from diffx.fsio import write_bytes_atomic
 
-    text = render_params(_load(file, overrides, overlays=tuple(overlay or ())))
-    if out is None:
-        typer.echo(text, nl=False)
-    else:
-        write_bytes_atomic(str(out), text.encode("utf-8"))
+    _print_or_write(render_params(_load(file, overrides, overlays=tuple(overlay or ()))), out)
 
 
 @params_app.command("readers")
@@ -316,10 +311,15 @@ def params_readers(
     out: Annotated[Path | None, typer.Option(help="write here, e.g. docs/readers.md (default: print)")] = None,
 ) -> None:
     """The reader reference: every ingest.source option with its default, and an example per dataset."""
-    from diffx.fsio import write_bytes_atomic
     from diffx.reader_reference import render_reference
 
-    text = render_reference()
+    _print_or_write(render_reference(), out)
+
+
+def _print_or_write(text: str, out: Path | None) -> None:
+    """Generated files (params.yaml, docs/readers.md) go to stdout, or atomically to ``out``."""
+    from diffx.fsio import write_bytes_atomic
+
     if out is None:
         typer.echo(text, nl=False)
     else:

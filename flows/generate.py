@@ -97,11 +97,14 @@ def generate_flow(
 
 def _worker_resources(cpus: float, gpus: float) -> contextlib.AbstractContextManager[Any]:
     """Ray resources for the worker tasks submitted inside; nothing on other task runners."""
-    context = FlowRunContext.get()
-    if context is None or type(context.task_runner).__name__ != "RayTaskRunner":
+    try:
+        from prefect_ray import RayTaskRunner
+        from prefect_ray.context import remote_options
+    except ImportError:  # without the ray extra no flow can run on Ray
         return contextlib.nullcontext()
-    from prefect_ray.context import remote_options
-
+    context = FlowRunContext.get()
+    if context is None or not isinstance(context.task_runner, RayTaskRunner):
+        return contextlib.nullcontext()
     return remote_options(num_cpus=cpus, num_gpus=gpus)
 
 

@@ -184,3 +184,13 @@ def write_kaist(root: Path) -> Path:
 @pytest.fixture
 def kaist_root(tmp_path: Path) -> Path:
     return write_kaist(tmp_path / "kaist")
+
+
+def read_validated(source: Any, spec: Any, channels: dict[str, Any] | None = None) -> tuple[list[Any], list[Any]]:
+    """Every sample a reader yields, through the ingest validator: (valid samples, rejected ones)."""
+    from diffx.data.readers import ReadContext, read_source
+    from diffx.data.sample import validated
+
+    rejected: list[Any] = []
+    samples = list(validated(read_source(source, ReadContext(spec, 1, channels or {})), spec, rejected))
+    return samples, rejected

@@ -18,10 +18,11 @@ from diffx.config import (
     SunRgbdSource,
     VocPairsSource,
 )
-from diffx.data.readers import ReadContext, read_source
-from diffx.data.sample import Rejected, Sample, validated
+from diffx.data.sample import Rejected, Sample
 from diffx.data.spec import DatasetSpec, ModalitySpec
 from diffx.errors import ConfigError, DataError
+
+from .conftest import read_validated
 
 RT = DatasetSpec(
     modalities=(ModalitySpec(name="rgb", channels=3), ModalitySpec(name="thermal", channels=1)),
@@ -52,8 +53,7 @@ def _grey(h=24, w=32):
 
 
 def _read(source, spec=RT) -> tuple[list[Sample], list[Rejected]]:
-    rejected: list[Rejected] = []
-    return list(validated(read_source(source, ReadContext(spec, 1)), spec, rejected)), rejected
+    return read_validated(source, spec)
 
 
 # ----------------------------------------------------------------------------- coco_folders

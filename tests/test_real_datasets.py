@@ -14,16 +14,15 @@ from PIL import Image
 
 from diffx.config import CocoFoldersSource, KaistSource, VocPairsSource, parse_config
 from diffx.data.ingest import ingest
-from diffx.data.readers import ReadContext, read_source
 from diffx.data.readers.kaist import parse_bbgt
 from diffx.data.readers.options import PickChannel, sample_ids
-from diffx.data.sample import Rejected, Sample, validated
+from diffx.data.sample import Rejected, Sample
 from diffx.data.spec import DatasetSpec, ModalitySpec
 from diffx.data.survey import survey
 from diffx.errors import ConfigError, DataError
 from diffx.shards.manifest import read_manifest
 
-from .conftest import KAIST_SIZE, make_config
+from .conftest import KAIST_SIZE, make_config, read_validated
 
 RT = DatasetSpec(
     modalities=(ModalitySpec(name="rgb", channels=3), ModalitySpec(name="thermal", channels=1)),
@@ -34,9 +33,7 @@ W, H = KAIST_SIZE
 
 
 def _read(source, spec=RT, channels=None) -> tuple[list[Sample], list[Rejected]]:
-    rejected: list[Rejected] = []
-    ctx = ReadContext(spec, 1, channels or {})
-    return list(validated(read_source(source, ctx), spec, rejected)), rejected
+    return read_validated(source, spec, channels)
 
 
 def _save(path: Path, array: np.ndarray) -> None:

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from diffx.config import CocoFoldersSource, MfnetSource, SunRgbdSource, VocPairsSource
-from diffx.data.readers import ReadContext, read_source
 from diffx.data.readers.base import parse_yolo
-from diffx.data.sample import Rejected, validated
 from diffx.data.spec import DatasetSpec, ModalitySpec
+
+from .conftest import read_validated
 
 RT = DatasetSpec(
     modalities=(ModalitySpec(name="rgb", channels=3), ModalitySpec(name="thermal", channels=1)),
@@ -21,9 +21,7 @@ RT = DatasetSpec(
 
 
 def _read(source, spec):
-    rejected: list[Rejected] = []
-    samples = list(validated(read_source(source, ReadContext(spec, 1)), spec, rejected))
-    return samples, rejected
+    return read_validated(source, spec)
 
 
 def test_llvip_voc_pairs(realdata) -> None:
