@@ -21,10 +21,11 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.context import FlowRunContext
-from prefect.futures import as_completed
+from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from diffx.config import load_config
+from flows.progress import ShardWatch, describe
 from flows.tasks import gate_task, generate_worker_task, plan_task
 
 
@@ -38,10 +39,12 @@ def generate_flow(
     workers: int = 2,
     gpus_per_worker: float = 0.0,
     cpus_per_worker: float = 1.0,
+    progress_every_s: float = 10.0,
 ) -> dict[str, Any]:
     """Generate ``num_samples`` synthetic samples into ``output_url`` (any fsspec URL) with ``workers`` workers.
 
-    ``gpus_per_worker`` and ``cpus_per_worker`` apply on Ray (see :func:`on_ray`); thread workers ignore them."""
+    ``gpus_per_worker`` and ``cpus_per_worker`` apply on Ray (see :func:`on_ray`); thread workers ignore them.
+    The progress artifact moves as each shard lands (checked every ``progress_every_s`` seconds)."""
     overrides = {
         "plan.num_samples": num_samples,
         "plan.class_targets": class_targets,
@@ -52,28 +55,29 @@ def generate_flow(
     config = load_config(params, overrides={k: v for k, v in overrides.items() if v is not None})
     logger = get_run_logger()
     planned = plan_task(config)
+    watch = ShardWatch(config.generate)  # before the workers start: what they make counts toward samples/s
     with _worker_resources(cpus_per_worker, gpus_per_worker):
         futures = generate_worker_task.map(
             config=unmapped(config), rank=list(range(workers)), world_size=unmapped(workers)
         )
-    progress = create_progress_artifact(
-        0.0, key="generation-progress", description=f"samples of {config.plan.num_samples} written, by worker"
-    )
-    by_future = {id(f): rank for rank, f in enumerate(futures)}
-    reports: list[dict[str, Any]] = [{} for _ in futures]
-    written = 0
-    for future in as_completed(list(futures)):
-        rank = by_future[id(future)]
+    state = watch.poll()
+    progress = create_progress_artifact(state["percent"], key="generation-progress", description=describe(state))
+    pending = list(futures)
+    while pending:
+        pending = list(wait(pending, timeout=progress_every_s).not_done)
+        state = watch.poll()
+        update_progress_artifact(progress, state["percent"], description=describe(state))
+        logger.info("generation: %s", describe(state))
+    reports: list[dict[str, Any]] = []
+    for rank, future in enumerate(futures):
         try:
-            reports[rank] = future.result()
+            reports.append(future.result())
         except Exception as err:  # a lost worker (its retries spent): the final pass redoes its shards
             logger.warning("generation worker %d failed (%s); the final pass finishes its shards", rank, err)
-            reports[rank] = {"samples_generated": 0, "failed": f"{type(err).__name__}: {err}"}
-        written += reports[rank]["samples_generated"]
-        update_progress_artifact(progress, min(100.0, 100.0 * written / max(1, config.plan.num_samples)))
+            reports.append({"samples_generated": 0, "failed": f"{type(err).__name__}: {err}"})
     final = generate_worker_task(config, 0, 1)  # finishes anything left and writes the manifest
-    if final["complete"]:
-        update_progress_artifact(progress, 100.0)  # shards done by an earlier run count as written
+    state = watch.poll()
+    update_progress_artifact(progress, state["percent"], description=describe(state))
     logger.info(
         "generated %d samples with %d workers; set complete: %s",
         sum(r["samples_generated"] for r in reports),

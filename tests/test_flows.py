@@ -118,10 +118,38 @@ def test_generate_flow_maps_workers_and_completes_the_set(tmp_path: Path) -> Non
     raw["quality"] = lenient_generated_gate(work)
     params = work / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
-    result = generate_flow(params=str(params), num_samples=8, workers=2)
+    result = generate_flow(params=str(params), num_samples=8, workers=2, progress_every_s=0.2)
     assert result["final"]["complete"] and result["gate"] is True
     assert sum(r["samples_generated"] for r in result["workers"]) == 8
     assert validate_shard_set(str(work / "synthetic")).rows == 8
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (progress,) = client.read_latest_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["generation-progress"])), limit=1
+        )
+    assert progress.data == 100.0 and progress.description.startswith("8/8 samples in 4/4 shards")
+
+
+def test_the_progress_watch_counts_shards_as_they_land(tmp_path: Path) -> None:
+    from diffx.config import parse_config
+    from diffx.stages import generate, plan
+    from flows.progress import ShardWatch, describe
+
+    from .test_generate import _params
+    from .test_generate import world as world_fixture
+
+    world = world_fixture.__wrapped__(_Factory(tmp_path))
+    config = parse_config(_params(world, tmp_path / "work"))
+    plan(config)
+    watch = ShardWatch(config.generate)
+    assert watch.poll()["samples_done"] == 0 and watch.poll()["eta_s"] is None
+    generate(config, rank=0, world_size=2, progress=False)  # half the shards (indices 0, 2, 4)
+    state = watch.poll()
+    assert (state["shards_done"], state["shards"], state["samples_done"], state["samples"]) == (3, 6, 6, 12)
+    assert state["samples_per_s"] > 0 and state["eta_s"] is not None and "6/12 samples" in describe(state)
+    generate(config, rank=1, world_size=2, progress=False)
+    assert watch.poll()["percent"] == 100.0 and watch.poll()["eta_s"] == 0
 
 
 def test_flow_parameters_are_validated_before_any_task(tmp_path: Path) -> None:

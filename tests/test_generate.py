@@ -331,3 +331,54 @@ def test_a_lease_left_by_a_dead_worker_on_another_host_is_taken_over(world: Path
     lock.write_text(json.dumps({"owner": "x", "host": "pod-alive", "pid": 1, "expires": time.time() + 600}))
     busy = generate(config, progress=False)
     assert busy.shards_busy == 1 and not busy.complete
+
+
+def _requests(rows: list[dict[str, Any]]) -> list[Any]:
+    import torch
+
+    from diffx.sample.pipeline import LayoutRequest
+
+    return [
+        LayoutRequest(
+            r["caption"],
+            torch.tensor([o["bbox"] for o in r["objects"]], dtype=torch.float32).reshape(-1, 4),
+            torch.tensor([o["category_id"] for o in r["objects"]], dtype=torch.long),
+            16,
+            16,
+            int(r["seed"]),
+        )
+        for r in rows
+    ]
+
+
+def test_cached_and_bf16_sampling_against_the_fp32_uncached_reference(world: Path, tmp_path: Path) -> None:
+    from diffx.eval.image_metrics import psnr
+    from diffx.sample.generate import PlanExecutor
+
+    config = _config(world, tmp_path)
+    plan(config)
+    rows, spec, _ = read_plan(config.generate.plan)
+    pipeline = PlanExecutor(config.generate, spec).pipeline
+    pipeline.unet.set_fuser_gates(0.8)  # the layout path must matter for the comparison to mean anything
+    requests = _requests(rows[:3])
+    settings = {"sampler": "dpmsolver++", "steps": 4, "guidance": 3.0}
+    reference = pipeline(requests, **settings, cache=False)
+    cached = pipeline(requests, **settings)
+    bf16 = pipeline(requests, **settings, precision="bf16")
+    for name in spec.modality_names:
+        assert (cached[name] - reference[name]).abs().max() < 1e-4, name
+        assert not bf16[name].isnan().any()
+        assert float(psnr(bf16[name], reference[name]).mean()) > 25, name  # close, not identical
+    assert pipeline(requests, **settings)["rgb"].equal(cached["rgb"])  # deterministic
+
+
+def test_fp16_without_cuda_is_refused_before_any_work(world: Path, tmp_path: Path) -> None:
+    from diffx.errors import ConfigError
+
+    params = _params(world, tmp_path)
+    params["generate"]["sampler"]["precision"] = "fp16"
+    config = parse_config(params)
+    plan(config)
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        generate(config, progress=False)
+    assert not (tmp_path / "synthetic").exists()

@@ -1,11 +1,11 @@
 """Stage ``evaluate``: does the synthetic data look right, follow its layout, and make detectors better?
 
-One pass per image set collects everything the metrics need (features per modality, edge alignment of
-every RGB/X pair, boxes); then two detectors are trained with the same seed and steps (real; real +
-synthetic) and scored with pycocotools. A control set (the generated set with RGB and X shifted apart
-and off their layout) runs through the same measurements: if it does not score worse, the metrics
-cannot see misalignment and the numbers above it mean little. Data with a dense layout adds its layout
-agreement (diffx/eval/dense.py: mIoU, S-measure / MAE or edge SSIM) on the same three sets. Outputs:
+Two detectors are trained with the same seed and steps (real; real + synthetic); then one decode of each
+image set feeds every measurement made on it (diffx/eval/measure.py: features per modality, edge alignment
+of every RGB/X pair, each detector's finds, scored with pycocotools). A control set (the generated set with
+RGB and X shifted apart and off their layout) runs through the same measurements: if it does not score
+worse, the metrics cannot see misalignment and the numbers above it mean little. Data with a dense layout
+adds its layout agreement (diffx/eval/dense.py: mIoU, S-measure / MAE or edge SSIM) on the same three sets. Outputs:
 ``metrics/eval.json`` for ``dvc metrics``, CSV curves for ``dvc plots``, a sample sheet, and the trained
 models (safetensors).
 """
@@ -16,27 +16,25 @@ import hashlib
 import logging
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from diffx import fsio
 from diffx.config import EvaluateConfig, section_hash
 from diffx.data.spec import DatasetSpec, require_compatible
-from diffx.errors import ConfigError, DataError
-from diffx.eval.alignment import pair_scores, shift_image, summarize
-from diffx.eval.coco_map import DetectionScores, coco_scores
+from diffx.errors import ConfigError
+from diffx.eval.alignment import shift_image
+from diffx.eval.coco_map import DetectionScores
 from diffx.eval.dense import layout_agreement
-from diffx.eval.features import build_extractor, extract
+from diffx.eval.features import build_extractor
 from diffx.eval.grids import draw_boxes, grid_png, to_display
+from diffx.eval.measure import Transform, View, measure_set
 from diffx.eval.realism import realism
 from diffx.models.detector import CenterNet, decode, stack_inputs
-from diffx.progress import Progress
-from diffx.shards.dataset import ShardDataset, detection_collate
+from diffx.shards.dataset import ShardDataset
 from diffx.shards.reader import ShardSet
 from diffx.train.checkpoint import save_model_atomic
 from diffx.train.detector import DetectorTrainer, build_detector
@@ -44,21 +42,6 @@ from diffx.train.distributed import init_distributed
 from diffx.train.loop import write_history_csv
 
 log = logging.getLogger(__name__)
-
-Transform = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
-
-
-@dataclass
-class ImageSet:
-    """What one pass over a shard split collects."""
-
-    name: str
-    features: dict[str, torch.Tensor]
-    edge_correlation: dict[str, torch.Tensor]
-    best_shift: dict[str, torch.Tensor]
-
-    def alignment(self) -> dict[str, Any]:
-        return {name: summarize(scores, self.best_shift[name]) for name, scores in self.edge_correlation.items()}
 
 
 def control_transform(shift: int) -> Transform:
@@ -71,78 +54,6 @@ def control_transform(shift: int) -> Transform:
         }
 
     return apply
-
-
-def _batches(dataset: Dataset, batch_size: int, desc: str = "", progress: bool = False) -> Any:
-    size = len(dataset)  # type: ignore[arg-type]
-    with Progress(desc, size, unit="images", bar=progress) as bar:
-        for start in range(0, size, batch_size):
-            rows = [dataset[i] for i in range(start, min(start + batch_size, size))]
-            yield detection_collate(rows)
-            bar.update(len(rows))
-
-
-def scan(
-    name: str,
-    dataset: ShardDataset,
-    extractor: torch.nn.Module,
-    options: EvaluateConfig,
-    transform: Transform | None = None,
-    progress: bool = False,
-) -> ImageSet:
-    if len(dataset) == 0:
-        raise DataError(dataset.root, f"split {dataset.split!r} has no rows to evaluate")
-    features: dict[str, list[torch.Tensor]] = {m: [] for m in dataset.modalities}
-    others = [m for m in dataset.modalities if m != "rgb"] if "rgb" in dataset.modalities else []
-    zero: dict[str, list[torch.Tensor]] = {m: [] for m in others}
-    shifts: dict[str, list[torch.Tensor]] = {m: [] for m in others}
-    for batch in _batches(dataset, options.features.batch_size, f"scan {name}", progress):
-        images = transform(batch["images"]) if transform else batch["images"]
-        for modality, value in images.items():
-            features[modality].append(extract(extractor, value, options.features.batch_size))
-        for modality in others:
-            z, s = pair_scores(images["rgb"], images[modality], options.align_max_shift)
-            zero[modality].append(z)
-            shifts[modality].append(s)
-    return ImageSet(
-        name,
-        features={m: torch.cat(v) for m, v in features.items()},
-        edge_correlation={m: torch.cat(v) for m, v in zero.items()},
-        best_shift={m: torch.cat(v) for m, v in shifts.items()},
-    )
-
-
-@torch.no_grad()
-def detect(
-    model: CenterNet,
-    dataset: ShardDataset,
-    options: EvaluateConfig,
-    device: torch.device,
-    transform: Transform | None = None,
-    progress: bool = False,
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[np.ndarray, np.ndarray, np.ndarray]], tuple[int, int]]:
-    model.eval()
-    truth, found, size = [], [], (0, 0)
-    for batch in _batches(dataset, options.detector_train.batch_size, "detect", progress):
-        images = transform(batch["images"]) if transform else batch["images"]
-        size = tuple(next(iter(images.values())).shape[-2:])
-        out = model(stack_inputs(images, list(model.config.inputs)).to(device))
-        detections = decode(
-            out,
-            size,  # type: ignore[arg-type]
-            max_detections=options.detector.max_detections,
-            score_threshold=options.detector.score_threshold,
-        )
-        truth += [(b.numpy(), lab.numpy()) for b, lab in zip(batch["boxes"], batch["labels"], strict=True)]
-        found += [(d["boxes"].cpu().numpy(), d["scores"].cpu().numpy(), d["labels"].cpu().numpy()) for d in detections]
-    return truth, found, size  # type: ignore[return-value]
-
-
-def score(
-    model: CenterNet, dataset: ShardDataset, options: EvaluateConfig, device: torch.device, **kw: Any
-) -> DetectionScores:
-    truth, found, size = detect(model, dataset, options, device, **kw)
-    return coco_scores(truth, found, list(model.config.classes), size)
 
 
 def _split_digest(root: str, split: str) -> str:
@@ -232,11 +143,12 @@ PLANNED_COLOUR = (0, 255, 0)
 DETECTED_COLOUR = (255, 40, 40)
 
 
-def sample_sheet(dataset: ShardDataset, model: CenterNet, options: EvaluateConfig, device: torch.device) -> bytes:
+def sample_sheet(
+    batch: dict[str, Any], modalities: list[str], model: CenterNet, options: EvaluateConfig, device: torch.device
+) -> bytes:
     """Generated samples: every modality (colour maps), planned boxes green, the real detector's finds red."""
-    count = min(options.grid_samples, len(dataset))
+    count = len(batch["boxes"])
     rows, captions = [], []
-    batch = detection_collate([dataset[i] for i in range(count)])
     size = tuple(next(iter(batch["images"].values())).shape[-2:])
     with torch.no_grad():
         out = model(stack_inputs(batch["images"], list(model.config.inputs)).to(device))
@@ -249,7 +161,7 @@ def sample_sheet(dataset: ShardDataset, model: CenterNet, options: EvaluateConfi
             for c, s in zip(found[i]["labels"].tolist(), found[i]["scores"].tolist(), strict=True)
         ]
         tiles = []
-        for name in dataset.modalities:
+        for name in modalities:
             tile = to_display(batch["images"][name][i].numpy(), name)
             tile = draw_boxes(tile, batch["boxes"][i].numpy(), PLANNED_COLOUR, planned)
             tiles.append(draw_boxes(tile, found[i]["boxes"].cpu().numpy(), DETECTED_COLOUR, detected, below=True))
@@ -259,7 +171,7 @@ def sample_sheet(dataset: ShardDataset, model: CenterNet, options: EvaluateConfi
         ("planned box (class)", PLANNED_COLOUR),
         ("found by the real-data detector (class, score >= 0.3)", DETECTED_COLOUR),
     ]
-    return grid_png(rows, [f"generated {m}" for m in dataset.modalities], captions=captions, legend=legend)
+    return grid_png(rows, [f"generated {m}" for m in modalities], captions=captions, legend=legend)
 
 
 def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
@@ -280,16 +192,39 @@ def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
     seconds: dict[str, float] = {}
 
     started = time.perf_counter()
+    params_digest = section_hash(options, extra={"dataset": spec.model_dump(mode="json")})
+    base_key = f"{params_digest}-{_split_digest(options.real, options.reference_split)}"
+    real_model, real_history = _train_detector("real", reference, options, inputs, spec, f"{base_key}-real", progress)
+    mixed_key = f"{base_key}-{_split_digest(options.synthetic, options.synthetic_split)}"
+    mixed_data = ConcatDataset([reference, synthetic])
+    mixed_model, mixed_history = _train_detector(
+        "real+synthetic", mixed_data, options, inputs, spec, mixed_key, progress
+    )
+    device = next(real_model.parameters()).device
+    seconds["train_detectors"] = time.perf_counter() - started
+
+    # one decode per set: features, alignment and detections of every view come from the same batches
+    started = time.perf_counter()
     extractor, extractor_name = build_extractor(options.features)
     log.info("evaluate: features from %s", extractor_name)
-    sets = {
-        "reference": scan("reference", reference, extractor, options, progress=progress),
-        "real_test": scan("real_test", test, extractor, options, progress=progress),
-        "generated": scan("generated", synthetic, extractor, options, progress=progress),
-    }
+    real_views = {"real": real_model, "real+synthetic": mixed_model}
+    generated_views = [View("generated", None, {"real": real_model})]
     if control:
-        sets["control_misaligned"] = scan("control_misaligned", synthetic, extractor, options, control, progress)
-    seconds["scan"] = time.perf_counter() - started
+        generated_views.append(View("control_misaligned", control, {"real": real_model}))
+    measured = {
+        "reference": measure_set(reference, [View("reference")], extractor, options, progress=progress),
+        "real_test": measure_set(test, [View("real_test", None, real_views)], extractor, options, progress=progress),
+        "generated": measure_set(
+            synthetic, generated_views, extractor, options, keep_first=options.grid_samples, progress=progress
+        ),
+    }
+    sets = {name: image_set for m in measured.values() for name, image_set in m.sets.items()}
+    scores = {key: s for m in measured.values() for key, s in m.scores.items()}
+    downstream = {"real": scores[("real_test", "real")], "real+synthetic": scores[("real_test", "real+synthetic")]}
+    fidelity = {"real_test": downstream["real"], "generated": scores[("generated", "real")]}
+    if control:
+        fidelity["control_misaligned"] = scores[("control_misaligned", "real")]
+    seconds["measure"] = time.perf_counter() - started
 
     started = time.perf_counter()
     ref = sets["reference"].features
@@ -311,38 +246,13 @@ def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
     alignment_table = {name: image_set.alignment() for name, image_set in sets.items()}
     seconds["realism_alignment"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    params_digest = section_hash(options, extra={"dataset": spec.model_dump(mode="json")})
-    base_key = f"{params_digest}-{_split_digest(options.real, options.reference_split)}"
-    real_model, real_history = _train_detector("real", reference, options, inputs, spec, f"{base_key}-real", progress)
-    mixed_key = f"{base_key}-{_split_digest(options.synthetic, options.synthetic_split)}"
-    mixed_data = ConcatDataset([reference, synthetic])
-    mixed_model, mixed_history = _train_detector(
-        "real+synthetic", mixed_data, options, inputs, spec, mixed_key, progress
-    )
-    seconds["train_detectors"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    device = next(real_model.parameters()).device
-    downstream = {
-        "real": score(real_model, test, options, device),
-        "real+synthetic": score(mixed_model, test, options, device),
-    }
-    fidelity = {
-        "real_test": downstream["real"],
-        "generated": score(real_model, synthetic, options, device),
-    }
-    if control:
-        fidelity["control_misaligned"] = score(real_model, synthetic, options, device, transform=control)
-    seconds["detect"] = time.perf_counter() - started
-
     agreement = None
     if spec.layout_kind is not None:
         started = time.perf_counter()
-        measured = {"real_test": (test, None), "generated": (synthetic, None)}
+        dense_sets = {"real_test": (test, None), "generated": (synthetic, None)}
         if control:
-            measured["control_misaligned"] = (synthetic, control)
-        agreement = layout_agreement(options, spec, reference, measured, inputs, f"{base_key}-layout", progress)
+            dense_sets["control_misaligned"] = (synthetic, control)
+        agreement = layout_agreement(options, spec, reference, dense_sets, inputs, f"{base_key}-layout", progress)
         seconds["layout_agreement"] = time.perf_counter() - started
 
     metrics: dict[str, Any] = {
@@ -371,8 +281,9 @@ def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
         _write_curve(fsio.join(options.plots, f"pr_{name.replace('+', '_')}.csv"), scores)
     write_history_csv(fsio.join(options.plots, "loss_real.csv"), real_history)
     write_history_csv(fsio.join(options.plots, "loss_real_synthetic.csv"), mixed_history)
-    if options.grid_samples:
-        fsio.write_bytes_atomic(options.grid, sample_sheet(synthetic, real_model, options, device))
+    first = measured["generated"].first_batch
+    if first is not None:
+        fsio.write_bytes_atomic(options.grid, sample_sheet(first, modalities, real_model, options, device))
     shutil.rmtree(options.checkpoints, ignore_errors=True)  # spent: both models and the metrics are written
     log.info("evaluate: %s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     return EvalResult(metrics, summary, seconds)

@@ -10,6 +10,7 @@ every new input channel is 0, so the model computes exactly what its base UNet c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -22,6 +23,15 @@ from torch import nn
 from diffx.errors import ConfigError
 from diffx.models.jme import JointModalityEmbedder
 from diffx.models.layout import BoxTokenizer, DenseDownsampler, DenseTokenizer
+
+
+@dataclass
+class LayoutConditioning:
+    """What a layout and caption give every denoising step: the fusers' tokens and, for a dense layout, the
+    extra latent channels. Built once per batch by ``DiffXUNet.condition``; a sampler reuses it every step."""
+
+    tokens: torch.Tensor
+    dense_channels: torch.Tensor | None = None
 
 
 class PassThroughPositionNet(nn.Module):
@@ -121,6 +131,23 @@ class DiffXUNet(ModelMixin, ConfigMixin):
             tokens = self.dense_tokenizer(dense)
         return self.jme(tokens, text_states, text_mask)
 
+    def condition(
+        self,
+        text_states: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        *,
+        boxes: torch.Tensor | None = None,
+        phrases: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
+        dense: torch.Tensor | None = None,
+    ) -> LayoutConditioning:
+        """Everything of the layout that no timestep changes (tokens + JME, dense input channels)."""
+        tokens = self.layout_tokens(
+            text_states, text_mask, boxes=boxes, phrases=phrases, box_mask=box_mask, dense=dense
+        )
+        channels = self.dense_downsampler(dense) if self.config.layout == "dense" else None
+        return LayoutConditioning(tokens, channels)
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -132,19 +159,22 @@ class DiffXUNet(ModelMixin, ConfigMixin):
         phrases: torch.Tensor | None = None,
         box_mask: torch.Tensor | None = None,
         dense: torch.Tensor | None = None,
+        conditioning: LayoutConditioning | None = None,
     ) -> torch.Tensor:
-        """Predicted noise for ``sample`` (B x latent x h x w) at ``timestep``."""
-        tokens = self.layout_tokens(
-            text_states, text_mask, boxes=boxes, phrases=phrases, box_mask=box_mask, dense=dense
-        )
-        if self.config.layout == "dense":
-            sample = torch.cat([sample, self.dense_downsampler(dense)], dim=1)
+        """Predicted noise for ``sample`` (B x latent x h x w) at ``timestep``; ``conditioning`` (from
+        ``condition``) stands for the layout arguments when a sampler has built it once for every step."""
+        if conditioning is None:
+            conditioning = self.condition(
+                text_states, text_mask, boxes=boxes, phrases=phrases, box_mask=box_mask, dense=dense
+            )
+        if conditioning.dense_channels is not None:
+            sample = torch.cat([sample, conditioning.dense_channels.to(sample.dtype)], dim=1)
         return self.unet(
             sample,
             timestep,
             encoder_hidden_states=text_states,
             encoder_attention_mask=text_mask,
-            cross_attention_kwargs={"gligen": {"objs": tokens}},
+            cross_attention_kwargs={"gligen": {"objs": conditioning.tokens}},
         ).sample
 
     # ------------------------------------------------------------------------------------------ base

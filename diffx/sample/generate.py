@@ -26,8 +26,10 @@ import torch
 
 from diffx import fsio
 from diffx.config import GenerateConfig
-from diffx.data.images import EncodedImage, decode_array, encode_png
+from diffx.data.images import EncodedImage, decode_array
 from diffx.data.layout_tensors import stored_to_tensor
+from diffx.data.parallel import resolve_workers
+from diffx.data.png import encode_png_fast
 from diffx.data.sample import BoxObject, Sample
 from diffx.data.spec import DatasetSpec, require_compatible
 from diffx.errors import ConfigError, DataError
@@ -36,7 +38,7 @@ from diffx.models.mpvae import MPVAE
 from diffx.models.text import TextEncoder
 from diffx.models.unet import DiffXUNet
 from diffx.progress import Progress
-from diffx.sample.pipeline import DiffXPipeline, LayoutRequest
+from diffx.sample.pipeline import DiffXPipeline, LayoutRequest, autocast
 from diffx.sample.planner import read_plan
 from diffx.shards.resume import complete_set, is_current, retire_stale, shard_lock
 from diffx.shards.writer import ShardSetWriter
@@ -88,13 +90,13 @@ def plan_key(rows: list[dict[str, Any]], model_id: str, sampler: dict[str, Any])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _to_png(array: np.ndarray, bit_depth: int, source: str) -> Any:
+def _to_png(array: np.ndarray, bit_depth: int, source: str, level: int) -> EncodedImage:
     values = np.clip(array, 0.0, 1.0)
     if values.shape[0] == 3:
-        return encode_png((values.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8), source)
+        return encode_png_fast((values.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8), source, level)
     if bit_depth == 16:
-        return encode_png((values[0] * 65535 + 0.5).astype(np.uint16), source)
-    return encode_png((values[0] * 255 + 0.5).astype(np.uint8), source)
+        return encode_png_fast((values[0] * 65535 + 0.5).astype(np.uint16), source, level)
+    return encode_png_fast((values[0] * 255 + 0.5).astype(np.uint8), source, level)
 
 
 class PlanExecutor:
@@ -124,44 +126,45 @@ class PlanExecutor:
         self.pipeline = DiffXPipeline(vae, unet, text, spec, card.max_objects, folder.schedule(), self.device)
         self.model_id = model_digest(folder)
         self.sampler = options.sampler.model_dump()
-        self.encoder = ThreadPoolExecutor(max_workers=1)  # PNG encoding overlaps the next batch's sampling
+        autocast(self.sampler["precision"], self.device)  # refuses fp16 without CUDA before any work
+        # PNG encoding (zlib releases the GIL) runs on every core while the model draws the next batch
+        self.encoder = ThreadPoolExecutor(max_workers=resolve_workers(options.workers))
         self.model_seconds = 0.0
-        self.encode_seconds = 0.0
+        self.encode_seconds = 0.0  # summed over the encoding threads
+        self._seconds_lock = threading.Lock()
 
-    def _encode(self, rows: list[dict[str, Any]], images: dict[str, np.ndarray]) -> list[Sample]:
+    def _encode(self, row: dict[str, Any], images: dict[str, np.ndarray]) -> Sample:
         started = time.perf_counter()
-        out = []
-        for i, row in enumerate(rows):
-            encoded = {
-                m.name: _to_png(images[m.name][i], m.bit_depth, f"{row['id']}:{m.name}") for m in self.spec.modalities
-            }
-            objects = [BoxObject(tuple(o["bbox"]), o["category"], int(o["category_id"])) for o in row["objects"]]
-            layout = None
-            if row.get("layout") is not None:  # the map the sample was drawn from, stored as planned
-                layout = EncodedImage(row["layout"], f"{row['id']}:layout", int(row["width"]), int(row["height"]), "L")
-            out.append(
-                Sample(
-                    row["id"],
-                    self.options.split,
-                    int(row["width"]),
-                    int(row["height"]),
-                    encoded,
-                    objects,
-                    layout=layout,
-                    caption=row["caption"],
-                    caption_source=row["caption_source"],
-                    provenance={
-                        "seed": int(row["seed"]),
-                        "source_id": row["source_id"],
-                        "model_id": self.model_id,
-                        "sampler": self.sampler["sampler"],
-                        "steps": self.sampler["steps"],
-                        "guidance": float(self.sampler["guidance"]),
-                    },
-                )
-            )
-        self.encode_seconds += time.perf_counter() - started
-        return out
+        level = self.options.png_level
+        encoded = {
+            m.name: _to_png(images[m.name], m.bit_depth, f"{row['id']}:{m.name}", level) for m in self.spec.modalities
+        }
+        objects = [BoxObject(tuple(o["bbox"]), o["category"], int(o["category_id"])) for o in row["objects"]]
+        layout = None
+        if row.get("layout") is not None:  # the map the sample was drawn from, stored as planned
+            layout = EncodedImage(row["layout"], f"{row['id']}:layout", int(row["width"]), int(row["height"]), "L")
+        sample = Sample(
+            row["id"],
+            self.options.split,
+            int(row["width"]),
+            int(row["height"]),
+            encoded,
+            objects,
+            layout=layout,
+            caption=row["caption"],
+            caption_source=row["caption_source"],
+            provenance={
+                "seed": int(row["seed"]),
+                "source_id": row["source_id"],
+                "model_id": self.model_id,
+                "sampler": self.sampler["sampler"],
+                "steps": self.sampler["steps"],
+                "guidance": float(self.sampler["guidance"]),
+            },
+        )
+        with self._seconds_lock:
+            self.encode_seconds += time.perf_counter() - started
+        return sample
 
     def _layout(self, row: dict[str, Any]) -> torch.Tensor | None:
         if row.get("layout") is None:
@@ -169,7 +172,7 @@ class PlanExecutor:
         return stored_to_tensor(decode_array(row["layout"], f"{self.options.plan} ({row['id']}) layout"), self.spec)
 
     def shard(self, rows: list[dict[str, Any]]) -> list[Sample]:
-        pending: list[Future[list[Sample]]] = []
+        pending: list[Future[Sample]] = []
         batch = self.options.batch_size
         for start in range(0, len(rows), batch):
             chunk = rows[start : start + batch]
@@ -196,26 +199,45 @@ class PlanExecutor:
                     sampler=self.sampler["sampler"],
                     steps=self.sampler["steps"],
                     guidance=self.sampler["guidance"],
+                    precision=self.sampler["precision"],
                 )
                 for name, tensor in drawn.items():
                     for k, i in enumerate(members):
                         images[name][i] = tensor[k].cpu().numpy()
             self.model_seconds += time.perf_counter() - tick
-            pending.append(self.encoder.submit(self._encode, chunk, {k: v for k, v in images.items()}))  # type: ignore[arg-type]
-        return [sample for future in pending for sample in future.result()]
+            for i, row in enumerate(chunk):
+                pending.append(self.encoder.submit(self._encode, row, {k: v[i] for k, v in images.items()}))  # type: ignore[misc]
+        return [future.result() for future in pending]
 
 
-def generate(options: GenerateConfig, *, rank: int = 0, world_size: int = 1, progress: bool = True) -> GenerateResult:
-    """What to draw comes from the plan (and its dataset spec); how, from the self-contained model folder."""
-    started = time.perf_counter()
+def planned_shards(options: GenerateConfig) -> tuple[dict[int, list[dict[str, Any]]], DatasetSpec]:
+    """The plan's rows grouped by shard index, each shard's rows in plan order."""
     rows, spec, _ = read_plan(options.plan)
-    if not 0 <= rank < world_size:
-        raise ConfigError(f"--rank {rank} is outside --world-size {world_size}")
     by_shard: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
         by_shard.setdefault(int(row["shard"]), []).append(row)
     for shard_rows in by_shard.values():
         shard_rows.sort(key=lambda r: r["row"])
+    return by_shard, spec
+
+
+def shard_keys(by_shard: dict[int, list[dict[str, Any]]], model_id: str, sampler: dict[str, Any]) -> dict[int, str]:
+    return {index: plan_key(shard_rows, model_id, sampler) for index, shard_rows in by_shard.items()}
+
+
+def expected_keys(options: GenerateConfig) -> tuple[dict[int, list[dict[str, Any]]], dict[int, str]]:
+    """Planned shards and the key each will carry, without loading any model (a progress watcher's view)."""
+    by_shard, _ = planned_shards(options)
+    return by_shard, shard_keys(by_shard, model_digest(ModelFolder(options.unet)), options.sampler.model_dump())
+
+
+def generate(options: GenerateConfig, *, rank: int = 0, world_size: int = 1, progress: bool = True) -> GenerateResult:
+    """What to draw comes from the plan (and its dataset spec); how, from the self-contained model folder."""
+    started = time.perf_counter()
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"--rank {rank} is outside --world-size {world_size}")
+    by_shard, spec = planned_shards(options)
+    rows = [row for shard_rows in by_shard.values() for row in shard_rows]
     executor = PlanExecutor(options, spec)  # refuses a model/plan mismatch before any work
     crowded = next((r for r in rows if len(r["objects"] or []) > executor.max_objects), None)
     if crowded is not None:
@@ -230,7 +252,7 @@ def generate(options: GenerateConfig, *, rank: int = 0, world_size: int = 1, pro
     writer = ShardSetWriter(options.output, spec, generated=True, params_hash=content_hash)
     result = GenerateResult(options.output)
     mine = [s for s in sorted(by_shard) if s % world_size == rank]
-    keys = {s: plan_key(by_shard[s], executor.model_id, executor.sampler) for s in by_shard}
+    keys = shard_keys(by_shard, executor.model_id, executor.sampler)
     retire_stale(writer, options.split, keys)
     bar = Progress(
         f"generate (rank {rank}/{world_size})", sum(len(by_shard[s]) for s in mine), unit="samples", bar=progress

@@ -3,11 +3,16 @@
 Classifier-free guidance runs the unconditional branch with an empty caption *and* a null layout (all
 slots masked; for a dense layout, an all-zero map), the same inputs the training dropout produces. Each
 sample's starting noise comes from its own generator, so a sample is a pure function of (models, caption,
-layout, seed, sampler, steps, guidance) whatever batch it is drawn in.
+layout, seed, sampler, steps, guidance, precision) whatever batch it is drawn in.
+
+Per batch, the caption encodings, layout tokens, JME output and every attention's projection of them are
+computed once and reused at every step (diffx/models/step_cache.py). ``precision`` bf16 (CPU or CUDA) or fp16
+(CUDA) runs the UNet under autocast; the scheduler's arithmetic and the VAE decode stay fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +20,10 @@ import torch
 
 from diffx.data.layout_tensors import model_input
 from diffx.data.spec import DatasetSpec
+from diffx.errors import ConfigError
 from diffx.models.layout import pack_boxes
 from diffx.models.mpvae import MPVAE
+from diffx.models.step_cache import step_invariant_cache
 from diffx.models.text import TextEncoder
 from diffx.models.unet import DiffXUNet
 from diffx.sample.schedulers import sampling_scheduler
@@ -34,6 +41,21 @@ class LayoutRequest:
     width: int
     seed: int
     layout: torch.Tensor | None = None
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The UNet's compute precision; fp16 only where it is fast and safe (CUDA)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"generate.sampler.precision: {precision!r} is not one of {sorted(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    if dtype == torch.float16 and device.type != "cuda":
+        raise ConfigError("generate.sampler.precision: fp16 needs a CUDA device; use bf16 on a CPU")
+    return torch.autocast(device.type, dtype=dtype)
 
 
 class DiffXPipeline:
@@ -54,6 +76,7 @@ class DiffXPipeline:
         self.schedule = dict(schedule)
         self.device = torch.device(device)
         self.phrase_table = text.phrases(list(spec.classes)).to(self.device)
+        self._null_caption = text.encode([""])  # the guidance branch's empty caption, encoded once
 
     def _latents(self, requests: list[LayoutRequest]) -> torch.Tensor:
         factor = self.vae.downsample_factor
@@ -74,9 +97,17 @@ class DiffXPipeline:
 
     @torch.no_grad()
     def __call__(
-        self, requests: list[LayoutRequest], *, sampler: str, steps: int, guidance: float
+        self,
+        requests: list[LayoutRequest],
+        *,
+        sampler: str,
+        steps: int,
+        guidance: float,
+        precision: str = "fp32",
+        cache: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """Every modality as B x C x H x W in [0, 1]."""
+        """Every modality as B x C x H x W in [0, 1]. ``cache=False`` recomputes the step-invariant work at
+        every step (the reference the cache is measured and tested against)."""
         if len({(r.height, r.width) for r in requests}) != 1:
             raise ValueError("one batch draws one frame size; group requests by size")
         scheduler = sampling_scheduler(sampler, self.schedule)
@@ -84,7 +115,7 @@ class DiffXPipeline:
         latents = self._latents(requests) * scheduler.init_noise_sigma
         count = len(requests)
         states, mask = self.text.encode([r.caption for r in requests])
-        null_states, null_mask = self.text.encode([""] * count)
+        null_states, null_mask = (t.expand(count, *t.shape[1:]) for t in self._null_caption)
         boxes, ids, box_mask = pack_boxes(
             [r.boxes for r in requests],
             [r.labels for r in requests],
@@ -103,21 +134,30 @@ class DiffXPipeline:
         if self.dense:
             dense = self._dense(requests)
             all_dense = torch.cat([torch.zeros_like(dense), dense]) if guided else dense
-        for t in scheduler.timesteps:
-            model_in = scheduler.scale_model_input(torch.cat([latents, latents]) if guided else latents, t)
-            eps = self.unet(
-                model_in,
-                t.expand(model_in.shape[0]).to(self.device),
-                all_states,
-                all_mask,
-                boxes=all_boxes,
-                phrases=all_phrases,
-                box_mask=all_box_mask,
-                dense=all_dense,
+        with autocast(precision, self.device), step_invariant_cache(self.unet) if cache else contextlib.nullcontext():
+            conditioning = (
+                self.unet.condition(
+                    all_states, all_mask, boxes=all_boxes, phrases=all_phrases, box_mask=all_box_mask, dense=all_dense
+                )
+                if cache
+                else None
             )
-            if guided:
-                eps_null, eps_cond = eps.chunk(2)
-                eps = eps_null + guidance * (eps_cond - eps_null)
-            latents = scheduler.step(eps, t, latents).prev_sample
+            for t in scheduler.timesteps:
+                model_in = scheduler.scale_model_input(torch.cat([latents, latents]) if guided else latents, t)
+                eps = self.unet(
+                    model_in,
+                    t.expand(model_in.shape[0]).to(self.device),
+                    all_states,
+                    all_mask,
+                    conditioning=conditioning,
+                    boxes=all_boxes,
+                    phrases=all_phrases,
+                    box_mask=all_box_mask,
+                    dense=all_dense,
+                ).float()
+                if guided:
+                    eps_null, eps_cond = eps.chunk(2)
+                    eps = eps_null + guidance * (eps_cond - eps_null)
+                latents = scheduler.step(eps, t, latents).prev_sample
         decoded = self.vae.decode(latents / self.vae.config.scaling_factor)
         return {name: ((image.float() + 1) / 2).clamp(0, 1) for name, image in decoded.items()}

@@ -12,7 +12,14 @@ from collections.abc import Iterator
 
 from diffx import fsio
 from diffx.shards.lease import lease
-from diffx.shards.manifest import MANIFEST_NAME, RECORD_PREFIXES, ShardRecord, new_manifest, write_manifest
+from diffx.shards.manifest import (
+    MANIFEST_NAME,
+    RECORD_PREFIXES,
+    ShardRecord,
+    new_manifest,
+    record_relpath,
+    write_manifest,
+)
 from diffx.shards.writer import ShardSetWriter
 
 
@@ -60,3 +67,17 @@ def complete_set(writer: ShardSetWriter, split: str, keys: dict[int, str]) -> bo
         **writer.storage_options,
     )
     return True
+
+
+def recorded_shards(root: str, split: str, keys: dict[int, str], **storage_options: object) -> set[int]:
+    """Shards whose sidecar record carries the planned key: a cheap progress view for a watcher (no shard is
+    hashed; whether the set is complete is decided by ``complete_set``, which checks the bytes)."""
+    done = set()
+    for index, key in keys.items():
+        url = fsio.join(root, record_relpath(split, index))
+        try:
+            if fsio.read_json(url, **storage_options).get("plan_key") == key:
+                done.add(index)
+        except (OSError, ValueError, AttributeError):  # not written yet, or cut short
+            continue
+    return done

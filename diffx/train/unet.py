@@ -337,7 +337,13 @@ class UnetTrainer(Trainer):
         ]
         preview = self.options.preview
         was_training = self.model.training
-        images = pipeline(requests, sampler=preview.sampler, steps=preview.steps, guidance=preview.guidance)
+        images = pipeline(
+            requests,
+            sampler=preview.sampler,
+            steps=preview.steps,
+            guidance=preview.guidance,
+            precision=preview.precision,
+        )
         self.model.train(was_training)
         real = "rgb" if "rgb" in self.spec.modality_names else self.spec.modality_names[0]
         tiles = []
