@@ -19,13 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_plan import small_plan
 
 from diffx.config import load_config, with_overrides
 from diffx.eval.image_metrics import psnr
 from diffx.sample.generate import PlanExecutor
-from diffx.sample.planner import read_plan
 from diffx.shards.writer import ShardSetWriter
-from diffx.stages import plan
 
 SETTINGS = [("ddim", 50), ("pndm", 50), ("ddim", 25), ("dpmsolver++", 20), ("unipc", 20), ("dpmsolver++", 10)]
 
@@ -50,18 +49,7 @@ def main() -> None:
         "settings": {},
     }
     with tempfile.TemporaryDirectory(prefix="diffx-bench-gen-") as tmp:
-        config = with_overrides(
-            base,
-            {
-                "plan.output": f"{tmp}/plan.parquet",
-                "plan.report": f"{tmp}/plan.json",
-                "plan.num_samples": args.samples,
-                "plan.rows_per_shard": args.samples,
-                "generate.plan": f"{tmp}/plan.parquet",
-            },
-        )
-        plan(config)
-        rows, spec, _ = read_plan(config.plan.output)
+        config, rows, spec = small_plan(base, tmp, args.samples)
         outputs: dict[str, dict[str, torch.Tensor]] = {}
         for sampler, steps in SETTINGS:
             options = with_overrides(

@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_plan import small_plan
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffx.config import load_config, with_overrides
+from diffx.config import load_config
 from diffx.data.demo import render_scene, sample_rng
 from diffx.data.images import encode_png
 from diffx.data.parallel import usable_cpus
@@ -40,9 +41,7 @@ from diffx.data.spec import DatasetSpec, ModalitySpec
 from diffx.eval.image_metrics import psnr
 from diffx.sample.generate import PlanExecutor
 from diffx.sample.pipeline import LayoutRequest
-from diffx.sample.planner import read_plan
 from diffx.shards.writer import ShardSetWriter
-from diffx.stages import plan
 
 SWEEP = [("pndm", 50), ("ddim", 50), ("ddim", 25), ("dpmsolver++", 20), ("dpmsolver++", 15), ("dpmsolver++", 10)]
 WRITE_SPEC = DatasetSpec(
@@ -277,19 +276,7 @@ def main() -> None:
     ceiling = {"fp32": matmul_flops(torch.float32, device), "bf16": matmul_flops(torch.bfloat16, device)}
     result["matmul_gflop_s"] = {k: round(v / 1e9, 1) for k, v in ceiling.items()}
     with tempfile.TemporaryDirectory(prefix="diffx-bench-eff-") as tmp:
-        config = with_overrides(
-            base,
-            {
-                "plan.output": f"{tmp}/plan.parquet",
-                "plan.report": f"{tmp}/plan.json",
-                "plan.num_samples": args.samples,
-                "plan.rows_per_shard": args.samples,
-                "generate.plan": f"{tmp}/plan.parquet",
-                "generate.device": device.type,
-            },
-        )
-        plan(config)
-        rows, spec, _ = read_plan(config.plan.output)
+        config, rows, spec = small_plan(base, tmp, args.samples, **{"generate.device": device.type})
         executor = PlanExecutor(config.generate, spec)
         requests = _requests(rows)
         frame = (int(rows[0]["height"]), int(rows[0]["width"]))

@@ -230,3 +230,39 @@ def test_an_unknown_detector_input_is_refused(canonical: Path, tmp_path: Path) -
     config = _eval_config(canonical, tmp_path, detector={"inputs": ["rgb", "nir"]})
     with pytest.raises(ConfigError, match="nir"):
         evaluate(config, progress=False)
+
+
+class _CountingDataset(ShardDataset):
+    """A real shard dataset that counts how often each row is decoded."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.decoded: dict[int, int] = {}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        self.decoded[index] = self.decoded.get(index, 0) + 1
+        return super().__getitem__(index)
+
+
+def test_one_decode_feeds_every_view_with_what_separate_passes_give(canonical: Path, tmp_path: Path) -> None:
+    from diffx.eval.measure import View, measure_set
+    from diffx.eval.stage import control_transform
+
+    options = _eval_config(canonical, tmp_path).evaluate
+    torch.manual_seed(0)
+    modalities = ("rgb", "thermal", "depth")
+    detector = CenterNet(in_channels=5, num_classes=3, width=8, inputs=modalities, classes=tuple(CLASSES))
+    detector.eval()
+    extractor, _ = build_extractor(options.features)
+    views = [View("plain", None, {"d": detector}), View("shifted", control_transform(6), {"d": detector})]
+    dataset = _CountingDataset(str(canonical), "val")
+    together = measure_set(dataset, views, extractor, options, keep_first=3)
+    assert dataset.decoded == dict.fromkeys(range(len(dataset)), 1)  # every row decoded once, for both views
+    assert together.first_batch is not None and len(together.first_batch["boxes"]) == 3
+    for view in views:
+        alone = measure_set(ShardDataset(str(canonical), "val"), [view], extractor, options)
+        for modality, features in alone.sets[view.name].features.items():
+            torch.testing.assert_close(together.sets[view.name].features[modality], features)
+        assert together.sets[view.name].alignment() == alone.sets[view.name].alignment()
+        assert together.scores[(view.name, "d")].summary() == alone.scores[(view.name, "d")].summary()
+    assert together.sets["plain"].alignment() != together.sets["shifted"].alignment()
