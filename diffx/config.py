@@ -142,6 +142,11 @@ class ConditioningConfig(Section):
         default=96, ge=8, description="caption tokens the UNet sees; null = the encoder's whole context (paper: 248)"
     )
     max_objects: int = Field(default=30, ge=1, description="layout slots of the UNet (GLIGEN: 30)")
+    mask_caption_padding: bool = Field(
+        default=True,
+        description="hide caption padding from the UNet's cross-attention and the JME; false = attend to every "
+        "position, the empty unconditional caption's too, as SD and the original DiffX code do (paper presets)",
+    )
 
     def tokenizer(self) -> str:
         """The tokenizer that counts caption tokens exactly as the text encoder will."""
@@ -227,14 +232,40 @@ class VaeTrainConfig(TrainLoopConfig):
         default=64, ge=8, description="random square crop (px) for training; null = whole frames (eval: whole)"
     )
     hflip: bool = Field(default=True, description="random horizontal flip, seeded per sample")
-    kl_weight: float = Field(default=1e-6, ge=0)
+    kl_weight: float = Field(
+        default=2.56e-4,
+        ge=0,
+        description="KL per latent element (a mean, like the reconstruction's per pixel); the demo's 2.56e-4 is "
+        "1e-6 on the KL summed over its 64 px crops' 4x8x8 latents. Paper: 0 (MSE + LPIPS)",
+    )
     modality_weights: dict[str, float] = Field(default_factory=dict, description="loss weight per modality")
     reconstruction_loss: Literal["mse", "log_mse"] = Field(
         default="mse",
         description="mse: the sum over modalities; log_mse: the sum of log MSEs (-PSNR / 4.34): each modality's dB "
         "count the same, which favours the one with the smallest error (README)",
     )
-    lpips_weights: str | None = Field(default=None, description="local LPIPS-VGG safetensors; null = no LPIPS")
+    lpips_weight: float = Field(
+        default=0.0, ge=0, description="LPIPS term per modality next to the reconstruction (paper: 1); needs vae.lpips"
+    )
+
+
+class LpipsConfig(Section):
+    """LPIPS-VGG from two local files (diffx/models/lpips.py); nothing is downloaded."""
+
+    vgg16: str | None = Field(
+        default=None, description="torchvision VGG16 checkpoint (vgg16-397923af.pth) or safetensors"
+    )
+    heads: str | None = Field(default=None, description="the lpips package's weights/v0.1/vgg.pth or safetensors")
+
+    @property
+    def configured(self) -> bool:
+        return self.vgg16 is not None and self.heads is not None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> LpipsConfig:
+        if (self.vgg16 is None) != (self.heads is None):
+            raise ValueError("LPIPS needs both files: vgg16 (the VGG16 trunk) and heads (the linear heads)")
+        return self
 
 
 class VaeConfig(Section):
@@ -243,6 +274,9 @@ class VaeConfig(Section):
     val_split: str = "val"
     model: VaeModelConfig = Field(default_factory=VaeModelConfig)
     train: VaeTrainConfig = Field(default_factory=VaeTrainConfig)
+    lpips: LpipsConfig = Field(
+        default_factory=LpipsConfig, description="LPIPS-VGG weights: the loss term and a validation metric"
+    )
     scale_batches: int = Field(default=8, ge=1, description="training batches that estimate the latent scale")
     eval_samples: int = Field(default=64, ge=1, description="validation frames scored for PSNR/SSIM")
     output: str = "models/vae"
@@ -345,6 +379,18 @@ class UnetModelConfig(Section):
             raise ValueError("block_out_channels, down_block_types and up_block_types need the same length")
         return self
 
+    @model_validator(mode="after")
+    def _sd_starts_as_sd(self) -> UnetModelConfig:
+        # An open gate adds a random fuser's output to every SD block from step 0: the model no longer starts as
+        # SD, which is the premise of GLIGEN's (and the paper's) recipe. Refused rather than silently closed, so a
+        # params file never says one thing and trains another.
+        if self.init_from_sd is not None and self.fuser_gate_init != 0.0:
+            raise ValueError(
+                f"fuser_gate_init={self.fuser_gate_init} with init_from_sd: an SD-initialised UNet must start with "
+                "closed gates (0.0) so it starts as SD; the open demo value is for UNets trained from scratch"
+            )
+        return self
+
 
 class UnetTrainConfig(TrainLoopConfig):
     steps: int = Field(default=1500, ge=1)
@@ -404,7 +450,13 @@ class PlanConfig(Section):
     source: str = Field(default="data/captioned", description="real shards whose layouts are reused")
     split: str = "train"
     layouts: str | None = Field(default=None, description="user layouts instead: COCO JSON or JSONL")
-    num_samples: int = Field(default=64, ge=1)
+    mode: Literal["sample", "one_per_item"] = Field(
+        default="sample",
+        description="sample: num_samples layouts drawn with replacement and augmented; one_per_item: exactly one "
+        "row per item of the split, in order, its layout and caption unchanged (centred in the model's frame), "
+        "for paired metrics against the real item (the paper's protocol: plan the test split)",
+    )
+    num_samples: int = Field(default=64, ge=1, description="rows to plan (mode sample)")
     rows_per_shard: int = Field(default=16, ge=1)
     seed: int = 0
     class_targets: dict[str, float] = Field(
@@ -457,9 +509,11 @@ class FeatureConfig(Section):
     extractor: Literal["random-conv", "inception"] = Field(
         default="random-conv",
         description="random-conv: a seeded, untrained conv net (offline; Naeem et al. 2020); inception: the FID "
-        "InceptionV3 from a local weights file (needs torch-fidelity, the 'inception' extra)",
+        "InceptionV3 (diffx/models/inception.py, pytorch-fid's features) from a local weights file",
     )
-    inception_weights: str | None = Field(default=None, description="local pt_inception-2015-12-05 weights file")
+    inception_weights: str | None = Field(
+        default=None, description="local pt_inception-2015-12-05-6726825d.pth (pytorch-fid's FID weights)"
+    )
     dims: int = Field(default=256, ge=8, description="random-conv feature width")
     seed: int = 0
     batch_size: int = Field(default=32, ge=1)
@@ -512,6 +566,12 @@ class EvaluateConfig(Section):
     test_split: str = Field(default="test", description="real split the detectors are scored on")
     synthetic: str = "data/synthetic"
     synthetic_split: str = "train"
+    paired_split: str | None = Field(
+        default=None,
+        description="real split the synthetic set was planned from one per item (plan.mode one_per_item): PSNR, "
+        "SSIM and LPIPS per modality of each sample against its item (the paper's protocol); null = off",
+    )
+    lpips: LpipsConfig = Field(default_factory=LpipsConfig, description="LPIPS-VGG weights for the paired metrics")
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     kid_subset_size: int = Field(default=50, ge=2)
     kid_subsets: int = Field(default=50, ge=1)
@@ -638,6 +698,13 @@ class VaeGateConfig(Section):
     min_psnr: dict[str, float] = Field(default_factory=dict, description="modality -> PSNR floor (dB)")
     default_min_psnr: float = Field(default=15.0, description="dB on the validation split; raise it for real data")
     min_ssim: float = Field(default=0.3, ge=-1, le=1)
+    min_gain_over_baseline_db: float | None = Field(
+        default=-1.0,
+        description="dB a modality's PSNR must reach above the latent-resolution baseline (the frame averaged down "
+        "to the latent grid and back) on the same validation frames; null = fixed floors only. -1: a latent whose "
+        "few channels carry several modalities may trail it a little (demo: +0.2/+2.9/+2.2 dB), a flat model "
+        "trails it by far more (LLVIP at 256 px: baseline 28.2/26.1 dB, a 5-step VAE 19.4/15.8)",
+    )
 
 
 class QualityConfig(Section):

@@ -115,3 +115,20 @@ def test_one_token_limit_for_refine_the_gate_and_the_unet(tmp_path) -> None:
     assert with_overrides(config, {"conditioning.max_tokens": None}).conditioning.token_limit() == 512  # MiniLM
     assert with_overrides(config, {"conditioning.max_tokens": 4096}).conditioning.token_limit() == 512
     assert not hasattr(config.refine, "max_tokens") and not hasattr(config.quality.captions, "max_tokens")
+
+
+def test_an_sd_initialised_unet_must_start_with_closed_gates() -> None:
+    """The demo's open gates (1.0) on SD weights would add random fusers to every block from step 0."""
+    raw = _params()
+    raw["unet"]["model"]["init_from_sd"] = "weights/stable-diffusion-v1-4"
+    with pytest.raises(ConfigError, match=r"unet\.model.*fuser_gate_init=1\.0 with init_from_sd"):
+        parse_config(raw)
+    raw["unet"]["model"]["fuser_gate_init"] = 0.0
+    assert parse_config(raw).unet.model.fuser_gate_init == 0.0
+
+
+def test_lpips_needs_both_files() -> None:
+    raw = _params()
+    raw["vae"]["lpips"] = {"vgg16": "weights/vgg16.pth", "heads": None}
+    with pytest.raises(ConfigError, match="LPIPS needs both files"):
+        parse_config(raw)

@@ -382,3 +382,43 @@ def test_fp16_without_cuda_is_refused_before_any_work(world: Path, tmp_path: Pat
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         generate(config, progress=False)
     assert not (tmp_path / "synthetic").exists()
+
+
+def test_one_per_item_plans_each_item_once_for_paired_metrics(world: Path, tmp_path: Path) -> None:
+    """The paper's protocol: one sample per test item, its layout and caption unchanged, scored against it."""
+    import torch
+
+    from diffx.eval.paired import paired_scores
+    from diffx.models.lpips import LPIPS
+
+    from .lpips_reference import weights
+
+    config = _config(world, tmp_path, mode="one_per_item", split="val", num_samples=999, rows_per_shard=1)
+    report = plan(config)
+    rows, _, _ = read_plan(config.plan.output)
+    real = ShardSet(str(world / "captioned"))
+    items = real.read_table("val", ["id", "caption", "objects"]).to_pylist()
+    assert report["rows"] == len(rows) == len(items) == 2  # num_samples plays no part
+    for row, item in zip(rows, items, strict=True):
+        assert row["source_id"] == item["id"] and row["caption"] == item["caption"] and not row["edited"]
+        assert [o["bbox"] for o in row["objects"]] == [pytest.approx(o["bbox"]) for o in item["objects"]]
+    generate(config, progress=False)
+    trunk, heads = weights()
+    lpips = LPIPS()
+    lpips.features.load_state_dict({k.removeprefix("features."): torch.from_numpy(v) for k, v in trunk.items()})
+    lpips.lins.load_state_dict({f"{k}.weight": torch.from_numpy(v) for k, v in enumerate(heads.values())})
+    real_val = ShardDataset(str(world / "captioned"), "val")
+    synthetic = ShardDataset(config.generate.output, "train")
+    scores = paired_scores(real_val, synthetic, list(DEMO_SPEC.modality_names), lpips=lpips)
+    assert scores["pairs"] == 2
+    for m in DEMO_SPEC.modality_names:
+        assert 0 < scores["per_modality"][m]["psnr"] < 60 and scores["per_modality"][m]["lpips"] > 0
+    with pytest.raises(DataError, match="not a generated set"):
+        paired_scores(real_val, real_val, ["rgb"])
+    sampled = _config(world, tmp_path / "sampled", num_samples=4, split="val")  # with replacement: refused
+    plan(sampled)
+    generate(sampled, progress=False)
+    with pytest.raises(DataError, match="exactly one per item"):
+        paired_scores(real_val, ShardDataset(sampled.generate.output, "train"), ["rgb"])
+    with pytest.raises(DataError, match="not in split 'train'"):
+        paired_scores(ShardDataset(str(world / "captioned"), "train"), synthetic, ["rgb"])

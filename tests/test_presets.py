@@ -8,6 +8,7 @@ kind, modalities, text encoder, captioner, SD initialisation and sampler are the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -16,11 +17,13 @@ import torch
 import yaml
 
 from diffx import stages
-from diffx.config import DiffxConfig, load_config, merge
+from diffx.config import DiffxConfig, load_config, merge, with_overrides
+from diffx.models.folder import ModelFolder
+from diffx.models.inception import FIDInceptionV3
 from diffx.shards.reader import ShardSet
 from diffx.shards.validate import validate_shard_set
 
-from . import task_sources, tiny_chain
+from . import inception_reference, lpips_reference, task_sources, tiny_chain
 from .conftest import REPO
 from .tiny_models import clip_to_openai, tiny_clip, tiny_llava
 
@@ -94,6 +97,12 @@ def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> Path:
     clip = tiny_clip(weights / "clip-vit-large-patch14", positions=248)  # the tokenizer folder, and Long-CLIP:
     torch.save(clip_to_openai(clip), weights / "longclip-L.pt")
     tiny_llava(weights / "llava-1.5-7b-hf")
+    trunk, heads = lpips_reference.weights()  # LPIPS-VGG in both published formats (.pth, weights-only read)
+    torch.save({k: torch.from_numpy(v) for k, v in trunk.items()}, weights / "vgg16-397923af.pth")
+    torch.save({k: torch.from_numpy(v) for k, v in heads.items()}, weights / "lpips-vgg-v0.1.pth")
+    shapes = {k: tuple(v.shape) for k, v in FIDInceptionV3().state_dict().items() if "num_batches" not in k}
+    fid = {k: torch.from_numpy(v) for k, v in inception_reference.weights(shapes).items()}
+    torch.save(fid, weights / "pt_inception-2015-12-05-6726825d.pth")
     return root
 
 
@@ -132,3 +141,26 @@ def test_each_paper_preset_runs_its_task_on_tiny_stand_ins(
     assert config.data.layout_kind is None or all(r["layout"] is not None for r in rows)
     captions = pq.read_table(config.caption.output, columns=["caption_source"]).column(0).to_pylist()
     assert captions and all(source.startswith("lmm:") for source in captions)  # the preset's captioner
+    assert ModelFolder(config.generate.unet).card.mask_caption_padding is False  # Long-CLIP as the paper uses it
+    vae_val = json.loads(Path(config.vae.metrics).read_text())["val"]  # the paper's loss and metric: LPIPS
+    assert all(vae_val[m]["lpips"] >= 0 and "baseline_psnr" in vae_val[m] for m in generated.spec.modality_names)
+
+    # the paper's evaluation protocol: one sample per test item, scored against it, Inception FID
+    paired = with_overrides(
+        config,
+        {
+            "plan.mode": "one_per_item",
+            "evaluate.paired_split": "val",
+            "evaluate.test_split": "val",
+            "evaluate.control_shift": 0,
+        },
+    )
+    stages.plan(paired)
+    stages.generate(paired, progress=False)
+    metrics = stages.evaluate(paired, progress=False).metrics
+    assert metrics["feature_extractor"].startswith("inception-v3-fid")
+    names = generated.spec.modality_names
+    assert metrics["paired"]["pairs"] == 3 and all(metrics["paired"]["per_modality"][m]["lpips"] >= 0 for m in names)
+    assert all(metrics["realism"]["generated"][m]["fid"] >= 0 for m in names)
+    if config.data.layout_kind in ("segmentation", "saliency"):  # IoU / accuracy, S-measure / MAE
+        assert metrics["layout_agreement"]["generated"]

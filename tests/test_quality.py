@@ -233,9 +233,9 @@ def test_vae_gate_psnr_floor(tmp_path: Path, clean: Path) -> None:
         json.dumps(
             {
                 "val": {
-                    "rgb": {"psnr": 21.0, "ssim": 0.6},
-                    "thermal": {"psnr": 12.5, "ssim": 0.5},
-                    "depth": {"psnr": 22.0, "ssim": 0.6},
+                    "rgb": {"psnr": 21.0, "ssim": 0.6, "baseline_psnr": 20.0},
+                    "thermal": {"psnr": 12.5, "ssim": 0.5, "baseline_psnr": 11.0},
+                    "depth": {"psnr": 22.0, "ssim": 0.6, "baseline_psnr": 21.5},
                 }
             }
         )
@@ -247,6 +247,33 @@ def test_vae_gate_psnr_floor(tmp_path: Path, clean: Path) -> None:
     assert run_gate("vae", config).success
     with pytest.raises(DataError, match="run train_vae first"):
         run_gate("vae", _config(tmp_path, clean, **{"vae.metrics": str(tmp_path / "none.json")}))
+
+
+def test_vae_gate_judges_against_the_latent_resolution_baseline(tmp_path: Path, clean: Path) -> None:
+    """Dark, flat scenes: a blurry model clears a fixed 15 dB floor, but not the blur of the same frames."""
+    metrics = tmp_path / "vae.json"
+    val = {
+        "rgb": {"psnr": 19.4, "ssim": 0.5, "baseline_psnr": 27.3},
+        "thermal": {"psnr": 31.0, "ssim": 0.8, "baseline_psnr": 29.0},
+    }
+    metrics.write_text(json.dumps({"val": val}))
+    config = _config(tmp_path, clean, **{"vae.metrics": str(metrics)})
+    with pytest.raises(GateFailed, match=r"modality=rgb, observed=\[19.4, 26.3\]"):
+        run_gate("vae", config)
+    failures = _failures(tmp_path, "vae")
+    assert len(failures) == 1 and "blur" in next(iter(failures.values()))["why"], failures
+    with pytest.raises(GateFailed, match=r"modality=thermal, observed=\[31.0, 32.0\]"):  # a 3 dB margin
+        run_gate(
+            "vae",
+            _config(tmp_path, clean, **{"vae.metrics": str(metrics), "quality.vae.min_gain_over_baseline_db": 3.0}),
+        )
+    relaxed = {"vae.metrics": str(metrics), "quality.vae.min_gain_over_baseline_db": -8.0}
+    assert run_gate("vae", _config(tmp_path, clean, **relaxed)).success
+    metrics.write_text(json.dumps({"val": {"rgb": {"psnr": 30.0, "ssim": 0.9}}}))  # written before baselines
+    with pytest.raises(DataError, match="baseline_psnr missing"):
+        run_gate("vae", config)
+    fixed_floors_only = {"vae.metrics": str(metrics), "quality.vae.min_gain_over_baseline_db": None}
+    assert run_gate("vae", _config(tmp_path, clean, **fixed_floors_only)).success
 
 
 def _as_generated(samples: list[Sample], root: Path, spec: Any) -> Path:

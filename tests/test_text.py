@@ -37,6 +37,10 @@ def test_clip_text_tower_from_a_local_folder(tmp_path: Path, monkeypatch: pytest
     states, mask = encoder.encode(["an image of a car", "a person"])
     assert states.shape == (2, 12, 64) and encoder.pooled(["car"]).shape == (1, 64)
     assert mask[0].sum() > mask[1].sum()  # the longer caption has more real tokens
+    # the paper's switch: the UNet sees every position (SD, the original DiffX); the tower's states are the same
+    unmasked = TextEncoder(f"clip:{tmp_path / 'clip'}", max_tokens=12, mask_padding=False)
+    states_all, mask_all = unmasked.encode(["an image of a car", "a person"])
+    assert torch.equal(states_all, states) and bool(mask_all.eq(1).all()) and not bool(mask.eq(1).all())
     with pytest.raises(ConfigError, match="cannot load"):
         TextEncoder(f"clip:{tmp_path / 'missing'}")
 

@@ -244,3 +244,44 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Pa
     budget = 1e-3 * 3
     assert moved > 0.5 * budget, "training must move the weights for the comparison to mean anything"
     assert differs < 0.02 * budget, f"2-process weights differ by {differs} (moved {moved})"
+
+
+def test_kl_is_a_mean_per_latent_element(tmp_path: Path, shards: Path) -> None:
+    """The KL weighs the same per element at any crop: summed over C x H x W it grew with the latent area."""
+    kls = {}
+    for crop in (8, 16):
+        trainer = _trainer(tmp_path, shards, f"kl{crop}", kl_weight=1.0, crop=crop)
+        positions = trainer.plan.positions(0, 0, 0)
+        batch = next(trainer._batches(1))
+        loss, parts = trainer.loss(trainer.model, batch, positions)
+        posterior = trainer.model.encode(trainer._prepare(batch, positions))
+        by_hand = 0.5 * (posterior.mean.pow(2) + posterior.var - 1 - posterior.logvar).mean()
+        assert parts["kl"] == pytest.approx(float(by_hand.detach()), rel=1e-5)
+        mses = sum(parts[f"mse_{name}"] for name in DEMO_SPEC.modality_names)
+        assert float(loss.detach()) == pytest.approx(mses + parts["kl"], rel=1e-5)
+        kls[crop] = parts["kl"]
+    assert 0.5 < kls[16] / kls[8] < 2.0  # 4x the latent area, not 4x the KL
+
+
+def test_lpips_term_joins_each_modality_and_the_validation_metrics(tmp_path: Path, shards: Path) -> None:
+    import numpy as np
+
+    from .lpips_reference import weights
+
+    trunk, heads = weights()
+    torch.save({k: torch.from_numpy(v) for k, v in trunk.items()}, tmp_path / "vgg16.pth")
+    torch.save({k: torch.from_numpy(v) for k, v in heads.items()}, tmp_path / "lpips.pth")
+    raw = _raw_params(tmp_path / "lp", shards, lpips_weight=0.5, kl_weight=0.0, steps=2)
+    raw["vae"]["lpips"] = {"vgg16": str(tmp_path / "vgg16.pth"), "heads": str(tmp_path / "lpips.pth")}
+    trainer = VaeTrainer(parse_config(raw).vae, init_distributed("cpu"), progress=False)
+    loss, parts = trainer.loss(trainer.model, next(trainer._batches(1)), trainer.plan.positions(0, 0, 0))
+    names = DEMO_SPEC.modality_names
+    assert all(parts[f"lpips_{n}"] > 0 for n in names)
+    expected = sum(parts[f"mse_{n}"] + 0.5 * parts[f"lpips_{n}"] for n in names)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    trainer.run()
+    val = trainer.finish(1.0)["val"]
+    assert all(np.isfinite(val[n]["lpips"]) and val[n]["baseline_psnr"] > 0 for n in names)
+    raw["vae"]["lpips"] = {"vgg16": None, "heads": None}
+    with pytest.raises(ConfigError, match=r"lpips_weight > 0 needs vae\.lpips"):
+        VaeTrainer(parse_config(raw).vae, init_distributed("cpu"), progress=False)

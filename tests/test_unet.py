@@ -11,6 +11,7 @@ from diffusers import UNet2DConditionModel
 
 from diffx.models.layout import fourier_embed, pack_boxes
 from diffx.models.unet import DiffXUNet
+from diffx.train.ema import EMA
 from diffx.train.unet import CAPTION_DROP, LAYOUT_DROP, dropped
 
 BLOCKS = {
@@ -158,6 +159,7 @@ def test_from_sd_loads_and_freezes_the_base(tmp_path: Path) -> None:
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".fuser." in n or not n.startswith("unet.") for n in trainable)
     assert any(n.startswith("jme.") for n in trainable) and any(n.startswith("box_tokenizer.") for n in trainable)
+    assert set(EMA(model, 0.999).shadow) == trainable  # no fp32 copy of the frozen SD base
     x = _inputs(5)
     with torch.no_grad():
         expected = sd(

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from diffx.data.boxes import MIN_SIDE_PX
 from diffx.data.spec import FrameSpec
 
 GRID = 8  # the VAE's downsampling factor: crop offsets and sizes stay on it
-MIN_SIDE_PX = 2.0
 
 
 @dataclass(frozen=True)

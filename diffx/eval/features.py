@@ -1,11 +1,11 @@
 """Image features for the realism metrics (FID, KID, precision / recall), one modality at a time.
 
 FID is only as meaningful as its features. The paper's numbers use the FID InceptionV3; its weights
-cannot be downloaded here, so they are used only from a local file (``evaluate.features.inception_weights``,
-through torch-fidelity, the ``inception`` extra). The offline default is a seeded, untrained conv net:
-Naeem et al. (2020, "Reliable Fidelity and Diversity Metrics for Generative Models") show random
-embeddings rank generators sensibly, and they are the same bytes on every machine. Numbers from
-different extractors are not comparable; the report always names the one used.
+cannot be downloaded here, so they are read from a local file (``evaluate.features.inception_weights``) into
+the InceptionV3 of diffx/models/inception.py, which matches pytorch-fid's features. The offline default is a
+seeded, untrained conv net: Naeem et al. (2020, "Reliable Fidelity and Diversity Metrics for Generative
+Models") show random embeddings rank generators sensibly, and they are the same bytes on every machine.
+Numbers from different extractors are not comparable; the report always names the one used.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import nn
 
 from diffx.config import FeatureConfig
 from diffx.errors import ConfigError
+from diffx.models.inception import FIDInceptionV3
 
 
 class RandomConvFeatures(nn.Module):
@@ -47,27 +48,6 @@ class RandomConvFeatures(nn.Module):
         return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
 
 
-class InceptionFeatures(nn.Module):
-    """The FID InceptionV3 pool features (2048) from a local weights file, through torch-fidelity."""
-
-    def __init__(self, weights: str):
-        super().__init__()
-        try:
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-        except ImportError as err:
-            raise ConfigError(
-                "evaluate.features.extractor: 'inception' needs torch-fidelity (pip install 'diffx[inception]', which "
-                "brings torchvision and its matching torch); use 'random-conv' offline"
-            ) from err
-        self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights)
-        self.num_features = 2048
-        self.eval()
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net((images.clamp(0, 1) * 255).to(torch.uint8))[0]
-
-
 def build_extractor(config: FeatureConfig) -> tuple[nn.Module, str]:
     """The configured extractor and the name the report gives it."""
     if config.extractor == "inception":
@@ -77,7 +57,7 @@ def build_extractor(config: FeatureConfig) -> tuple[nn.Module, str]:
 
         if not Path(config.inception_weights).is_file():
             raise ConfigError(f"evaluate.features.inception_weights: {config.inception_weights} does not exist")
-        return InceptionFeatures(config.inception_weights), "inception-v3-fid (local weights)"
+        return FIDInceptionV3.from_file(config.inception_weights), "inception-v3-fid (local weights)"
     return RandomConvFeatures(config.dims, config.seed), f"random-conv (dims {config.dims}, seed {config.seed})"
 
 

@@ -32,8 +32,10 @@ from diffx.eval.dense import layout_agreement
 from diffx.eval.features import build_extractor
 from diffx.eval.grids import draw_boxes, grid_png, to_display
 from diffx.eval.measure import Transform, View, measure_set
+from diffx.eval.paired import paired_scores
 from diffx.eval.realism import realism
 from diffx.models.detector import CenterNet, decode, stack_inputs
+from diffx.models.lpips import LPIPS
 from diffx.shards.dataset import ShardDataset
 from diffx.shards.reader import ShardSet
 from diffx.train.checkpoint import save_model_atomic
@@ -85,8 +87,13 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     if "layout_agreement" in report:  # a dense layout: agreement per set, on the kind's own measure
         agreement = {k: v for k, v in report["layout_agreement"].items() if isinstance(v, dict)}
         dense = {f"layout_agreement_{m}": {name: v[m] for name, v in agreement.items()} for m in _first(agreement)}
+    paired = {}
+    if "paired" in report:  # one generated sample per real item: its scores per modality
+        per_modality = report["paired"]["per_modality"]
+        paired = {f"paired_{k}": {m: v[k] for m, v in per_modality.items()} for k in _first(per_modality)}
     return {
         **dense,
+        **paired,
         "fid": {m: v["fid"] for m, v in generated.items()},
         "registered_share": {m: v["registered_share"] for m, v in report["alignment"]["generated"].items()},
         "layout_fidelity_map50": {name: s["map50"] for name, s in fidelity.items()},
@@ -246,6 +253,18 @@ def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
     alignment_table = {name: image_set.alignment() for name, image_set in sets.items()}
     seconds["realism_alignment"] = time.perf_counter() - started
 
+    paired = None
+    if options.paired_split is not None:
+        started = time.perf_counter()
+        lpips = (
+            LPIPS.from_files(str(options.lpips.vgg16), str(options.lpips.heads)) if options.lpips.configured else None
+        )
+        real_items = ShardDataset(options.real, options.paired_split, modalities)
+        paired = paired_scores(
+            real_items, synthetic, modalities, lpips=lpips.to(device) if lpips else None, device=device
+        )
+        seconds["paired"] = time.perf_counter() - started
+
     agreement = None
     if spec.layout_kind is not None:
         started = time.perf_counter()
@@ -261,6 +280,7 @@ def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
         "alignment": alignment_table,
         "layout_fidelity": {name: s.summary() for name, s in fidelity.items()},
         **({"layout_agreement": {"kind": spec.layout_kind, **agreement}} if agreement is not None else {}),
+        **({"paired": {"split": options.paired_split, **paired}} if paired is not None else {}),
         "downstream": {
             **{name: s.summary() for name, s in downstream.items()},
             "gain_map50": round(downstream["real+synthetic"].map50 - downstream["real"].map50, 4),

@@ -37,6 +37,7 @@ class ModelCard(BaseModel):
     text_encoder: str
     text_tokenizer: str | None = None
     max_tokens: int
+    mask_caption_padding: bool = True  # cards written before the switch masked it
     max_objects: int
     steps: int
     vae: str = VAE_FOLDER

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from diffx.errors import ConfigError
+from diffx.models.weights import read_weights
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +98,14 @@ class TextEncoder:
         max_tokens: int | None = None,
         tokenizer: str | None = None,
         device: str | torch.device = "cpu",
+        mask_padding: bool = True,
     ):
         from transformers import AutoModel, AutoTokenizer, CLIPTextModel
 
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         self.spec = spec
         self.device = torch.device(device)
+        self.mask_padding = mask_padding
         kind, _, target = spec.partition(":")
         if kind == "minilm":
             folder = str(bundled_model_path("minilm"))
@@ -142,10 +145,14 @@ class TextEncoder:
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B x max_tokens x hidden, B x max_tokens mask); empty strings encode the unconditional caption."""
+        """(B x max_tokens x hidden, B x max_tokens mask); empty strings encode the unconditional caption.
+
+        With ``mask_padding`` off the mask is all ones: the UNet attends to every position, padding included,
+        as SD and the original DiffX code do with (Long-)CLIP; the text tower itself always masks its padding."""
         tokens = self._tokens(texts)
         out = self.model(**tokens)
-        return out.last_hidden_state.float(), tokens["attention_mask"]
+        mask = tokens["attention_mask"] if self.mask_padding else torch.ones_like(tokens["attention_mask"])
+        return out.last_hidden_state.float(), mask
 
     @torch.no_grad()
     def pooled(self, texts: list[str]) -> torch.Tensor:
@@ -229,17 +236,7 @@ def convert_longclip(checkpoint: str) -> str:
         return str(target)
     if not source.is_file():
         raise ConfigError(f"{checkpoint}: Long-CLIP checkpoint not found")
-    if source.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(source))
-    else:
-        try:
-            state = torch.load(str(source), map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ConfigError(f"{checkpoint}: not a plain weights file ({err})") from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    state = read_weights(source, "Long-CLIP")
     text_state = {k: v for k, v in state.items() if not k.startswith("visual.")}
     config, hf_state = longclip_state_to_hf(text_state)
     model = CLIPTextModel(CLIPTextConfig(**config))

@@ -111,26 +111,6 @@ class DiffXUNet(ModelMixin, ConfigMixin):
                 module.alpha_dense.fill_(gamma)
 
     # ------------------------------------------------------------------------------------------ forward
-    def layout_tokens(
-        self,
-        text_states: torch.Tensor,
-        text_mask: torch.Tensor | None,
-        *,
-        boxes: torch.Tensor | None = None,
-        phrases: torch.Tensor | None = None,
-        box_mask: torch.Tensor | None = None,
-        dense: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if self.config.layout == "boxes":
-            if boxes is None or phrases is None or box_mask is None:
-                raise ValueError("a box layout needs boxes, phrases and box_mask (all-zero mask = no layout)")
-            tokens = self.box_tokenizer(boxes, phrases, box_mask)
-        else:
-            if dense is None:
-                raise ValueError("a dense layout needs the dense map (zeros = no layout)")
-            tokens = self.dense_tokenizer(dense)
-        return self.jme(tokens, text_states, text_mask)
-
     def condition(
         self,
         text_states: torch.Tensor,
@@ -142,11 +122,15 @@ class DiffXUNet(ModelMixin, ConfigMixin):
         dense: torch.Tensor | None = None,
     ) -> LayoutConditioning:
         """Everything of the layout that no timestep changes (tokens + JME, dense input channels)."""
-        tokens = self.layout_tokens(
-            text_states, text_mask, boxes=boxes, phrases=phrases, box_mask=box_mask, dense=dense
-        )
-        channels = self.dense_downsampler(dense) if self.config.layout == "dense" else None
-        return LayoutConditioning(tokens, channels)
+        if self.config.layout == "boxes":
+            if boxes is None or phrases is None or box_mask is None:
+                raise ValueError("a box layout needs boxes, phrases and box_mask (all-zero mask = no layout)")
+            tokens, channels = self.box_tokenizer(boxes, phrases, box_mask), None
+        else:
+            if dense is None:
+                raise ValueError("a dense layout needs the dense map (zeros = no layout)")
+            tokens, channels = self.dense_tokenizer(dense), self.dense_downsampler(dense)
+        return LayoutConditioning(self.jme(tokens, text_states, text_mask), channels)
 
     def forward(
         self,

@@ -239,6 +239,13 @@ def vae_suite() -> list[Expectation]:
             E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="ssim", column_B="min_ssim", or_equal=True),
             "reconstruction SSIM below the floor",
         ),
+        _why(
+            E.ExpectColumnPairValuesAToBeGreaterThanB(
+                column_A="psnr", column_B="min_psnr_over_baseline", or_equal=True
+            ),
+            "reconstruction PSNR not above the latent-resolution baseline (the frame averaged down to the latent "
+            "grid and back) by quality.vae.min_gain_over_baseline_db: the model adds nothing a blur does not",
+        ),
         _why(E.ExpectColumnValuesToNotBeNull(column="psnr"), "a modality without a PSNR"),
     ]
 

@@ -121,7 +121,11 @@ class PlanExecutor:
             vae = load_pretrained(MPVAE, folder.vae, "MP-VAE").to(self.device)
             unet = load_pretrained(DiffXUNet, options.unet, "DiffX-UNet").to(self.device)
             text = TextEncoder(
-                card.text_encoder, max_tokens=card.max_tokens, tokenizer=card.text_tokenizer, device=self.device
+                card.text_encoder,
+                max_tokens=card.max_tokens,
+                tokenizer=card.text_tokenizer,
+                device=self.device,
+                mask_padding=card.mask_caption_padding,
             )
         self.pipeline = DiffXPipeline(vae, unet, text, spec, card.max_objects, folder.schedule(), self.device)
         self.model_id = model_digest(folder)
@@ -237,9 +241,10 @@ def generate(options: GenerateConfig, *, rank: int = 0, world_size: int = 1, pro
     if not 0 <= rank < world_size:
         raise ConfigError(f"--rank {rank} is outside --world-size {world_size}")
     by_shard, spec = planned_shards(options)
-    rows = [row for shard_rows in by_shard.values() for row in shard_rows]
     executor = PlanExecutor(options, spec)  # refuses a model/plan mismatch before any work
-    crowded = next((r for r in rows if len(r["objects"] or []) > executor.max_objects), None)
+    crowded = next(
+        (r for rows in by_shard.values() for r in rows if len(r["objects"] or []) > executor.max_objects), None
+    )
     if crowded is not None:
         raise DataError(
             options.plan,

@@ -31,7 +31,7 @@ from diffx import fsio
 from diffx.caption.scene import scene_noun
 from diffx.caption.template import layout_sentences, when_phrase
 from diffx.config import ConditioningConfig, PlanConfig, TemplateCaptionConfig, section_hash
-from diffx.data.boxes import box_iou
+from diffx.data.boxes import MIN_SIDE_PX, box_iou, clip_box
 from diffx.data.frame import place, place_boxes, place_image
 from diffx.data.images import decode_array, encode_png, read_file_bytes
 from diffx.data.layout_tensors import stored_to_tensor, tensor_to_stored
@@ -64,7 +64,6 @@ PLAN_SCHEMA = pa.schema(
         ("layout", pa.binary()),  # the dense layout map (PNG) when the data has one, else null
     ]
 )
-MIN_SIDE_PX = 2.0
 
 
 @dataclass
@@ -76,11 +75,6 @@ class Layout:
     caption: str | None
     caption_source: str | None
     layout: bytes | None = None  # the dense layout map (PNG)
-
-
-def _clip(box: tuple[float, ...], width: int, height: int) -> tuple[float, float, float, float] | None:
-    x0, y0, x1, y1 = max(0.0, box[0]), max(0.0, box[1]), min(float(width), box[2]), min(float(height), box[3])
-    return (x0, y0, x1, y1) if x1 - x0 >= MIN_SIDE_PX and y1 - y0 >= MIN_SIDE_PX else None
 
 
 def source_layouts(options: PlanConfig, spec: DatasetSpec) -> list[Layout]:
@@ -200,7 +194,7 @@ def _augment(
             cx, cy = (box[0] + box[2]) / 2 + dx * w, (box[1] + box[3]) / 2 + dy * h
             box = (cx - w * (1 + ds) / 2, cy - h * (1 + ds) / 2, cx + w * (1 + ds) / 2, cy + h * (1 + ds) / 2)
             edited = True
-        clipped = _clip(box, layout.width, layout.height)
+        clipped = clip_box(box, layout.width, layout.height, MIN_SIDE_PX)
         if clipped is not None:
             kept.append(BoxObject(clipped, obj.category, obj.category_id))
     return kept, edited, flipped
@@ -233,16 +227,17 @@ class Framed:
 
 
 def _in_model_frame(
-    source: Layout, objects: list[BoxObject], flipped: bool, spec: DatasetSpec, rng: np.random.Generator
+    source: Layout, objects: list[BoxObject], flipped: bool, spec: DatasetSpec, rng: np.random.Generator | None
 ) -> Framed:
     """Flip the dense map with its boxes, then resize + crop all of them to the model's frame (a seeded random
-    crop, drawn only when the data has a frame resolution, so plans without one are unchanged)."""
+    crop, drawn only when the data has a frame resolution, so plans without one are unchanged; centred with no
+    ``rng``, where the real item is cropped the same way for paired metrics)."""
     layout = source.layout
     if layout is not None and flipped:
         layout = encode_png(np.ascontiguousarray(decode_array(layout, source.id)[:, ::-1]), source.id).data
     if spec.frame.resolution is None:
         return Framed(source.width, source.height, objects, layout)
-    generator = torch.Generator().manual_seed(int(rng.integers(1 << 62)))
+    generator = None if rng is None else torch.Generator().manual_seed(int(rng.integers(1 << 62)))
     placement = place(source.height, source.width, spec.frame, generator)
     boxes = torch.tensor([o.bbox for o in objects], dtype=torch.float32).reshape(-1, 4)
     ids = torch.tensor([o.category_id for o in objects], dtype=torch.int64)
@@ -256,6 +251,42 @@ def _in_model_frame(
         moved = place_image(stored, placement, nearest=is_label_map(spec))
         layout = encode_png(tensor_to_stored(moved, spec), source.id).data
     return Framed(placement.width, placement.height, placed, layout)
+
+
+def _item_row(
+    index: int, source: Layout, options: PlanConfig, spec: DatasetSpec, max_objects: int, scene: str
+) -> dict[str, Any]:
+    """Mode one_per_item: the item as it is (no flip, jitter, dropout, paste or segment move), centred in the
+    model's frame, with its own caption: the generated sample can be scored against the real one pixel by pixel."""
+    framed = _in_model_frame(source, source.objects[:max_objects], False, spec, None)
+    caption, caption_source = source.caption, source.caption_source or "template"
+    if not caption:
+        sentences = layout_sentences(framed.objects, framed.width, framed.height, "", spec.classes, scene)
+        caption, caption_source = " ".join(sentences), "template"
+    return _plan_row(index, options, source.id, framed, caption, caption_source, edited=False)
+
+
+def _plan_row(
+    index: int, options: PlanConfig, source_id: str, framed: Framed, caption: str, caption_source: str, edited: bool
+) -> dict[str, Any]:
+    """One row of PLAN_SCHEMA: where it goes (shard, row), its id and seed, and what to draw."""
+    return {
+        "index": index,
+        "shard": index // options.rows_per_shard,
+        "row": index % options.rows_per_shard,
+        "id": f"gen-{options.seed:04d}-{index:07d}",
+        "source_id": source_id,
+        "seed": seed_for(options.seed, index),
+        "width": framed.width,
+        "height": framed.height,
+        "caption": caption,
+        "caption_source": caption_source,
+        "objects": [
+            {"bbox": list(o.bbox), "category": o.category, "category_id": o.category_id} for o in framed.objects
+        ],
+        "edited": edited,
+        "layout": framed.layout,
+    }
 
 
 def plan(
@@ -288,7 +319,10 @@ def plan(
     box_edits = spec.layout_kind is None  # a dense map cannot follow jittered, dropped or pasted boxes
     planned: Counter[str] = Counter()
     rows: list[dict[str, Any]] = []
-    for index in range(options.num_samples):
+    if options.mode == "one_per_item":
+        rows = [_item_row(index, source, options, spec, max_objects, scene) for index, source in enumerate(layouts)]
+        planned.update(o["category"] for row in rows for o in row["objects"])
+    for index in range(options.num_samples if options.mode == "sample" else 0):
         rng = np.random.default_rng([options.seed, index])
         source = layouts[int(rng.choice(len(layouts), p=weights))]
         source, moved = _with_segment_moved(source, rng, options, spec)
@@ -307,10 +341,11 @@ def plan(
                     break
                 donor_layout, donor = candidates[int(rng.integers(len(candidates)))]
                 sx, sy = source.width / donor_layout.width, source.height / donor_layout.height
-                box = _clip(
+                box = clip_box(
                     (donor.bbox[0] * sx, donor.bbox[1] * sy, donor.bbox[2] * sx, donor.bbox[3] * sy),
                     source.width,
                     source.height,
+                    MIN_SIDE_PX,
                 )
                 if box is None or any(box_iou(box, o.bbox) > options.max_paste_overlap for o in objects):
                     continue
@@ -327,25 +362,7 @@ def plan(
             caption_source = "template"
         else:
             caption, caption_source = source.caption, source.caption_source or "template"
-        rows.append(
-            {
-                "index": index,
-                "shard": index // options.rows_per_shard,
-                "row": index % options.rows_per_shard,
-                "id": f"gen-{options.seed:04d}-{index:07d}",
-                "source_id": source.id,
-                "seed": seed_for(options.seed, index),
-                "width": framed.width,
-                "height": framed.height,
-                "caption": caption,
-                "caption_source": caption_source,
-                "objects": [
-                    {"bbox": list(o.bbox), "category": o.category, "category_id": o.category_id} for o in objects
-                ],
-                "edited": edited,
-                "layout": framed.layout,
-            }
-        )
+        rows.append(_plan_row(index, options, source.id, framed, caption, caption_source, edited))
     table = pa.Table.from_pylist(rows, schema=PLAN_SCHEMA).replace_schema_metadata(
         {
             "diffx_plan": json.dumps(

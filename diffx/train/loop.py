@@ -101,7 +101,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.schedule)
         )
-        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
+        self.ema = EMA(self.model, cfg.ema_decay, params) if cfg.ema_decay else None
         self.plan = BatchPlan(len(dataset), cfg.batch_size, cfg.grad_accum, self.ctx.world_size, cfg.seed)  # type: ignore[arg-type]
         checkpoint = (
             load_checkpoint(resume_from) if resume_from else (latest_checkpoint(self.checkpoints) if resume else None)

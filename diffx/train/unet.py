@@ -165,6 +165,7 @@ class UnetTrainer(Trainer):
             max_tokens=conditioning.max_tokens,
             tokenizer=conditioning.text_tokenizer,
             device=ctx.device,
+            mask_padding=conditioning.mask_caption_padding,
         )
         self.phrase_table = self.text.phrases(list(self.spec.classes)).to(ctx.device)
         torch.manual_seed(self.train_cfg.seed)
@@ -376,6 +377,7 @@ class UnetTrainer(Trainer):
                 text_encoder=self.conditioning.text_encoder,
                 text_tokenizer=self.conditioning.text_tokenizer,
                 max_tokens=self.text.max_tokens,
+                mask_caption_padding=self.text.mask_padding,
                 max_objects=self.conditioning.max_objects,
                 steps=self.step,
             ),

@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from diffx.data.boxes import clip_box
 from diffx.data.readers.base import (
     Box,
     CategoryMapper,
@@ -86,12 +87,8 @@ def parse_bbgt(path: str, drop_ignored: bool) -> list[tuple[str, Box]]:
 
 
 def _clipped(boxes: list[tuple[str, Box]], width: int, height: int) -> list[tuple[str, Box]]:
-    out = []
-    for name, (x0, y0, x1, y1) in boxes:
-        box = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
-        if box[2] > box[0] and box[3] > box[1]:
-            out.append((name, box))
-    return out
+    clipped = ((name, clip_box(box, width, height)) for name, box in boxes)
+    return [(name, box) for name, box in clipped if box is not None]
 
 
 def _all_frames(options: KaistSource) -> list[str]:
