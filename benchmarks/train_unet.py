@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from typing import Any
 
@@ -116,8 +117,11 @@ def measure(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    started = time.perf_counter()
     step()  # warm-up (allocator, kernels, compile)
-    flops = counted_flops(step) if not compile_model else None
+    first_call_s = time.perf_counter() - started
+    # FlopCounterMode cannot see inside a compiled graph: count the same step on the eager module
+    flops = counted_flops(step) if not compile_model else counted_flops(lambda: _eager_step(model, data, bf16))
     elapsed = seconds_per_call(step, steps, device) * steps
     return {
         "tflop_per_step": round(flops / 1e12, 4) if flops else None,
@@ -132,7 +136,15 @@ def measure(
         "params_trainable_m": round(sum(p.numel() for p in params) / 1e6, 2),
         "bf16": bf16,
         "compiled": compile_model,
+        "first_call_s": round(first_call_s, 1),
     }
+
+
+def _eager_step(model: DiffXUNet, data: dict[str, torch.Tensor], bf16: bool) -> None:
+    with torch.autocast(data["sample"].device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = model(**data).float().pow(2).mean()
+    loss.backward()
+    model.zero_grad(set_to_none=True)
 
 
 def measure_sampling(
@@ -144,25 +156,31 @@ def measure_sampling(
     steps: int,
     device: torch.device,
     bf16: bool = False,
+    compile_model: bool = False,
 ) -> dict[str, Any]:
     """One denoising step as sampling runs it: classifier-free guidance doubles the batch, no gradients."""
     torch.manual_seed(0)
     model = DiffXUNet(sample_size=latent_hw[0], **config).to(device).eval()
     data = _batch(2 * batch, latent_hw, model.config.cross_attention_dim, model.config.phrase_dim, tokens, device)
+    forward = torch.compile(model) if compile_model else model
 
     @torch.no_grad()
-    def denoise() -> None:
+    def denoise(module: Any = forward) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            model(**data)
+            module(**data)
 
+    started = time.perf_counter()
     denoise()
-    flops = counted_flops(denoise)
+    first_call_s = time.perf_counter() - started
+    flops = counted_flops(lambda: denoise(model))
     elapsed = seconds_per_call(denoise, steps, device) * steps
     return {
         "device": str(device),
         "batch": batch,
         "latent": list(latent_hw),
         "bf16": bf16,
+        "compiled": compile_model,
+        "first_call_s": round(first_call_s, 1),
         "seconds_per_denoising_step": round(elapsed / steps, 4),
         "sample_steps_per_s": round(steps * batch / elapsed, 2),
         "tflop_per_step": round(flops / 1e12, 4),
@@ -173,6 +191,7 @@ def measure_sampling(
 def _share(result: dict[str, Any], peak: float) -> None:
     if result.get("tflops_achieved") is not None:
         result["share_of_matmul"] = round(result["tflops_achieved"] * 1e12 / peak, 4)
+    print(json.dumps(result), file=sys.stderr, flush=True)  # each figure as it lands, for runs cut short
 
 
 def main() -> None:
@@ -226,10 +245,18 @@ def main() -> None:
                 PAPER, batch=8, latent_hw=(64, 64), tokens=248, steps=args.steps * 3, device=gpu, freeze=True, **extra
             )
             _share(result[key], peaks[bool(extra.get("bf16"))])
-        for bf16 in (False, True):
-            key = f"paper_512_cuda_sampling_{'bf16' if bf16 else 'fp32'}"
+        sampling_variants = {"fp32": (False, False), "bf16": (True, False), "bf16_compile": (True, True)}
+        for name, (bf16, compiled) in sampling_variants.items():
+            key = f"paper_512_cuda_sampling_{name}"
             result[key] = measure_sampling(
-                PAPER, batch=8, latent_hw=(64, 64), tokens=248, steps=args.steps * 5, device=gpu, bf16=bf16
+                PAPER,
+                batch=8,
+                latent_hw=(64, 64),
+                tokens=248,
+                steps=args.steps * 5,
+                device=gpu,
+                bf16=bf16,
+                compile_model=compiled,
             )
             _share(result[key], peaks[bf16])
         result["paper_512_cuda_sampling_bf16_vs_fp32"] = round(

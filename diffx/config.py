@@ -492,6 +492,11 @@ class GenerateConfig(Section):
         description="zlib level of the generated PNGs (lossless at any level; 0 = stored, largest and fastest). "
         "At 1, 512 px frames come out 3.5% larger than Pillow's level 6 at 12.8x its speed on 2 cores",
     )
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the UNet (inductor): each new batch size compiles once (tens of seconds), "
+        "then every step runs the fused graph; for long runs (benchmarks/sampling_efficiency.py)",
+    )
     split: str = "train"
     output: str = "data/synthetic"
     report: str = "reports/generate.json"

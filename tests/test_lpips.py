@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from diffx.config import LpipsConfig
 from diffx.errors import ConfigError
-from diffx.models.lpips import LPIPS
+from diffx.models.lpips import LPIPS, load_lpips
 from tests.lpips_reference import inputs, weights
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lpips_reference.json"
@@ -78,3 +79,18 @@ def test_files_that_need_unpickling_or_are_not_vgg_are_refused(tmp_path: Path, w
         LPIPS.from_files(weight_files["vgg16.safetensors"], weight_files["vgg16.safetensors"])
     with pytest.raises(ConfigError, match="weights not found"):
         LPIPS.from_files(tmp_path / "absent.pth", weight_files["vgg.pth"])
+
+
+def test_a_trunk_of_another_width_is_named_with_its_shape(tmp_path: Path, weight_files: dict[str, Path]) -> None:
+    trunk = {k: torch.from_numpy(v) for k, v in weights()[0].items()}
+    trunk["features.0.weight"] = torch.zeros(32, 3, 3, 3)  # a narrower first layer than VGG16's 64
+    save_file(trunk, str(tmp_path / "narrow.safetensors"))
+    with pytest.raises(ConfigError, match=r"narrow.safetensors: 0.weight has shape \(32, 3, 3, 3\), expected \(64"):
+        LPIPS.from_files(tmp_path / "narrow.safetensors", weight_files["heads.safetensors"])
+
+
+def test_load_lpips_follows_the_settings(weight_files: dict[str, Path]) -> None:
+    assert load_lpips(LpipsConfig()) is None  # optional: no files, no LPIPS
+    files = LpipsConfig(vgg16=str(weight_files["vgg16.safetensors"]), heads=str(weight_files["heads.safetensors"]))
+    model = load_lpips(files, "cpu")
+    assert isinstance(model, LPIPS) and next(model.parameters()).device.type == "cpu"

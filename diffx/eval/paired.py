@@ -7,7 +7,6 @@ are means over the pairs, per modality: PSNR and SSIM always, LPIPS-VGG where it
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,10 +14,9 @@ import torch
 
 from diffx.errors import DataError
 from diffx.eval.image_metrics import psnr, ssim
+from diffx.progress import Progress
 from diffx.shards.dataset import ShardDataset, detection_collate
 from diffx.shards.reader import ShardSet
-
-Progress = Callable[[int], None]
 
 
 def pair_positions(real: ShardDataset, generated: ShardDataset, where: str) -> list[tuple[int, int]]:
@@ -55,27 +53,30 @@ def paired_scores(
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     where: str = "evaluate.paired_split",
+    progress: bool = False,
 ) -> dict[str, Any]:
     pairs = pair_positions(real, generated, where)
     values: dict[str, dict[str, list[float]]] = {
         m: {k: [] for k in ("psnr", "ssim", *(["lpips"] if lpips is not None else []))} for m in modalities
     }
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        fake = detection_collate([generated[g] for g, _ in chunk])["images"]
-        true = detection_collate([real[r] for _, r in chunk])["images"]
-        for m in modalities:
-            a, b = fake[m].to(device), true[m].to(device)
-            if a.shape != b.shape:
-                raise DataError(
-                    where,
-                    f"{m}: generated frames {tuple(a.shape[-2:])} vs real {tuple(b.shape[-2:])}: the pairs must share "
-                    "the model's frame (plan.mode one_per_item centres each item as the real data is read)",
-                )
-            values[m]["psnr"] += psnr(a, b).tolist()
-            values[m]["ssim"] += ssim(a, b).tolist()
-            if lpips is not None:
-                values[m]["lpips"] += lpips(a * 2 - 1, b * 2 - 1).tolist()
+    with Progress("paired metrics", len(pairs), unit="pairs", bar=progress) as bar:
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            fake = detection_collate([generated[g] for g, _ in chunk])["images"]
+            true = detection_collate([real[r] for _, r in chunk])["images"]
+            for m in modalities:
+                a, b = fake[m].to(device), true[m].to(device)
+                if a.shape != b.shape:
+                    raise DataError(
+                        where,
+                        f"{m}: generated frames {tuple(a.shape[-2:])} vs real {tuple(b.shape[-2:])}: the pairs must "
+                        "share the model's frame (plan.mode one_per_item centres each item as the real data is read)",
+                    )
+                values[m]["psnr"] += psnr(a, b).tolist()
+                values[m]["ssim"] += ssim(a, b).tolist()
+                if lpips is not None:
+                    values[m]["lpips"] += lpips(a * 2 - 1, b * 2 - 1).tolist()
+            bar.update(len(chunk))
     return {
         "pairs": len(pairs),
         "per_modality": {m: {k: round(float(np.mean(v)), 4) for k, v in s.items()} for m, s in values.items()},

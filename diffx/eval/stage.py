@@ -35,7 +35,7 @@ from diffx.eval.measure import Transform, View, measure_set
 from diffx.eval.paired import paired_scores
 from diffx.eval.realism import realism
 from diffx.models.detector import CenterNet, decode, stack_inputs
-from diffx.models.lpips import LPIPS
+from diffx.models.lpips import load_lpips
 from diffx.shards.dataset import ShardDataset
 from diffx.shards.reader import ShardSet
 from diffx.train.checkpoint import save_model_atomic
@@ -256,12 +256,14 @@ def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
     paired = None
     if options.paired_split is not None:
         started = time.perf_counter()
-        lpips = (
-            LPIPS.from_files(str(options.lpips.vgg16), str(options.lpips.heads)) if options.lpips.configured else None
-        )
         real_items = ShardDataset(options.real, options.paired_split, modalities)
         paired = paired_scores(
-            real_items, synthetic, modalities, lpips=lpips.to(device) if lpips else None, device=device
+            real_items,
+            synthetic,
+            modalities,
+            lpips=load_lpips(options.lpips, device),
+            device=device,
+            progress=progress,
         )
         seconds["paired"] = time.perf_counter() - started
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffx.errors import ConfigError
-from diffx.models.weights import read_weights
+from diffx.models.weights import load_checked, read_weights
 
 Pad = int | tuple[int, int]
 
@@ -189,8 +189,5 @@ class FIDInceptionV3(nn.Module):
         missing = [k for k in wanted if k not in state and not k.endswith("num_batches_tracked")]
         if missing:
             raise ConfigError(f"{path}: not the FID InceptionV3 weights (no {missing[0]})")
-        for key, value in wanted.items():
-            if key in state and state[key].shape != value.shape:
-                raise ConfigError(f"{path}: {key} has shape {tuple(state[key].shape)}, expected {tuple(value.shape)}")
-        model.load_state_dict({k: state[k].to(wanted[k].dtype) for k in wanted if k in state}, strict=False)
+        load_checked(model, {k: state[k] for k in wanted if k in state}, path)
         return model

@@ -10,12 +10,16 @@ so its keys load unchanged; the taps, input scaling and unit normalisation follo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from diffx.errors import ConfigError
-from diffx.models.weights import read_weights
+from diffx.models.weights import load_checked, read_weights
+
+if TYPE_CHECKING:
+    from diffx.config import LpipsConfig
 
 # torchvision's VGG16 "D" configuration: convolution widths, "M" = 2x2 max pool.
 VGG16_LAYERS: tuple[int | str, ...] = (
@@ -100,19 +104,18 @@ class LPIPS(nn.Module):
         missing = sorted(wanted - set(found))
         if missing:
             raise ConfigError(f"{vgg16}: not a torchvision VGG16 checkpoint (no features.{missing[0]})")
-        _load(model.features, {k: found[k] for k in wanted}, vgg16)
+        load_checked(model.features, {k: found[k] for k in wanted}, vgg16)
         lins = read_weights(heads, "LPIPS heads")
         state = {f"{k}.weight": lins.get(f"lin{k}.model.1.weight", lins.get(f"{k}.weight")) for k in range(5)}
         absent = [k for k, v in state.items() if v is None]
         if absent:
             raise ConfigError(f"{heads}: not LPIPS-VGG heads (expected lin0..lin4.model.1.weight)")
-        _load(model.lins, state, heads)  # type: ignore[arg-type]
+        load_checked(model.lins, state, heads)  # type: ignore[arg-type]
         return model
 
 
-def _load(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    expected = module.state_dict()
-    for key, value in state.items():
-        if value.shape != expected[key].shape:
-            raise ConfigError(f"{source}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}")
-    module.load_state_dict({k: v.float() for k, v in state.items()})
+def load_lpips(files: LpipsConfig, device: torch.device | str = "cpu") -> LPIPS | None:
+    """The configured LPIPS-VGG on ``device``, or None where ``files`` names no weights (LPIPS is optional)."""
+    if not files.configured:
+        return None
+    return LPIPS.from_files(str(files.vgg16), str(files.heads)).to(device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from diffx.errors import ConfigError
 
@@ -32,3 +33,15 @@ def read_weights(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ConfigError(f"{path}: expected a mapping of names to tensors for the {what} weights")
     return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def load_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load ``state`` (a subset of ``module``'s entries) in the module's dtypes, naming the first mismatched shape.
+
+    A wrong file of the right kind (another VGG width, a different Inception head) then fails on the entry that
+    differs, with the file's name, instead of as a bare size error from deep inside ``load_state_dict``."""
+    expected = module.state_dict()
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise ConfigError(f"{source}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}")
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=False)

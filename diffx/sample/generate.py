@@ -127,6 +127,9 @@ class PlanExecutor:
                 device=self.device,
                 mask_padding=card.mask_caption_padding,
             )
+        if options.compile:
+            # in place, so the pipeline keeps the module's attributes; shapes are fixed per batch size
+            unet.compile(dynamic=False)
         self.pipeline = DiffXPipeline(vae, unet, text, spec, card.max_objects, folder.schedule(), self.device)
         self.model_id = model_digest(folder)
         self.sampler = options.sampler.model_dump()

@@ -25,7 +25,7 @@ from diffx.data.spec import DatasetSpec
 from diffx.errors import ConfigError, DataError
 from diffx.eval.grids import grid_png, to_display
 from diffx.eval.image_metrics import psnr, ssim
-from diffx.models.lpips import LPIPS
+from diffx.models.lpips import load_lpips
 from diffx.models.mpvae import MPVAE
 from diffx.shards.dataset import ShardDataset, detection_collate
 from diffx.shards.reader import ShardSet
@@ -112,11 +112,7 @@ class VaeTrainer(Trainer):
         dataset = ShardDataset(options.data, options.train_split, list(self.spec.modality_names))
         if len(dataset) == 0:
             raise DataError(options.data, f"split {options.train_split!r} has no rows")
-        self.lpips = (
-            LPIPS.from_files(str(options.lpips.vgg16), str(options.lpips.heads)).to(ctx.device)
-            if options.lpips.configured
-            else None
-        )
+        self.lpips = load_lpips(options.lpips, ctx.device)
         if self.lpips is not None:
             log.info(
                 "LPIPS-VGG from %s + %s, loss weight %s",
