@@ -400,6 +400,13 @@ class UnetTrainConfig(TrainLoopConfig):
     caption_dropout: float = Field(default=0.5, ge=0, le=1, description="per sample: the caption becomes ''")
     layout_dropout: float = Field(default=0.1, ge=0, le=1, description="per sample: every layout slot is null")
     min_snr_gamma: float | None = Field(default=5.0, gt=0, description="min-SNR loss weighting; null = off")
+    box_loss_weight: float = Field(
+        default=1.0,
+        ge=0,
+        description="extra weight of the noise error inside planned boxes (1 + this there, 1 elsewhere; the mean "
+        "weight is divided out): objects are a small share of the latent and learn their place slower than "
+        "the background (GeoDiffusion's foreground re-weighting); 0 = off",
+    )
     gradient_checkpointing: bool = False
     cache_conditioning: bool = Field(
         default=True,
@@ -594,12 +601,98 @@ class EvaluateConfig(Section):
     layout_net_train: LayoutNetTrainConfig = Field(default_factory=LayoutNetTrainConfig)
     grid_samples: int = Field(default=6, ge=0)
     device: str = "auto"
-    output: str = Field(default="models/detector", description="the two detectors (real, real+synthetic)")
+    curated: str = Field(default="data/curated", description="the curate stage's kept rows (curated recipes)")
+    real_detector: str | None = Field(
+        default="models/detector_real",
+        description="the curate stage's real-data detector: reused as the first seed's real-only model when it was "
+        "trained with these detector settings on this reference split (else trained here); null = always train",
+    )
+    detector_seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2],
+        min_length=1,
+        description="every recipe and real-only train once per seed; gains are paired per seed (mean, 95 % "
+        "Student-t interval); the first seed's real model also scores layout fidelity",
+    )
+    recipes: list[RecipeConfig] = Field(
+        default_factory=lambda: [
+            RecipeConfig(name="synthetic_1x"),
+            RecipeConfig(name="curated_pretrain", curated=True, mode="pretrain_finetune"),
+        ],
+        description="ways of adding synthetic data, each scored against real-only per seed and class",
+    )
+    output: str = Field(default="models/detector", description="the detectors, one folder per recipe and seed")
     checkpoints: str = "checkpoints/detector"
     metrics: str = Field(default="metrics/eval.json", description="headline numbers (dvc metrics)")
     report: str = Field(default="reports/eval.json", description="every measurement, per set and modality")
     plots: str = Field(default="metrics/eval", description="folder of CSVs for dvc plots (PR curves, losses)")
     grid: str = "reports/eval/samples.png"
+
+    @model_validator(mode="after")
+    def _distinct_recipes(self) -> EvaluateConfig:
+        names = [r.name for r in self.recipes]
+        for name in names:
+            if name == "real" or "@" in name or "/" in name or names.count(name) > 1:
+                raise ValueError(
+                    f"evaluate.recipes: name {name!r} must be unique, not 'real', without '@' or '/' (it names a "
+                    "model folder and a metrics column)"
+                )
+        if len(set(self.detector_seeds)) != len(self.detector_seeds):
+            raise ValueError(f"evaluate.detector_seeds: {self.detector_seeds} repeats a seed")
+        return self
+
+
+class CurateRulesConfig(Section):
+    """Which generated samples are kept. Thresholds drop first; then the best share of each sample group (by
+    the class with most planned boxes, empty layouts a group of their own) is kept, so the plan's class mix holds."""
+
+    min_recall: float | None = Field(
+        default=None, ge=0, le=1, description="drop a sample whose planned boxes the real detector finds less often"
+    )
+    max_outlier: float | None = Field(
+        default=None, gt=0, description="drop a sample whose realism outlier score is above this; null = off"
+    )
+    max_shift_px: int | None = Field(
+        default=None, ge=0, description="drop a sample whose RGB-X best edge alignment is further off; null = off"
+    )
+    keep_share: float = Field(default=0.5, gt=0, le=1, description="of each group, the best-scored share is kept")
+
+
+class CurateConfig(Section):
+    """Stage curate: score every generated sample, keep the ones whose objects sit where the plan put them.
+
+    The real data, the real-data detector, the features and the alignment search are the evaluation's
+    (evaluate.real and reference_split, evaluate.detector, evaluate.detector_train with the first of
+    evaluate.detector_seeds, evaluate.features), so a sample is judged as it is measured; evaluate reuses the
+    detector."""
+
+    synthetic: str = "data/synthetic"
+    split: str = "train"
+    score_threshold: float = Field(
+        default=0.3, gt=0, lt=1, description="the detector's confidence a find needs to hit a planned box"
+    )
+    iou: float = Field(default=0.5, gt=0, le=1, description="IoU a same-class find needs to hit a planned box")
+    rules: CurateRulesConfig = Field(default_factory=CurateRulesConfig)
+    output: str = Field(default="data/curated", description="the kept rows, byte for byte, as a shard set")
+    scores: str = Field(default="reports/curate/scores.parquet", description="every sample's scores and verdict")
+    report: str = Field(default="reports/curate.json", description="kept per group, score summaries, timings")
+    detector: str = Field(default="models/detector_real", description="the real-data detector (safetensors)")
+    checkpoints: str = "checkpoints/curate"
+
+
+class RecipeConfig(Section):
+    """One way of adding synthetic data to a detector's real training set, scored against real-only."""
+
+    name: str = Field(description="the label in metrics/eval.json and the recipe table")
+    ratio: float = Field(default=1.0, gt=0, description="synthetic rows drawn per real training row (seeded)")
+    curated: bool = Field(default=False, description="draw from the curate stage's kept rows, not every row")
+    mode: Literal["mixed", "pretrain_finetune"] = Field(
+        default="mixed",
+        description="mixed: one run on real + synthetic; pretrain_finetune: a pretraining run on synthetic, then "
+        "the detector's full schedule on real only, starting from it",
+    )
+    pretrain_share: float = Field(
+        default=0.5, gt=0, le=4, description="pretrain_finetune only: pretraining steps as a share of the detector's"
+    )
 
 
 class ImageGateConfig(Section):
@@ -736,6 +829,7 @@ class DiffxConfig(Section):
     unet: UnetConfig = Field(default_factory=UnetConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    curate: CurateConfig = Field(default_factory=CurateConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
 
@@ -752,6 +846,10 @@ def _name_tree(section: Section, prefix: str) -> None:
         value = section.__dict__[name]
         if isinstance(value, Section):
             _name_tree(value, f"{prefix}{name}.")
+        elif isinstance(value, list):  # a list of sections (evaluate.recipes): each item's keys under the list's
+            for item in value:
+                if isinstance(item, Section):
+                    _name_tree(item, f"{prefix}{name}.")
 
 
 def section_hash(*sections: Section, extra: dict[str, Any] | None = None) -> str:

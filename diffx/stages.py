@@ -61,6 +61,12 @@ def generate(config: DiffxConfig, **kwargs: Any) -> Any:
     return run(config.generate, **kwargs)
 
 
+def curate(config: DiffxConfig, *, progress: bool = True) -> Any:
+    from diffx.curate.stage import curate as run
+
+    return run(config.curate, config.evaluate, progress=progress)
+
+
 def evaluate(config: DiffxConfig, *, progress: bool = True) -> Any:
     from diffx.eval.stage import evaluate as run
 

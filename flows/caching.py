@@ -50,15 +50,35 @@ def outputs_missing(urls: list[str]) -> bool:
     return False
 
 
-def evaluate_outputs(c: DiffxConfig) -> list[str]:
+def curate_outputs(c: DiffxConfig) -> list[str]:
     return [
-        c.evaluate.metrics,
-        c.evaluate.report,
-        fsio.join(c.evaluate.output, "real", "diffusion_pytorch_model.safetensors"),
-        fsio.join(c.evaluate.output, "real+synthetic", "diffusion_pytorch_model.safetensors"),
+        fsio.join(c.curate.output, "_manifest.json"),
+        c.curate.scores,
+        c.curate.report,
+        fsio.join(c.curate.detector, "diffusion_pytorch_model.safetensors"),
     ]
 
 
+def evaluate_outputs(c: DiffxConfig) -> list[str]:
+    models = ["real", *(r.name for r in c.evaluate.recipes)]  # the first seed's
+    return [
+        c.evaluate.metrics,
+        c.evaluate.report,
+        *(fsio.join(c.evaluate.output, m, "diffusion_pytorch_model.safetensors") for m in models),
+    ]
+
+
+# curate judges with the evaluation's detector and features, so those sections are part of its key
+curate_cache_key = stage_cache_key(
+    lambda c: (c.curate, c.evaluate), lambda c: [c.evaluate.real, c.curate.synthetic], curate_outputs
+)
 evaluate_cache_key = stage_cache_key(
-    lambda c: (c.evaluate,), lambda c: [c.evaluate.real, c.evaluate.synthetic], evaluate_outputs
+    lambda c: (c.evaluate,),
+    lambda c: [
+        c.evaluate.real,
+        c.evaluate.synthetic,
+        c.evaluate.curated,
+        fsio.join(c.curate.detector, "diffx_detector.json"),
+    ],
+    evaluate_outputs,
 )

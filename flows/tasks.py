@@ -13,7 +13,7 @@ from prefect import task
 
 from diffx import stages
 from diffx.config import DiffxConfig
-from flows.caching import evaluate_cache_key
+from flows.caching import curate_cache_key, evaluate_cache_key
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=10)
@@ -58,6 +58,19 @@ def generate_worker_task(config: DiffxConfig, rank: int, world_size: int) -> dic
     Retrying is safe: complete shards are skipped, and a half-written one never has its final name.
     """
     return stages.generate(config, rank=rank, world_size=world_size, progress=False).report()
+
+
+@task(
+    name="curate",
+    retries=0,
+    cache_key_fn=curate_cache_key,
+    persist_result=True,
+    result_serializer="json",
+    log_prints=False,
+)
+def curate_task(config: DiffxConfig) -> dict[str, Any]:
+    """Cached on its params, the evaluation's (its detector and features), and the real and synthetic sets."""
+    return stages.curate(config, progress=False).report
 
 
 # log_prints=False: pycocotools prints its 12-line table for every score; our own progress goes through logging

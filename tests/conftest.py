@@ -86,6 +86,23 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def ingest_demo(tmp: Path, splits: dict[str, int], rows_per_shard: int) -> Path:
+    """96 x 64 demo frames (seed 11) of ``splits``, ingested to ``tmp``/canonical: the evaluation's real set."""
+    from diffx.stages import ingest
+
+    write_demo(str(tmp / "raw"), seed=11, width=96, height=64, splits=splits)
+    config = make_config(
+        tmp / "raw",
+        tmp / "canonical",
+        **{
+            "ingest.source.annotations": {s: f"annotations/{s}.json" for s in splits},
+            "shards.rows_per_shard": rows_per_shard,
+        },
+    )
+    ingest(config, progress=False)
+    return tmp / "canonical"
+
+
 def make_config(root: Path | str, output: Path | str, **overrides: Any) -> DiffxConfig:
     raw: dict[str, Any] = {
         "data": {

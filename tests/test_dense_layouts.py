@@ -140,6 +140,7 @@ def seg_chain(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Diff
     stages.plan(config)
     stages.generate(config, progress=False)
     assert stages.check("generated", config).success
+    stages.curate(config, progress=False)
     stages.evaluate(config, progress=False)
     return config
 

@@ -82,17 +82,19 @@ def test_exp_run_with_a_changed_param_reruns_only_what_depends_on_it(repo_copy: 
             "plan",
             "generate",
             "check_generated",
+            "curate",
             "evaluate",
         )
         if f"Running stage '{stage}'" in out
     }
-    assert ran == {"plan", "generate", "check_generated", "evaluate"}, out
+    assert ran == {"plan", "generate", "check_generated", "curate", "evaluate"}, out
     assert validate_shard_set(str(repo_copy / "data" / "synthetic")).rows == 9
     shown = _run(repo_copy, "dvc", "metrics", "show", "--json")
     assert "metrics/vae.json" in shown and "metrics/quality/generated.json" in shown and "metrics/eval.json" in shown
     assert "reports/generate.json" not in shown  # a run report (timings), not a metric
     plots = _run(repo_copy, "dvc", "plots", "show", "--json")
-    assert "pr_real_synthetic.csv" in plots and "unet_loss.csv" in plots
+    assert "pr_synthetic_1x.csv" in plots and "unet_loss.csv" in plots
+    assert '"recipe": "curated_pretrain", "class": "all", "gain_map50"' in plots  # the recipe gain chart
 
 
 def _resolve(entry: str, value: Callable[[str], object]) -> str:

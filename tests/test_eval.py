@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from diffx.config import FeatureConfig
-from diffx.data.demo import write_demo
 from diffx.errors import ConfigError
 from diffx.eval.alignment import alignment, shift_image
 from diffx.eval.coco_map import coco_scores
@@ -20,26 +19,15 @@ from diffx.eval.realism import fid, precision_recall, realism
 from diffx.eval.stage import headline
 from diffx.models.detector import CenterNet, decode, encode_targets
 from diffx.shards.dataset import ShardDataset, detection_collate
-from diffx.stages import evaluate, ingest
-from tests.conftest import make_config
+from diffx.stages import curate, evaluate
+from tests.conftest import ingest_demo, make_config
 
 CLASSES = ["person", "bicycle", "car"]
 
 
 @pytest.fixture(scope="module")
 def canonical(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("eval")
-    write_demo(str(tmp / "raw"), seed=11, width=96, height=64, splits={"train": 32, "val": 12, "test": 12})
-    config = make_config(
-        tmp / "raw",
-        tmp / "canonical",
-        **{
-            "ingest.source.annotations": {s: f"annotations/{s}.json" for s in ("train", "val", "test")},
-            "shards.rows_per_shard": 16,
-        },
-    )
-    ingest(config, progress=False)
-    return tmp / "canonical"
+    return ingest_demo(tmp_path_factory.mktemp("eval"), {"train": 32, "val": 12, "test": 12}, rows_per_shard=16)
 
 
 def _images(root: Path, split: str) -> dict[str, Any]:
@@ -181,36 +169,68 @@ def _eval_config(canonical: Path, tmp: Path, **evaluate: Any) -> Any:
         "report": str(tmp / "eval-report.json"),
         "plots": str(tmp / "plots"),
         "grid": str(tmp / "samples.png"),
+        "detector_seeds": [0, 1],
+        "recipes": [
+            {"name": "synthetic_half", "ratio": 0.5},
+            {"name": "curated_pretrain", "curated": True, "mode": "pretrain_finetune"},
+        ],
+        "curated": str(tmp / "curated"),
+        "real_detector": str(tmp / "detector_real"),
         **evaluate,
     }
-    return make_config(canonical.parent / "raw", canonical, evaluate=options)
+    curate = {
+        "synthetic": str(canonical),
+        "split": "val",
+        "output": str(tmp / "curated"),
+        "scores": str(tmp / "curate" / "scores.parquet"),
+        "report": str(tmp / "curate.json"),
+        "detector": str(tmp / "detector_real"),
+        "checkpoints": str(tmp / "ckpt-curate"),
+    }
+    return make_config(canonical.parent / "raw", canonical, evaluate=options, curate=curate)
 
 
 @pytest.fixture(scope="module")
 def evaluated(canonical: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """curate (which trains the first seed's real detector), then evaluate with two seeds and two recipes."""
     tmp = tmp_path_factory.mktemp("evaluated")
-    result = evaluate(_eval_config(canonical, tmp), progress=False)
+    config = _eval_config(canonical, tmp)
+    curate(config, progress=False)
+    result = evaluate(config, progress=False)
     return tmp, result.metrics
 
 
-def test_stage_writes_every_metric_plot_grid_and_both_detectors(evaluated: tuple[Path, dict[str, Any]]) -> None:
+def test_stage_writes_every_metric_plot_grid_and_every_detector(evaluated: tuple[Path, dict[str, Any]]) -> None:
     tmp, metrics = evaluated
     assert json.loads((tmp / "eval-report.json").read_text()) == metrics
     summary = json.loads((tmp / "eval.json").read_text())  # the headline: a few numbers read off the report
     assert summary == headline(metrics)
-    assert summary["map50"]["real"] == metrics["downstream"]["real"]["map50"]
+    assert summary["map50"]["real"] == metrics["downstream"]["recipes"]["real"]["map50"]["mean"]
     assert set(summary["fid"]) == {"rgb", "thermal", "depth"}
     assert set(summary["registered_share"]) == {"thermal", "depth"}
     for modality in ("rgb", "thermal", "depth"):
         assert set(metrics["realism"]["generated"][modality]) >= {"fid", "kid", "precision", "recall"}
     assert set(metrics["alignment"]["generated"]) == {"thermal", "depth"}
-    assert set(metrics["downstream"]) >= {"real", "real+synthetic", "gain_map50", "gain_map50_95"}
+    recipes = metrics["downstream"]["recipes"]
+    assert list(recipes) == ["real", "synthetic_half", "curated_pretrain"]
+    for name in ("synthetic_half", "curated_pretrain"):
+        gain = recipes[name]["gain_map50"]
+        pairs = zip(recipes["real"]["per_seed"], recipes[name]["per_seed"], strict=True)
+        assert gain["mean"] == pytest.approx(np.mean([b - a for a, b in pairs]), abs=1e-4)
+        assert gain["low"] <= gain["mean"] <= gain["high"]
+        assert summary["recipe_gain_map50"][name] == gain
+        assert set(recipes[name]["gain_ap50_per_class"]) <= set(CLASSES)
+    assert metrics["downstream"]["real_detector_from_curate"]  # curate's detector, not a second one
     assert metrics["feature_extractor"].startswith("random-conv")
-    for name in ("pr_real.csv", "pr_real_synthetic.csv", "loss_real.csv", "loss_real_synthetic.csv"):
+    for name in ("pr_real.csv", "pr_synthetic_half.csv", "loss_real.csv", "loss_curated_pretrain.csv"):
         assert (tmp / "plots" / name).read_text().count("\n") > 2
+    gains = (tmp / "plots" / "recipe_gains.csv").read_text().splitlines()
+    assert gains[0] == "recipe,class,gain_map50,low,high" and gains[1].startswith("synthetic_half,all,")
     assert (tmp / "samples.png").read_bytes()[:4] == b"\x89PNG"
-    for label in ("real", "real+synthetic"):
+    for label in ("real", "real@1", "synthetic_half", "synthetic_half@1", "curated_pretrain", "curated_pretrain@1"):
         assert (tmp / "detector" / label / "diffusion_pytorch_model.safetensors").exists()
+    reused = tmp / "detector" / "real" / "diffusion_pytorch_model.safetensors"
+    assert reused.read_bytes() == (tmp / "detector_real" / "diffusion_pytorch_model.safetensors").read_bytes()
 
 
 def test_the_detector_learns_and_the_misaligned_control_scores_worse(evaluated: tuple[Path, dict[str, Any]]) -> None:

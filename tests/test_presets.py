@@ -157,6 +157,7 @@ def test_each_paper_preset_runs_its_task_on_tiny_stand_ins(
     )
     stages.plan(paired)
     stages.generate(paired, progress=False)
+    stages.curate(paired, progress=False)
     metrics = stages.evaluate(paired, progress=False).metrics
     assert metrics["feature_extractor"].startswith("inception-v3-fid")
     names = generated.spec.modality_names

@@ -52,6 +52,10 @@ def tiny_evaluate(real: Path, tmp: Path, **overrides: Any) -> dict[str, Any]:
         "report": str(tmp / "eval-report.json"),
         "plots": str(tmp / "plots"),
         "grid": str(tmp / "samples.png"),
+        "detector_seeds": [0, 1],
+        "recipes": [{"name": "synthetic_1x"}],
+        "real_detector": None,
+        "curated": str(tmp / "curated"),
         **overrides,
     }
 

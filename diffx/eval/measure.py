@@ -62,6 +62,9 @@ class Measured:
     sets: dict[str, ImageSet]  # by view name
     scores: dict[tuple[str, str], DetectionScores]  # by (view name, detector name)
     first_batch: dict[str, Any] | None  # the set's first rows as decoded, for a sample sheet
+    ids: list[str] = field(default_factory=list)  # row ids, in the order of every per-sample list here
+    truth: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (boxes, labels) per row
+    found: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -101,6 +104,7 @@ def measure_set(
         for v in views
     }
     truth: list[tuple[np.ndarray, np.ndarray]] = []
+    ids: list[str] = []
     frame = (0, 0)
     kept: list[dict[str, Any]] = []
     batch_size = options.features.batch_size
@@ -110,6 +114,7 @@ def measure_set(
             rows = [dataset[i] for i in range(start, min(start + batch_size, size))]
             kept += rows[: keep_first - len(kept)]
             batch = detection_collate(rows)
+            ids += [row["id"] for row in rows]
             truth += [(b.numpy(), lab.numpy()) for b, lab in zip(batch["boxes"], batch["labels"], strict=True)]
             for view in views:
                 images = view.transform(batch["images"]) if view.transform else batch["images"]
@@ -135,4 +140,5 @@ def measure_set(
         )
         for name, model in view.detectors.items():
             scores[(view.name, name)] = coco_scores(truth, got.found[name], list(model.config.classes), frame)
-    return Measured(sets, scores, detection_collate(kept) if kept else None)
+    found = {(v.name, d): collected[v.name].found[d] for v in views for d in v.detectors}
+    return Measured(sets, scores, detection_collate(kept) if kept else None, ids, truth, found)

@@ -1,18 +1,19 @@
 """Stage ``evaluate``: does the synthetic data look right, follow its layout, and make detectors better?
 
-Two detectors are trained with the same seed and steps (real; real + synthetic); then one decode of each
+Detectors are trained per seed on the real training split alone and on every mixing recipe
+(diffx/eval/recipes.py: synthetic rows at a ratio, all or curated, mixed or as pretraining); the gain of a
+recipe is its paired per-seed difference from real-only, with a 95 % interval. Then one decode of each
 image set feeds every measurement made on it (diffx/eval/measure.py: features per modality, edge alignment
 of every RGB/X pair, each detector's finds, scored with pycocotools). A control set (the generated set with
 RGB and X shifted apart and off their layout) runs through the same measurements: if it does not score
 worse, the metrics cannot see misalignment and the numbers above it mean little. Data with a dense layout
 adds its layout agreement (diffx/eval/dense.py: mIoU, S-measure / MAE or edge SSIM) on the same three sets. Outputs:
-``metrics/eval.json`` for ``dvc metrics``, CSV curves for ``dvc plots``, a sample sheet, and the trained
-models (safetensors).
+``metrics/eval.json`` for ``dvc metrics``, CSV curves and the recipe gains for ``dvc plots``, a sample
+sheet, and the trained models (safetensors).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import time
@@ -20,26 +21,34 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import Dataset
 
 from diffx import fsio
 from diffx.config import EvaluateConfig, section_hash
 from diffx.data.spec import DatasetSpec, require_compatible
-from diffx.errors import ConfigError
+from diffx.errors import ConfigError, DataError
 from diffx.eval.alignment import shift_image
 from diffx.eval.coco_map import DetectionScores
 from diffx.eval.dense import layout_agreement
+from diffx.eval.detectors import (
+    inputs_of,
+    load_saved,
+    real_detector_key,
+    save_detector,
+    seeded,
+    split_digest,
+    train_detector,
+)
 from diffx.eval.features import build_extractor
 from diffx.eval.grids import draw_boxes, grid_png, to_display
 from diffx.eval.measure import Transform, View, measure_set
 from diffx.eval.paired import paired_scores
 from diffx.eval.realism import realism
+from diffx.eval.recipes import gain_table, gains_csv, recipe_datasets
 from diffx.models.detector import CenterNet, decode, stack_inputs
 from diffx.models.lpips import load_lpips
 from diffx.shards.dataset import ShardDataset
 from diffx.shards.reader import ShardSet
-from diffx.train.checkpoint import save_model_atomic
-from diffx.train.detector import DetectorTrainer, build_detector
 from diffx.train.distributed import init_distributed
 from diffx.train.loop import write_history_csv
 
@@ -56,11 +65,6 @@ def control_transform(shift: int) -> Transform:
         }
 
     return apply
-
-
-def _split_digest(root: str, split: str) -> str:
-    records = ShardSet(root).manifest.shards_of(split)
-    return hashlib.sha256("".join(r.sha256 for r in records).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -91,59 +95,18 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     if "paired" in report:  # one generated sample per real item: its scores per modality
         per_modality = report["paired"]["per_modality"]
         paired = {f"paired_{k}": {m: v[k] for m, v in per_modality.items()} for k in _first(per_modality)}
+    recipes = downstream["recipes"]
+    names = [n for n in recipes if n != "real"]
     return {
         **dense,
         **paired,
         "fid": {m: v["fid"] for m, v in generated.items()},
         "registered_share": {m: v["registered_share"] for m, v in report["alignment"]["generated"].items()},
         "layout_fidelity_map50": {name: s["map50"] for name, s in fidelity.items()},
-        "map50": {
-            "real": downstream["real"]["map50"],
-            "real+synthetic": downstream["real+synthetic"]["map50"],
-            "gain": downstream["gain_map50"],
-        },
-        "map50_95": {
-            "real": downstream["real"]["map50_95"],
-            "real+synthetic": downstream["real+synthetic"]["map50_95"],
-            "gain": downstream["gain_map50_95"],
-        },
+        "map50": {name: recipes[name]["map50"]["mean"] for name in recipes},
+        "recipe_gain_map50": {name: recipes[name]["gain_map50"] for name in names},
+        "recipe_gain_map50_95": {name: recipes[name]["gain_map50_95"]["mean"] for name in names},
     }
-
-
-def _train_detector(
-    label: str,
-    dataset: Dataset,
-    options: EvaluateConfig,
-    inputs: list[str],
-    spec: DatasetSpec,
-    run_key: str,
-    progress: bool,
-) -> tuple[CenterNet, list[dict[str, float]]]:
-    ctx = init_distributed(options.device)
-    channels = [spec.modality(m).channels for m in inputs]
-    torch.manual_seed(options.detector_train.seed)
-    model = build_detector(options.detector, inputs, channels, list(spec.classes))
-    trainer = DetectorTrainer(
-        model,
-        dataset,
-        options.detector_train,
-        ctx,
-        fsio.join(options.checkpoints, label),
-        run_key,
-        progress=progress,
-    )
-    trainer.kind = f"detector ({label})"
-    log.info(
-        "evaluate: training the detector on %s (%d samples, %d steps of %d)",
-        label,
-        len(dataset),  # type: ignore[arg-type]
-        options.detector_train.steps,
-        options.detector_train.batch_size,
-    )
-    trainer.run()
-    model.eval()
-    save_model_atomic(model, fsio.join(options.output, label))
-    return model, trainer.history
 
 
 PLANNED_COLOUR = (0, 255, 0)
@@ -181,13 +144,92 @@ def sample_sheet(
     return grid_png(rows, [f"generated {m}" for m in modalities], captions=captions, legend=legend)
 
 
+def _label(name: str, seed: int, first: int) -> str:
+    """The first seed keeps the plain name (``real``, the recipe's): the model folders a user opens first."""
+    return name if seed == first else f"{name}@{seed}"
+
+
+@dataclass
+class _Detectors:
+    models: dict[str, CenterNet]  # by label
+    histories: dict[str, list[dict[str, float]]]
+    train_samples: dict[str, int]
+    reused_real: bool
+
+
+def _train_all(
+    options: EvaluateConfig,
+    spec: DatasetSpec,
+    reference: Dataset,
+    pools: dict[bool, Dataset | None],
+    progress: bool,
+) -> _Detectors:
+    """Real-only per seed (the first one from the curate stage when it matches), then every recipe per seed."""
+    seeds, first = options.detector_seeds, options.detector_seeds[0]
+    found = _Detectors({}, {}, {}, reused_real=False)
+    device = init_distributed(options.device).device
+
+    def where(label: str) -> dict[str, Any]:
+        return {
+            "save_to": fsio.join(options.output, label),
+            "checkpoints": fsio.join(options.checkpoints, label),
+            "progress": progress,
+        }
+
+    for seed in seeds:
+        label, key = _label("real", seed, first), real_detector_key(options, spec, seed)
+        reused = load_saved(options.real_detector, key, options, spec, device) if seed == first else None
+        if reused is not None:  # kept with the others too: models/detector holds every model it scored
+            (found.models[label], found.histories[label]), found.reused_real = reused, True
+            save_detector(found.models[label], where(label)["save_to"], key, found.histories[label])
+        else:
+            train = seeded(options.detector_train, seed)
+            found.models[label], found.histories[label] = train_detector(
+                label, reference, options, spec, key, train=train, **where(label)
+            )
+        found.train_samples[label] = len(reference)  # type: ignore[arg-type]
+    for recipe in options.recipes:
+        pool = pools[recipe.curated]
+        if pool is None or len(pool) == 0:  # type: ignore[arg-type]
+            raise DataError(
+                options.curated if recipe.curated else options.synthetic,
+                f"recipe {recipe.name!r} draws from it but it has no rows in split {options.synthetic_split!r}",
+            )
+        source = options.curated if recipe.curated else options.synthetic
+        digest = f"{split_digest(source, options.synthetic_split)}-{section_hash(recipe)}"
+        for seed in seeds:
+            label = _label(recipe.name, seed, first)
+            data = recipe_datasets(recipe, reference, pool, seed)
+            key = f"{real_detector_key(options, spec, seed)}-{digest}-{label}"
+            init = None
+            if data.pretrain is not None:
+                steps = max(1, round(recipe.pretrain_share * options.detector_train.steps))
+                pretrain = seeded(options.detector_train, seed, steps)
+                pre_model, _ = train_detector(
+                    f"{label}.pretrain",
+                    data.pretrain,
+                    options,
+                    spec,
+                    f"{key}-pretrain",
+                    train=pretrain,
+                    **where(f"{label}.pretrain"),
+                )
+                init = {k: v.detach().clone() for k, v in pre_model.state_dict().items()}
+            train = seeded(options.detector_train, seed)
+            found.models[label], found.histories[label] = train_detector(
+                label, data.train, options, spec, key, train=train, init=init, **where(label)
+            )
+            found.train_samples[label] = len(data.train) + (len(data.pretrain) if data.pretrain else 0)  # type: ignore[arg-type]
+    return found
+
+
 def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
     """The real set's manifest says what the data is; the synthetic set must be compatible with it."""
     spec = ShardSet(options.real).spec
     require_compatible(
         ShardSet(options.synthetic).spec, spec, found_in=f"{options.synthetic}/_manifest.json", needed_by="evaluate"
     )
-    inputs = options.detector.inputs or list(spec.modality_names)
+    inputs = inputs_of(options, spec)
     for name in inputs:
         if name not in spec.modality_names:
             raise ConfigError(f"evaluate.detector.inputs: unknown modality {name!r}; data has {spec.modality_names}")
@@ -195,18 +237,22 @@ def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
     reference = ShardDataset(options.real, options.reference_split, modalities)
     test = ShardDataset(options.real, options.test_split, modalities)
     synthetic = ShardDataset(options.synthetic, options.synthetic_split, modalities)
+    curated = None
+    if any(r.curated for r in options.recipes):
+        fs, path = fsio.get_fs(fsio.join(options.curated, "_manifest.json"))
+        if not fs.exists(path):
+            raise DataError(options.curated, "a curated recipe needs the curate stage's shard set (diffx curate)")
+        require_compatible(
+            ShardSet(options.curated).spec, spec, found_in=f"{options.curated}/_manifest.json", needed_by="evaluate"
+        )
+        curated = ShardDataset(options.curated, options.synthetic_split, modalities)
     control = control_transform(options.control_shift) if options.control_shift else None
     seconds: dict[str, float] = {}
+    every_setting = section_hash(options, extra={"dataset": spec.model_dump(mode="json")})  # the report's provenance
 
     started = time.perf_counter()
-    params_digest = section_hash(options, extra={"dataset": spec.model_dump(mode="json")})
-    base_key = f"{params_digest}-{_split_digest(options.real, options.reference_split)}"
-    real_model, real_history = _train_detector("real", reference, options, inputs, spec, f"{base_key}-real", progress)
-    mixed_key = f"{base_key}-{_split_digest(options.synthetic, options.synthetic_split)}"
-    mixed_data = ConcatDataset([reference, synthetic])
-    mixed_model, mixed_history = _train_detector(
-        "real+synthetic", mixed_data, options, inputs, spec, mixed_key, progress
-    )
+    detectors = _train_all(options, spec, reference, {False: synthetic, True: curated}, progress)
+    real_model = detectors.models["real"]
     device = next(real_model.parameters()).device
     seconds["train_detectors"] = time.perf_counter() - started
 
@@ -214,21 +260,28 @@ def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
     started = time.perf_counter()
     extractor, extractor_name = build_extractor(options.features)
     log.info("evaluate: features from %s", extractor_name)
-    real_views = {"real": real_model, "real+synthetic": mixed_model}
     generated_views = [View("generated", None, {"real": real_model})]
     if control:
         generated_views.append(View("control_misaligned", control, {"real": real_model}))
     measured = {
         "reference": measure_set(reference, [View("reference")], extractor, options, progress=progress),
-        "real_test": measure_set(test, [View("real_test", None, real_views)], extractor, options, progress=progress),
+        "real_test": measure_set(
+            test, [View("real_test", None, detectors.models)], extractor, options, progress=progress
+        ),
         "generated": measure_set(
             synthetic, generated_views, extractor, options, keep_first=options.grid_samples, progress=progress
         ),
     }
     sets = {name: image_set for m in measured.values() for name, image_set in m.sets.items()}
     scores = {key: s for m in measured.values() for key, s in m.scores.items()}
-    downstream = {"real": scores[("real_test", "real")], "real+synthetic": scores[("real_test", "real+synthetic")]}
-    fidelity = {"real_test": downstream["real"], "generated": scores[("generated", "real")]}
+    on_test = {label: scores[("real_test", label)] for label in detectors.models}
+    seeds, first = options.detector_seeds, options.detector_seeds[0]
+    recipe_table = gain_table(
+        [on_test[_label("real", s, first)] for s in seeds],
+        {r.name: [on_test[_label(r.name, s, first)] for s in seeds] for r in options.recipes},
+        list(spec.classes),
+    )
+    fidelity = {"real_test": on_test["real"], "generated": scores[("generated", "real")]}
     if control:
         fidelity["control_misaligned"] = scores[("control_misaligned", "real")]
     seconds["measure"] = time.perf_counter() - started
@@ -273,10 +326,12 @@ def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
         dense_sets = {"real_test": (test, None), "generated": (synthetic, None)}
         if control:
             dense_sets["control_misaligned"] = (synthetic, control)
-        agreement = layout_agreement(options, spec, reference, dense_sets, inputs, f"{base_key}-layout", progress)
+        layout_key = f"{every_setting}-{split_digest(options.real, options.reference_split)}-layout"
+        agreement = layout_agreement(options, spec, reference, dense_sets, inputs, layout_key, progress)
         seconds["layout_agreement"] = time.perf_counter() - started
 
     metrics: dict[str, Any] = {
+        "settings_digest": every_setting,
         "feature_extractor": extractor_name,
         "realism": realism_table,
         "alignment": alignment_table,
@@ -284,11 +339,13 @@ def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
         **({"layout_agreement": {"kind": spec.layout_kind, **agreement}} if agreement is not None else {}),
         **({"paired": {"split": options.paired_split, **paired}} if paired is not None else {}),
         "downstream": {
-            **{name: s.summary() for name, s in downstream.items()},
-            "gain_map50": round(downstream["real+synthetic"].map50 - downstream["real"].map50, 4),
-            "gain_map50_95": round(downstream["real+synthetic"].map50_95 - downstream["real"].map50_95, 4),
-            "train_samples": {"real": len(reference), "real+synthetic": len(mixed_data)},
+            "seeds": seeds,
+            "recipes": recipe_table,
+            "recipe_settings": {r.name: r.model_dump(mode="json") for r in options.recipes},
+            "per_model": {label: s.summary() for label, s in on_test.items()},
+            "train_samples": detectors.train_samples,
             "steps": options.detector_train.steps,
+            "real_detector_from_curate": detectors.reused_real,
         },
         "detector": {
             "inputs": inputs,
@@ -299,14 +356,15 @@ def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
     summary = headline(metrics)
     fsio.write_json_atomic(options.report, metrics)
     fsio.write_json_atomic(options.metrics, summary)
-    for name, scores in downstream.items():
-        _write_curve(fsio.join(options.plots, f"pr_{name.replace('+', '_')}.csv"), scores)
-    write_history_csv(fsio.join(options.plots, "loss_real.csv"), real_history)
-    write_history_csv(fsio.join(options.plots, "loss_real_synthetic.csv"), mixed_history)
-    first = measured["generated"].first_batch
-    if first is not None:
-        fsio.write_bytes_atomic(options.grid, sample_sheet(first, modalities, real_model, options, device))
-    shutil.rmtree(options.checkpoints, ignore_errors=True)  # spent: both models and the metrics are written
+    for name in ["real", *(r.name for r in options.recipes)]:  # the first seed's curves
+        _write_curve(fsio.join(options.plots, f"pr_{name}.csv"), on_test[name])
+        if name in detectors.histories:
+            write_history_csv(fsio.join(options.plots, f"loss_{name}.csv"), detectors.histories[name])
+    fsio.write_bytes_atomic(fsio.join(options.plots, "recipe_gains.csv"), gains_csv(recipe_table).encode())
+    first_batch = measured["generated"].first_batch
+    if first_batch is not None:
+        fsio.write_bytes_atomic(options.grid, sample_sheet(first_batch, modalities, real_model, options, device))
+    shutil.rmtree(options.checkpoints, ignore_errors=True)  # spent: the models and the metrics are written
     log.info("evaluate: %s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     return EvalResult(metrics, summary, seconds)
 

@@ -52,6 +52,17 @@ def dropped(seed: int, positions: list[int], rate: float, purpose: int) -> list[
     return [bool(torch.rand(1, generator=sample_generator(seed, p, purpose)) < rate) for p in positions]
 
 
+def box_weight_map(boxes: torch.Tensor, box_mask: torch.Tensor, size: tuple[int, int], extra: float) -> torch.Tensor:
+    """B x 1 x h x w: 1 + ``extra`` on latent cells whose centre lies in any live box (boxes in [0, 1])."""
+    height, width = size
+    ys = (torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5) / height
+    xs = (torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5) / width
+    x0, y0, x1, y1 = (boxes[..., k, None, None] for k in range(4))  # B x S x 1 x 1
+    inside = (xs >= x0) & (xs <= x1) & (ys[:, None] >= y0) & (ys[:, None] <= y1)  # B x S x h x w
+    covered = (inside & (box_mask[..., None, None] > 0)).any(dim=1, keepdim=True)
+    return 1.0 + extra * covered.float()
+
+
 def _encode_one(text: TextEncoder, caption: str, cache: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     states, mask = text.encode([caption])
     cache[caption] = (states[0], mask[0])
@@ -298,7 +309,12 @@ class UnetTrainer(Trainer):
                 box_mask=box_mask,
                 dense=dense,
             )
-        per_sample = ((pred.float() - noise) ** 2).flatten(1).mean(dim=1)
+        error = (pred.float() - noise) ** 2
+        if cfg.box_loss_weight:
+            weight = box_weight_map(boxes, box_mask, tuple(error.shape[-2:]), cfg.box_loss_weight)
+            per_sample = (error * weight).flatten(1).mean(dim=1) / weight.flatten(1).mean(dim=1)
+        else:
+            per_sample = error.flatten(1).mean(dim=1)
         if cfg.min_snr_gamma:
             snr = self.alphas[timesteps] / (1 - self.alphas[timesteps])
             per_sample = per_sample * torch.clamp(snr, max=cfg.min_snr_gamma) / snr
