@@ -60,28 +60,27 @@ def generate_worker_task(config: DiffxConfig, rank: int, world_size: int) -> dic
     return stages.generate(config, rank=rank, world_size=world_size, progress=False).report()
 
 
-@task(
-    name="curate",
-    retries=0,
-    cache_key_fn=curate_cache_key,
-    persist_result=True,
-    result_serializer="json",
-    log_prints=False,
-)
+def _scored_on_shards(name: str, cache_key_fn: Any) -> Any:
+    """A stage that scores shard sets: cached on its inputs (flows/caching.py), never retried (it resumes from its
+    own checkpoints, so a retry would only repeat the answer), its result persisted as JSON. log_prints=False:
+    pycocotools prints its 12-line table for every score; our own progress goes through logging."""
+    return task(
+        name=name,
+        retries=0,
+        cache_key_fn=cache_key_fn,
+        persist_result=True,
+        result_serializer="json",
+        log_prints=False,
+    )
+
+
+@_scored_on_shards("curate", curate_cache_key)
 def curate_task(config: DiffxConfig) -> dict[str, Any]:
     """Cached on its params, the evaluation's (its detector and features), and the real and synthetic sets."""
     return stages.curate(config, progress=False).report
 
 
-# log_prints=False: pycocotools prints its 12-line table for every score; our own progress goes through logging
-@task(
-    name="evaluate",
-    retries=0,
-    cache_key_fn=evaluate_cache_key,
-    persist_result=True,
-    result_serializer="json",
-    log_prints=False,
-)
+@_scored_on_shards("evaluate", evaluate_cache_key)
 def evaluate_task(config: DiffxConfig) -> dict[str, Any]:
     """Cached on its params and the digests of the real and synthetic shard sets (flows/caching.py).
 

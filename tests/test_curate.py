@@ -18,7 +18,7 @@ from diffx.data.sample import BoxObject
 from diffx.shards.reader import ShardSet
 from diffx.shards.writer import ShardSetWriter
 from diffx.stages import curate
-from tests.conftest import ingest_demo, make_config
+from tests.conftest import LEARNING_DETECTOR_TRAIN, ingest_demo, make_config
 
 CLASSES = ["person", "bicycle", "car"]
 
@@ -114,14 +114,7 @@ def _curate_config(tmp: Path, synthetic: Path, **rules: float) -> object:
             "real": str(tmp / "canonical"),
             "features": {"dims": 32},
             "detector": {"width": 16},
-            "detector_train": {
-                "steps": 150,
-                "batch_size": 8,
-                "lr": 0.003,
-                "warmup_steps": 10,
-                "ema_decay": None,
-                "checkpoint_every": 50,
-            },
+            "detector_train": LEARNING_DETECTOR_TRAIN,
         },
         curate={
             "synthetic": str(synthetic),

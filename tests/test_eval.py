@@ -20,7 +20,7 @@ from diffx.eval.stage import headline
 from diffx.models.detector import CenterNet, decode, encode_targets
 from diffx.shards.dataset import ShardDataset, detection_collate
 from diffx.stages import curate, evaluate
-from tests.conftest import ingest_demo, make_config
+from tests.conftest import LEARNING_DETECTOR_TRAIN, ingest_demo, make_config
 
 CLASSES = ["person", "bicycle", "car"]
 
@@ -153,15 +153,7 @@ def _eval_config(canonical: Path, tmp: Path, **evaluate: Any) -> Any:
         "kid_subsets": 10,
         "control_shift": 6,
         "detector": {"width": 16},
-        "detector_train": {
-            "steps": 150,
-            "batch_size": 8,
-            "lr": 0.003,
-            "warmup_steps": 10,
-            "ema_decay": None,
-            "log_every": 10,
-            "checkpoint_every": 50,
-        },
+        "detector_train": LEARNING_DETECTOR_TRAIN,
         "grid_samples": 3,
         "output": str(tmp / "detector"),
         "checkpoints": str(tmp / "ckpt"),
