@@ -68,9 +68,10 @@ def unet_step_seconds(heads: int, *, steps: int, math_attention: bool = False, b
     model = DiffXUNet(sample_size=16, **{**DEMO, "attention_head_dim": heads})
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data = _batch(16, (16, 20), DEMO["cross_attention_dim"], DEMO["phrase_dim"], 96, torch.device("cpu"))
-    kernel = sdpa_kernel(SDPBackend.MATH) if math_attention else contextlib.nullcontext()
 
     def step() -> None:
+        # A fresh context each call: sdpa_kernel's context manager can be entered only once.
+        kernel = sdpa_kernel(SDPBackend.MATH) if math_attention else contextlib.nullcontext()
         with kernel, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = model(**data).float().pow(2).mean()
         loss.backward()

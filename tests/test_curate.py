@@ -11,10 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from diffx.config import CurateRulesConfig
+from diffx.config import CurateLabelsConfig, CurateRulesConfig
+from diffx.curate.labels import RowLabels, choose_labels, to_stored_frame
 from diffx.curate.scores import box_iou, outlier_ratio, planned_box_hits
 from diffx.curate.select import BACKGROUND, SampleScore, main_class, select
+from diffx.data.frame import place, place_boxes
 from diffx.data.sample import BoxObject
+from diffx.data.spec import FrameSpec
 from diffx.shards.reader import ShardSet
 from diffx.shards.writer import ShardSetWriter
 from diffx.stages import curate
@@ -49,6 +52,56 @@ def test_a_far_sample_is_an_outlier_and_a_typical_one_is_not() -> None:
     samples = torch.stack([reference[:5].mean(0), torch.full((8,), 10.0)])
     ratio = outlier_ratio(reference, samples, k=3)
     assert ratio[0] < 1.5 < 5 < ratio[1]
+
+
+# ------------------------------------------------------------------------------------------ labels
+PLANNED = (np.array([[0, 0, 10, 10], [40, 40, 50, 50]], dtype=float), np.array([0, 2]))
+FOUND = (  # the person where planned; the car missed; a confident bicycle where nothing was planned; a weak car
+    np.array([[1, 0, 10, 10], [80, 0, 90, 20], [60, 60, 70, 70]], dtype=float),
+    np.array([0.9, 0.8, 0.35]),
+    np.array([0, 1, 2]),
+)
+
+
+def _chosen(source: str, **options: float | None) -> RowLabels:
+    config = CurateLabelsConfig(source=source, **options)  # type: ignore[arg-type]
+    return choose_labels(PLANNED, FOUND, config, score_threshold=0.3, iou=0.5)
+
+
+def test_plan_labels_are_the_planned_boxes_unchanged() -> None:
+    chosen = _chosen("plan")
+    np.testing.assert_array_equal(chosen.boxes, PLANNED[0])
+    assert chosen.labels.tolist() == [0, 2] and (chosen.from_plan, chosen.added) == (2, 0)
+
+
+def test_verified_labels_keep_found_planned_boxes_and_adopt_confident_new_finds() -> None:
+    chosen = _chosen("verified")  # adopt_score 0.5: the bicycle joins, the weak car does not; the missed car goes
+    assert chosen.labels.tolist() == [0, 1] and (chosen.from_plan, chosen.added) == (1, 1)
+    np.testing.assert_array_equal(chosen.boxes, [[0, 0, 10, 10], [80, 0, 90, 20]])  # the plan's box where confirmed
+    never = _chosen("verified", adopt_score=None)
+    assert never.labels.tolist() == [0] and never.added == 0
+    near = _chosen("verified", adopt_max_iou=0.0)  # a find must not touch any planned box: IoU 0 is not below 0
+    assert near.added == 0
+
+
+def test_detector_labels_are_its_finds_above_the_score_threshold() -> None:
+    chosen = _chosen("detector")
+    assert chosen.labels.tolist() == [0, 1, 2] and (chosen.from_plan, chosen.added) == (0, 3)
+    np.testing.assert_array_equal(chosen.boxes, FOUND[0])
+
+
+def test_boxes_go_back_to_the_stored_frame_of_a_resized_and_cropped_row() -> None:
+    frame = FrameSpec(resolution=64, crop="square")
+    placement = place(96, 160, frame)  # resized to 64 x 107, a centred 64 px square cut from it
+    stored = torch.tensor([[30.0, 10.0, 60.0, 50.0], [0.0, 0.0, 4.0, 4.0]])  # the second lies outside the crop
+    labels = torch.tensor([2, 1])
+    moved, kept = place_boxes(stored, labels, placement, 0.5)
+    assert kept.tolist() == [2]
+    back = to_stored_frame(RowLabels(moved.numpy().astype(float), kept.numpy(), 1, 0), placement)
+    np.testing.assert_allclose(back.boxes, stored[:1].numpy(), atol=1e-4)
+    outside = RowLabels(np.array([[-20.0, -20.0, -10.0, -5.0]]), np.array([0]), 0, 1)  # off the stored frame
+    gone = to_stored_frame(outside, place(96, 96, FrameSpec()))
+    assert len(gone.boxes) == 0 and gone.added == 0
 
 
 # ------------------------------------------------------------------------------------------ selection
@@ -106,7 +159,7 @@ def misplanned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, se
     return tmp, tmp / "synthetic", moved
 
 
-def _curate_config(tmp: Path, synthetic: Path, **rules: float) -> object:
+def _curate_config(tmp: Path, synthetic: Path, labels: str = "plan", **rules: float) -> object:
     return make_config(
         tmp / "raw",
         tmp / "canonical",
@@ -120,6 +173,7 @@ def _curate_config(tmp: Path, synthetic: Path, **rules: float) -> object:
             "synthetic": str(synthetic),
             "split": "val",
             "rules": {"keep_share": 0.5, **rules},
+            "labels": {"source": labels},
             "output": str(tmp / "curated"),
             "scores": str(tmp / "reports" / "scores.parquet"),
             "report": str(tmp / "reports" / "curate.json"),
@@ -160,3 +214,38 @@ def test_curation_keeps_samples_whose_objects_are_where_the_plan_says(misplanned
     assert weights.stat().st_mtime_ns == before
     assert {s.id for s in strict.scores if s.kept} <= kept | {s.id for s in strict.scores if s.recall is None}
     assert [(s.id, s.recall) for s in strict.scores] == [(s.id, s.recall) for s in result.scores]
+
+
+def test_curated_rows_carry_the_boxes_the_detector_sees(misplanned: tuple[Path, Path, set[str]]) -> None:
+    """With detector or verified labels a displaced plan's boxes give way to the objects' real places."""
+    tmp, synthetic, moved = misplanned
+    truth = {s.id: s for s in ShardSet(str(tmp / "canonical")).iter_samples("val")}  # the unmoved boxes
+    source = {r["id"]: r for r in ShardSet(str(synthetic)).read_table("val").to_pylist()}
+
+    def overlap(objects: list[dict], reference: list[BoxObject]) -> float:
+        if not objects or not reference:
+            return 0.0
+        boxes = np.array([o["bbox"] for o in objects], dtype=float)
+        return float(box_iou(boxes, np.array([o.bbox for o in reference], dtype=float)).max(axis=1).mean())
+
+    for labels in ("detector", "verified"):
+        result = curate(_curate_config(tmp, synthetic, labels=labels, keep_share=1.0), progress=False)
+        rows = ShardSet(str(tmp / "curated")).read_table("val").to_pylist()
+        assert len(rows) == len(result.scores)
+        table = {r["id"]: r for r in pq.read_table(tmp / "reports" / "scores.parquet").to_pylist()}
+        for row in rows:  # everything but the boxes byte for byte; the boxes are the ones the scores record
+            assert {k: v for k, v in row.items() if k != "objects"} == {
+                k: v for k, v in source[row["id"]].items() if k != "objects"
+            }
+            recorded = table[row["id"]]["boxes"]
+            assert [o["category"] for o in row["objects"]] == [b["category"] for b in recorded]
+            np.testing.assert_allclose([o["bbox"] for o in row["objects"]], [b["bbox"] for b in recorded], atol=1e-2)
+        displaced = [r for r in rows if r["id"] in moved and r["objects"]]
+        assert displaced, f"{labels}: no displaced row kept a box"
+        to_truth = np.mean([overlap(r["objects"], truth[r["id"]].objects) for r in displaced])
+        to_plan = np.mean(
+            [overlap(r["objects"], [BoxObject(**o) for o in source[r["id"]]["objects"]]) for r in displaced]
+        )
+        assert to_truth > to_plan + 0.2, (labels, to_truth, to_plan)
+        report = json.loads((tmp / "reports" / "curate.json").read_text())
+        assert report["labels"]["source"] == labels and report["labels"]["added"] > 0

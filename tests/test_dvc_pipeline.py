@@ -94,7 +94,7 @@ def test_exp_run_with_a_changed_param_reruns_only_what_depends_on_it(repo_copy: 
     assert "reports/generate.json" not in shown  # a run report (timings), not a metric
     plots = _run(repo_copy, "dvc", "plots", "show", "--json")
     assert "pr_synthetic_1x.csv" in plots and "unet_loss.csv" in plots
-    assert '"recipe": "curated_pretrain", "class": "all", "gain_map50"' in plots  # the recipe gain chart
+    assert '"recipe": "curated_1x", "class": "all", "gain_map50"' in plots  # the recipe gain chart
 
 
 def _resolve(entry: str, value: Callable[[str], object]) -> str:

@@ -164,7 +164,8 @@ def _eval_config(canonical: Path, tmp: Path, **evaluate: Any) -> Any:
         "detector_seeds": [0, 1],
         "recipes": [
             {"name": "synthetic_half", "ratio": 0.5},
-            {"name": "curated_pretrain", "curated": True, "mode": "pretrain_finetune"},
+            {"name": "curated_pretrain", "pool": "curated", "mode": "pretrain_finetune"},
+            {"name": "again", "ratio": 0.25, "pool": "real"},  # the control: real rows drawn again
         ],
         "curated": str(tmp / "curated"),
         "real_detector": str(tmp / "detector_real"),
@@ -204,8 +205,11 @@ def test_stage_writes_every_metric_plot_grid_and_every_detector(evaluated: tuple
         assert set(metrics["realism"]["generated"][modality]) >= {"fid", "kid", "precision", "recall"}
     assert set(metrics["alignment"]["generated"]) == {"thermal", "depth"}
     recipes = metrics["downstream"]["recipes"]
-    assert list(recipes) == ["real", "synthetic_half", "curated_pretrain"]
-    for name in ("synthetic_half", "curated_pretrain"):
+    assert list(recipes) == ["real", "synthetic_half", "curated_pretrain", "again"]
+    train_samples = metrics["downstream"]["train_samples"]
+    reference = train_samples["real"]
+    assert train_samples["again@1"] == reference + round(0.25 * reference)  # real rows, then a quarter again
+    for name in ("synthetic_half", "curated_pretrain", "again"):
         gain = recipes[name]["gain_map50"]
         pairs = zip(recipes["real"]["per_seed"], recipes[name]["per_seed"], strict=True)
         assert gain["mean"] == pytest.approx(np.mean([b - a for a, b in pairs]), abs=1e-4)

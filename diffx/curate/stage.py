@@ -14,7 +14,7 @@ import logging
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -23,8 +23,10 @@ import pyarrow.parquet as pq
 
 from diffx import fsio
 from diffx.config import CurateConfig, EvaluateConfig, section_hash
+from diffx.curate.labels import RowLabels, choose_labels, to_stored_frame
 from diffx.curate.scores import outlier_ratio, planned_box_hits
 from diffx.curate.select import SampleScore, main_class, select
+from diffx.data.sample import Sample, make_object
 from diffx.data.spec import require_compatible
 from diffx.errors import DataError
 from diffx.eval.detectors import load_saved, real_detector_key, seeded, split_digest, train_detector
@@ -50,11 +52,31 @@ def _box_recall(scores: list[SampleScore]) -> float | None:
     return round(sum(s.hits for s in scores) / planned, 4) if planned else None
 
 
-def _write_scores(path: str, scores: list[SampleScore], per_class: list[dict[str, tuple[int, int]]]) -> None:
-    """One row per sample: its scores, verdict and reason, and (planned, found) boxes per class."""
+def _write_scores(
+    path: str,
+    scores: list[SampleScore],
+    per_class: list[dict[str, tuple[int, int]]],
+    labels: list[RowLabels],
+    classes: list[str],
+) -> None:
+    """One row per sample: its scores, verdict and reason, (planned, found) boxes per class, and the boxes a
+    kept row carries with where each came from (the record of every label curate changed)."""
     rows = [
-        {**asdict(s), "per_class": [{"class": c, "planned": p, "found": f} for c, (p, f) in table.items()]}
-        for s, table in zip(scores, per_class, strict=True)
+        {
+            **asdict(s),
+            "per_class": [{"class": c, "planned": p, "found": f} for c, (p, f) in table.items()],
+            "boxes_from_plan": chosen.from_plan,
+            "boxes_added": chosen.added,
+            "boxes": [
+                {
+                    "bbox": [round(float(v), 3) for v in box],
+                    "category": classes[int(c)],
+                    "from_plan": i < chosen.from_plan,
+                }
+                for i, (box, c) in enumerate(zip(chosen.boxes, chosen.labels, strict=True))
+            ],
+        }
+        for s, table, chosen in zip(scores, per_class, labels, strict=True)
     ]
     table = pa.Table.from_pylist(rows)
     fs, target = fsio.get_fs(path)
@@ -62,17 +84,38 @@ def _write_scores(path: str, scores: list[SampleScore], per_class: list[dict[str
         pq.write_table(table, out)
 
 
-def _write_curated(options: CurateConfig, source: ShardSet, kept: set[str], params_hash: str) -> int:
-    """The kept rows of every shard, in order, as a new shard set (empty shards are left out)."""
-    written = 0
+def _write_curated(
+    options: CurateConfig, source: ShardSet, kept: dict[str, RowLabels], params_hash: str
+) -> dict[str, RowLabels]:
+    """The kept rows of every shard, in order, as a new shard set (empty shards are left out); every field
+    byte for byte but the boxes, which are ``kept[id]``'s (with ``plan`` labels the row's own, untouched: a
+    box the model's crop cuts stays as stored). Returns the boxes each written row carries."""
+    spec = source.spec
+    plan = options.labels.source == "plan"
+    written: dict[str, RowLabels] = {}
+
+    def relabelled(sample: Sample) -> Sample:
+        if plan:
+            objects = sample.objects
+        else:
+            chosen = kept[sample.id]
+            objects = [
+                make_object(box.tolist(), spec.classes[int(c)], spec)
+                for box, c in zip(chosen.boxes, chosen.labels, strict=True)
+            ]
+        boxes = np.array([o.bbox for o in objects], dtype=np.float64).reshape(-1, 4)
+        labels = np.array([o.category_id for o in objects], dtype=np.int64)
+        from_plan = len(objects) if plan else kept[sample.id].from_plan
+        written[sample.id] = RowLabels(boxes, labels, from_plan, len(objects) - from_plan)
+        return sample if plan else replace(sample, objects=objects)
+
     with fsio.staged_folder(options.output) as staging:  # a failed run keeps the previous curated set
-        writer = ShardSetWriter(staging, source.spec, generated=True, params_hash=params_hash)
+        writer = ShardSetWriter(staging, spec, generated=True, params_hash=params_hash)
         records = []
         for record in source.manifest.shards_of(options.split):
-            rows = [s for s in source.iter_samples_of(record) if s.id in kept]
+            rows = [relabelled(s) for s in source.iter_samples_of(record) if s.id in kept]
             if rows:
                 records.append(writer.write_shard(options.split, len(records), rows, plan_key=record.plan_key))
-                written += len(rows)
         writer.finalize(records)
     return written
 
@@ -90,9 +133,9 @@ def curate(options: CurateConfig, evaluation: EvaluateConfig, *, progress: bool 
     seconds: dict[str, float] = {}
 
     seed = evaluation.detector_seeds[0]
-    key = real_detector_key(evaluation, spec, seed)
-    device = init_distributed(evaluation.device).device
-    saved = load_saved(options.detector, key, evaluation, spec, device)
+    key = real_detector_key(evaluation, spec, seed, split_digest(evaluation.real, evaluation.reference_split))
+    ctx = init_distributed(evaluation.device)
+    saved = load_saved(options.detector, key, evaluation, spec, ctx.device)
     if saved is not None:
         detector = saved[0]
     else:
@@ -102,6 +145,7 @@ def curate(options: CurateConfig, evaluation: EvaluateConfig, *, progress: bool 
             evaluation,
             spec,
             key,
+            ctx=ctx,
             train=seeded(evaluation.detector_train, seed),
             save_to=options.detector,
             checkpoints=options.checkpoints,
@@ -128,15 +172,15 @@ def curate(options: CurateConfig, evaluation: EvaluateConfig, *, progress: bool 
         else np.zeros(len(generated.ids), dtype=np.int64)
     )
     classes = list(spec.classes)
-    scores, per_class = [], []
+    scores, per_class, new_labels = [], [], []
     for i, row_id in enumerate(generated.ids):
         boxes, labels = generated.truth[i]
-        hit = planned_box_hits(
-            (boxes, labels),
-            generated.found[("generated", "real")][i],
-            score_threshold=options.score_threshold,
-            iou=options.iou,
+        found = generated.found[("generated", "real")][i]
+        hit = planned_box_hits((boxes, labels), found, score_threshold=options.score_threshold, iou=options.iou)
+        chosen = choose_labels(
+            (boxes, labels), found, options.labels, score_threshold=options.score_threshold, iou=options.iou
         )
+        new_labels.append(to_stored_frame(chosen, generated.placements[i]))
         ids = [int(c) for c in labels.tolist()]
         hits = Counter(classes[c] for c, h in zip(ids, hit, strict=True) if h)
         planned = Counter(classes[c] for c in ids)
@@ -153,17 +197,19 @@ def curate(options: CurateConfig, evaluation: EvaluateConfig, *, progress: bool 
             )
         )
     select(scores, options.rules)
-    kept = {s.id for s in scores if s.kept}
+    kept = {s.id: chosen for s, chosen in zip(scores, new_labels, strict=True) if s.kept}
 
     started = time.perf_counter()
-    params_hash = section_hash(
-        options, extra={"detector": key, "synthetic": split_digest(options.synthetic, options.split)}
-    )
-    written = _write_curated(options, source, kept, params_hash)
-    _write_scores(options.scores, scores, per_class)
+    params_hash = section_hash(options, extra={"detector": key, "synthetic": split_digest(source, options.split)})
+    carried = _write_curated(options, source, kept, params_hash)
+    written = len(carried)
+    # kept rows: the boxes written; dropped ones: the boxes they would have carried
+    recorded = [carried.get(s.id, chosen) for s, chosen in zip(scores, new_labels, strict=True)]
+    _write_scores(options.scores, scores, per_class, recorded, classes)
     seconds["write"] = time.perf_counter() - started
 
     kept_scores = [s for s in scores if s.kept]
+    kept_labels = list(carried.values())
     groups = sorted({s.group for s in scores})
     report = {
         "samples": len(scores),
@@ -185,6 +231,15 @@ def curate(options: CurateConfig, evaluation: EvaluateConfig, *, progress: bool 
             "kept": round(float(np.median([s.outlier for s in kept_scores])), 4) if kept_scores else None,
         },
         "registered_share": round(float(np.mean([s.max_shift_px <= 1 for s in scores])), 4),
+        "labels": {
+            "source": options.labels.source,
+            "planned": sum(s.planned for s in kept_scores),  # boxes the kept rows were generated from
+            "from_plan": sum(c.from_plan for c in kept_labels),
+            "added": sum(c.added for c in kept_labels),
+            "per_class": {
+                c: int(sum((chosen.labels == k).sum() for chosen in kept_labels)) for k, c in enumerate(classes)
+            },
+        },
         "rules": options.rules.model_dump(mode="json"),
         "feature_extractor": extractor_name,
         "detector": {"run_key": key, "seed": seed},
@@ -192,11 +247,15 @@ def curate(options: CurateConfig, evaluation: EvaluateConfig, *, progress: bool 
     fsio.write_json_atomic(options.report, report)
     shutil.rmtree(options.checkpoints, ignore_errors=True)  # spent: the detector is saved
     log.info(
-        "curate: kept %d of %d samples; planned-box recall %s -> %s (%s)",
+        "curate: kept %d of %d samples; planned-box recall %s -> %s; boxes (%s): %d of %d planned kept, %d added (%s)",
         written,
         len(scores),
         report["box_recall"]["all"],
         report["box_recall"]["kept"],
+        options.labels.source,
+        report["labels"]["from_plan"],
+        report["labels"]["planned"],
+        report["labels"]["added"],
         ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()),
     )
     return CurateResult(scores, report, seconds)

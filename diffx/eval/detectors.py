@@ -24,7 +24,7 @@ from diffx.models.detector import CenterNet
 from diffx.shards.reader import ShardSet
 from diffx.train.checkpoint import save_model_atomic
 from diffx.train.detector import DetectorTrainer, build_detector
-from diffx.train.distributed import init_distributed
+from diffx.train.distributed import DistContext
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,9 @@ KEY_FILE = "diffx_detector.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 
 
-def split_digest(root: str, split: str) -> str:
-    records = ShardSet(root).manifest.shards_of(split)
+def split_digest(shards: ShardSet | str, split: str) -> str:
+    """The content digest of one split's shards, from the manifest (``shards``: an open set or its root)."""
+    records = (shards if isinstance(shards, ShardSet) else ShardSet(shards)).manifest.shards_of(split)
     return hashlib.sha256("".join(r.sha256 for r in records).encode()).hexdigest()[:16]
 
 
@@ -41,16 +42,23 @@ def seeded(train: DetectorTrainConfig, seed: int, steps: int | None = None) -> D
     return train.model_copy(update={"seed": seed, **({"steps": steps} if steps is not None else {})})
 
 
-def real_detector_key(options: EvaluateConfig, spec: DatasetSpec, seed: int) -> str:
-    """What the real-only detector of ``seed`` depends on: settings, data spec and the reference shards."""
+def real_detector_key(options: EvaluateConfig, spec: DatasetSpec, seed: int, reference_digest: str) -> str:
+    """What the real-only detector of ``seed`` depends on: settings, data spec and the reference shards
+    (``reference_digest``: their :func:`split_digest`, read once by the caller for every seed)."""
     digest = section_hash(
         options.detector, seeded(options.detector_train, seed), extra={"dataset": spec.model_dump(mode="json")}
     )
-    return f"{digest}-{split_digest(options.real, options.reference_split)}-real"
+    return f"{digest}-{reference_digest}-real"
 
 
 def inputs_of(options: EvaluateConfig, spec: DatasetSpec) -> list[str]:
     return options.detector.inputs or list(spec.modality_names)
+
+
+def _new_detector(options: EvaluateConfig, spec: DatasetSpec) -> CenterNet:
+    """The evaluation's detector for this data, untrained: what a run trains and what saved weights load into."""
+    inputs = inputs_of(options, spec)
+    return build_detector(options.detector, inputs, [spec.modality(m).channels for m in inputs], list(spec.classes))
 
 
 def train_detector(
@@ -60,6 +68,7 @@ def train_detector(
     spec: DatasetSpec,
     run_key: str,
     *,
+    ctx: DistContext,
     train: DetectorTrainConfig,
     save_to: str,
     checkpoints: str,
@@ -67,10 +76,8 @@ def train_detector(
     progress: bool = True,
 ) -> tuple[CenterNet, list[dict[str, float]]]:
     """Train (resuming from the ``checkpoints`` folder), save to ``save_to`` with its key, return it."""
-    ctx = init_distributed(options.device)
-    inputs = inputs_of(options, spec)
     torch.manual_seed(train.seed)
-    model = build_detector(options.detector, inputs, [spec.modality(m).channels for m in inputs], list(spec.classes))
+    model = _new_detector(options, spec)
     if init is not None:
         model.load_state_dict(init)
     trainer = DetectorTrainer(model, dataset, train, ctx, checkpoints, run_key, progress=progress)
@@ -109,8 +116,7 @@ def load_saved(
     if saved.get("run_key") != run_key or not (path / WEIGHTS_FILE).is_file():
         log.info("%s: trained under other settings or data; training a new real-data detector", folder)
         return None
-    inputs = inputs_of(options, spec)
-    model = build_detector(options.detector, inputs, [spec.modality(m).channels for m in inputs], list(spec.classes))
+    model = _new_detector(options, spec)
     model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))  # safetensors: tensors only, never pickle
     log.info("reusing the real-data detector of %s (same settings and reference shards)", folder)
     return model.to(device).eval(), list(saved.get("history", []))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from diffx.config import EvaluateConfig
+from diffx.data.frame import Placement
 from diffx.errors import DataError
 from diffx.eval.alignment import pair_scores, summarize
 from diffx.eval.coco_map import DetectionScores, coco_scores
@@ -65,6 +66,7 @@ class Measured:
     ids: list[str] = field(default_factory=list)  # row ids, in the order of every per-sample list here
     truth: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (boxes, labels) per row
     found: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    placements: list[Placement] = field(default_factory=list)  # where each stored row landed in the model's frame
 
 
 @torch.no_grad()
@@ -105,6 +107,7 @@ def measure_set(
     }
     truth: list[tuple[np.ndarray, np.ndarray]] = []
     ids: list[str] = []
+    placements: list[Placement] = []
     frame = (0, 0)
     kept: list[dict[str, Any]] = []
     batch_size = options.features.batch_size
@@ -115,6 +118,7 @@ def measure_set(
             kept += rows[: keep_first - len(kept)]
             batch = detection_collate(rows)
             ids += [row["id"] for row in rows]
+            placements += [row["placement"] for row in rows]
             truth += [(b.numpy(), lab.numpy()) for b, lab in zip(batch["boxes"], batch["labels"], strict=True)]
             for view in views:
                 images = view.transform(batch["images"]) if view.transform else batch["images"]
@@ -141,4 +145,4 @@ def measure_set(
         for name, model in view.detectors.items():
             scores[(view.name, name)] = coco_scores(truth, got.found[name], list(model.config.classes), frame)
     found = {(v.name, d): collected[v.name].found[d] for v in views for d in v.detectors}
-    return Measured(sets, scores, detection_collate(kept) if kept else None, ids, truth, found)
+    return Measured(sets, scores, detection_collate(kept) if kept else None, ids, truth, found, placements)

@@ -161,24 +161,26 @@ def _train_all(
     options: EvaluateConfig,
     spec: DatasetSpec,
     reference: Dataset,
-    pools: dict[bool, Dataset | None],
+    pools: dict[str, Dataset | None],
     progress: bool,
 ) -> _Detectors:
     """Real-only per seed (the first one from the curate stage when it matches), then every recipe per seed."""
     seeds, first = options.detector_seeds, options.detector_seeds[0]
     found = _Detectors({}, {}, {}, reused_real=False)
-    device = init_distributed(options.device).device
+    ctx = init_distributed(options.device)
+    reference_digest = split_digest(options.real, options.reference_split)
 
     def where(label: str) -> dict[str, Any]:
         return {
             "save_to": fsio.join(options.output, label),
             "checkpoints": fsio.join(options.checkpoints, label),
             "progress": progress,
+            "ctx": ctx,
         }
 
     for seed in seeds:
-        label, key = _label("real", seed, first), real_detector_key(options, spec, seed)
-        reused = load_saved(options.real_detector, key, options, spec, device) if seed == first else None
+        label, key = _label("real", seed, first), real_detector_key(options, spec, seed, reference_digest)
+        reused = load_saved(options.real_detector, key, options, spec, ctx.device) if seed == first else None
         if reused is not None:  # kept with the others too: models/detector holds every model it scored
             (found.models[label], found.histories[label]), found.reused_real = reused, True
             save_detector(found.models[label], where(label)["save_to"], key, found.histories[label])
@@ -189,18 +191,16 @@ def _train_all(
             )
         found.train_samples[label] = len(reference)  # type: ignore[arg-type]
     for recipe in options.recipes:
-        pool = pools[recipe.curated]
+        pool = pools[recipe.pool]
+        source = {"synthetic": options.synthetic, "curated": options.curated, "real": options.real}[recipe.pool]
+        split = options.reference_split if recipe.pool == "real" else options.synthetic_split
         if pool is None or len(pool) == 0:  # type: ignore[arg-type]
-            raise DataError(
-                options.curated if recipe.curated else options.synthetic,
-                f"recipe {recipe.name!r} draws from it but it has no rows in split {options.synthetic_split!r}",
-            )
-        source = options.curated if recipe.curated else options.synthetic
-        digest = f"{split_digest(source, options.synthetic_split)}-{section_hash(recipe)}"
+            raise DataError(source, f"recipe {recipe.name!r} draws from it but it has no rows in split {split!r}")
+        digest = f"{split_digest(source, split)}-{section_hash(recipe)}"
         for seed in seeds:
             label = _label(recipe.name, seed, first)
             data = recipe_datasets(recipe, reference, pool, seed)
-            key = f"{real_detector_key(options, spec, seed)}-{digest}-{label}"
+            key = f"{real_detector_key(options, spec, seed, reference_digest)}-{digest}-{label}"
             init = None
             if data.pretrain is not None:
                 steps = max(1, round(recipe.pretrain_share * options.detector_train.steps))
@@ -238,7 +238,7 @@ def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
     test = ShardDataset(options.real, options.test_split, modalities)
     synthetic = ShardDataset(options.synthetic, options.synthetic_split, modalities)
     curated = None
-    if any(r.curated for r in options.recipes):
+    if any(r.pool == "curated" for r in options.recipes):
         fs, path = fsio.get_fs(fsio.join(options.curated, "_manifest.json"))
         if not fs.exists(path):
             raise DataError(options.curated, "a curated recipe needs the curate stage's shard set (diffx curate)")
@@ -251,7 +251,8 @@ def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
     every_setting = section_hash(options, extra={"dataset": spec.model_dump(mode="json")})  # the report's provenance
 
     started = time.perf_counter()
-    detectors = _train_all(options, spec, reference, {False: synthetic, True: curated}, progress)
+    pools = {"synthetic": synthetic, "curated": curated, "real": reference}
+    detectors = _train_all(options, spec, reference, pools, progress)
     real_model = detectors.models["real"]
     device = next(real_model.parameters()).device
     seconds["train_detectors"] = time.perf_counter() - started
