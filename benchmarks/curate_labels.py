@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, Dataset, Subset
+from torch.utils.data import Dataset
 
-from diffx.config import CurateLabelsConfig, load_config
+from diffx.config import CurateLabelsConfig, RecipeConfig, load_config
 from diffx.curate.labels import choose_labels
 from diffx.eval.detectors import load_saved, real_detector_key, seeded, split_digest, train_detector
 from diffx.eval.features import build_extractor
 from diffx.eval.measure import View, measure_set
-from diffx.eval.recipes import synthetic_draw
+from diffx.eval.recipes import recipe_datasets
 from diffx.shards.dataset import ShardDataset
 from diffx.shards.reader import ShardSet
 from diffx.train.distributed import init_distributed
@@ -93,13 +93,14 @@ def main() -> None:
             ]
             pool = Relabelled(pool, [(c.boxes, c.labels) for c in chosen])
             boxes_total = {"from_plan": sum(c.from_plan for c in chosen), "added": sum(c.added for c in chosen)}
+        recipe = RecipeConfig(name="bench", ratio=float(ratio))
         started, rows = time.perf_counter(), []
         for seed in ev.detector_seeds:
-            drawn = synthetic_draw(len(pool), max(1, round(float(ratio) * len(reference))), seed)  # type: ignore[arg-type]
+            data = recipe_datasets(recipe, reference, pool, seed).train  # the mixed recipe's own draw
             with tempfile.TemporaryDirectory() as scratch:
                 model, _ = train_detector(
                     f"{spec_text}@{seed}",
-                    ConcatDataset([reference, Subset(pool, drawn)]),
+                    data,
                     ev,
                     spec,
                     f"bench-{spec_text}-{seed}",
