@@ -166,6 +166,30 @@ def test_torch_dataset_and_loader(shard_root: Path) -> None:
         dataset[10]
 
 
+def test_decoded_rows_are_cached_within_the_budget_and_items_are_unchanged(shard_root: Path) -> None:
+    import pickle
+
+    from diffx.train.data import sample_generator
+
+    cached = ShardDataset(str(shard_root), split="train")
+    fresh = ShardDataset(str(shard_root), split="train", decode_cache_bytes=0)
+    order = [7, 2, 9, 2, 0, 7, 5, 9, 1, 2]  # shards visited out of order, rows read again
+    for position, index in enumerate(order):
+        a = cached.item(index, sample_generator(0, position))
+        b = fresh.item(index, sample_generator(0, position))
+        assert a["id"] == b["id"] and a["caption"] == b["caption"] and a["placement"] == b["placement"]
+        assert all(torch.equal(a["images"][m], b["images"][m]) for m in b["images"])
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
+    assert set(cached._decoded) == set(order) and not fresh._decoded
+    one_row = cached.decoded_row(0).nbytes
+    bounded = ShardDataset(str(shard_root), split="train", decode_cache_bytes=3 * one_row)
+    for index in range(10):
+        bounded.item(index)
+    assert len(bounded._decoded) == 3 and bounded._decoded_bytes <= 3 * one_row  # the rest decoded each read
+    assert not bounded.decoded_row(0).arrays["rgb"].flags.writeable  # a shared cached array cannot be changed
+    assert pickle.loads(pickle.dumps(cached))._decoded == {}  # a DataLoader worker starts with its own
+
+
 def test_export_coco_and_yolo(shard_root: Path, tmp_path: Path) -> None:
     counts = export_coco(str(shard_root), str(tmp_path / "coco"))
     assert counts == {"train": 10, "val": 3}

@@ -34,8 +34,12 @@ def choose_labels(
     *,
     score_threshold: float,
     iou: float,
+    hit: np.ndarray | None = None,
 ) -> RowLabels:
-    """The row's boxes per ``config.source``, in the frame of ``planned`` and ``found`` (the model's)."""
+    """The row's boxes per ``config.source``, in the frame of ``planned`` and ``found`` (the model's).
+
+    ``hit``: which planned boxes the detector found (:func:`planned_box_hits` with the same threshold and IoU),
+    when the caller has it already for its recall score; computed here otherwise."""
     boxes, labels = np.asarray(planned[0], dtype=np.float64).reshape(-1, 4), np.asarray(planned[1], dtype=np.int64)
     found_boxes = np.asarray(found[0], dtype=np.float64).reshape(-1, 4)
     found_scores, found_labels = np.asarray(found[1]), np.asarray(found[2], dtype=np.int64)
@@ -44,7 +48,8 @@ def choose_labels(
     if config.source == "detector":
         confident = found_scores >= score_threshold
         return RowLabels(found_boxes[confident], found_labels[confident], 0, int(confident.sum()))
-    hit = planned_box_hits((boxes, labels), found, score_threshold=score_threshold, iou=iou)
+    if hit is None:
+        hit = planned_box_hits((boxes, labels), found, score_threshold=score_threshold, iou=iou)
     if config.adopt_score is None:
         return RowLabels(boxes[hit], labels[hit], int(hit.sum()), 0)
     confident = found_scores >= config.adopt_score

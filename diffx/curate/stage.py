@@ -3,9 +3,9 @@
 The scores come from the evaluation's own instruments (diffx/eval): its real-data detector (trained here
 with the evaluation's settings and first seed, saved, and reused by ``evaluate``), its feature extractor
 and its RGB-X edge alignment, so a kept sample is one the evaluation would call faithful. Outputs: a
-Parquet table of every sample's scores and verdict next to the shards, the kept rows byte for byte as
+Parquet table of every sample's scores, carried boxes and verdict next to the shards, the kept rows as
 their own shard set (a manifest like any other: every reader honours it without knowing about curation),
-and a report.
+byte for byte but for their boxes, which ``curate.labels`` chooses (unchanged with ``plan``), and a report.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def curate(options: CurateConfig, evaluation: EvaluateConfig, *, progress: bool 
         found = generated.found[("generated", "real")][i]
         hit = planned_box_hits((boxes, labels), found, score_threshold=options.score_threshold, iou=options.iou)
         chosen = choose_labels(
-            (boxes, labels), found, options.labels, score_threshold=options.score_threshold, iou=options.iou
+            (boxes, labels), found, options.labels, score_threshold=options.score_threshold, iou=options.iou, hit=hit
         )
         new_labels.append(to_stored_frame(chosen, generated.placements[i]))
         ids = [int(c) for c in labels.tolist()]

@@ -91,7 +91,8 @@ def train_detector(
         train.seed,
     )
     trainer.run()
-    model.eval()
+    # scored in the layout a saved one loads in, so a reused detector scores exactly as a freshly trained one
+    model = model.to(memory_format=torch.contiguous_format).eval()
     save_detector(model, save_to, run_key, trainer.history)
     return model, trainer.history
 

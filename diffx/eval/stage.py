@@ -149,6 +149,15 @@ def _label(name: str, seed: int, first: int) -> str:
     return name if seed == first else f"{name}@{seed}"
 
 
+@dataclass(frozen=True)
+class _Pool:
+    """Where a recipe pool's rows come from: the shard set and split (for the run key) and the dataset over them."""
+
+    root: str
+    split: str
+    dataset: Dataset | None  # None: the pool is not read (no recipe draws from it)
+
+
 @dataclass
 class _Detectors:
     models: dict[str, CenterNet]  # by label
@@ -161,7 +170,7 @@ def _train_all(
     options: EvaluateConfig,
     spec: DatasetSpec,
     reference: Dataset,
-    pools: dict[str, Dataset | None],
+    pools: dict[str, _Pool],
     progress: bool,
 ) -> _Detectors:
     """Real-only per seed (the first one from the curate stage when it matches), then every recipe per seed."""
@@ -192,14 +201,14 @@ def _train_all(
         found.train_samples[label] = len(reference)  # type: ignore[arg-type]
     for recipe in options.recipes:
         pool = pools[recipe.pool]
-        source = {"synthetic": options.synthetic, "curated": options.curated, "real": options.real}[recipe.pool]
-        split = options.reference_split if recipe.pool == "real" else options.synthetic_split
-        if pool is None or len(pool) == 0:  # type: ignore[arg-type]
-            raise DataError(source, f"recipe {recipe.name!r} draws from it but it has no rows in split {split!r}")
-        digest = f"{split_digest(source, split)}-{section_hash(recipe)}"
+        if pool.dataset is None or len(pool.dataset) == 0:  # type: ignore[arg-type]
+            raise DataError(
+                pool.root, f"recipe {recipe.name!r} draws from it but it has no rows in split {pool.split!r}"
+            )
+        digest = f"{split_digest(pool.root, pool.split)}-{section_hash(recipe)}"
         for seed in seeds:
             label = _label(recipe.name, seed, first)
-            data = recipe_datasets(recipe, reference, pool, seed)
+            data = recipe_datasets(recipe, reference, pool.dataset, seed)
             key = f"{real_detector_key(options, spec, seed, reference_digest)}-{digest}-{label}"
             init = None
             if data.pretrain is not None:
@@ -251,7 +260,11 @@ def evaluate(options: EvaluateConfig, *, progress: bool = True) -> EvalResult:
     every_setting = section_hash(options, extra={"dataset": spec.model_dump(mode="json")})  # the report's provenance
 
     started = time.perf_counter()
-    pools = {"synthetic": synthetic, "curated": curated, "real": reference}
+    pools = {
+        "synthetic": _Pool(options.synthetic, options.synthetic_split, synthetic),
+        "curated": _Pool(options.curated, options.synthetic_split, curated),
+        "real": _Pool(options.real, options.reference_split, reference),
+    }
     detectors = _train_all(options, spec, reference, pools, progress)
     real_model = detectors.models["real"]
     device = next(real_model.parameters()).device

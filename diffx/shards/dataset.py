@@ -5,11 +5,17 @@ depth), the boxes (N x 4, x_min y_min x_max y_max pixels) and the class ids, and
 (1 x H x W, diffx/data/layout_tensors.py) when the set has one, all placed by the set's frame policy
 (diffx/data/frame.py): centred by default, at random with a generator (training), or resized only.
 Parquet files are opened lazily per worker process, so the dataset pickles cleanly into DataLoader workers.
+
+Training reads every sample once per epoch, hundreds of epochs on a small set: decoding its PNGs (and
+re-reading the row group it sits in, since a shuffled order hops between shards) was a fifth of a demo
+detector step. So each process keeps the decoded rows (the stored arrays, before any crop, flip or
+scaling) up to ``decode_cache_bytes``; what an item returns is the same with or without the cache.
 """
 
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +30,25 @@ from diffx.data.layouts import is_label_map
 from diffx.errors import DataError
 from diffx.shards.reader import ShardSet
 
+DECODE_CACHE_BYTES = 256 * 2**20  # per process: the demo's splits fit many times; a large set caches its first rows
+
+
+@dataclass(frozen=True)
+class DecodedRow:
+    """One row as stored, its images decoded: what :meth:`ShardDataset.item` places into the model's frame."""
+
+    id: str
+    height: int
+    width: int
+    arrays: dict[str, np.ndarray]  # modality -> HxW or HxWxC, the stored dtype
+    objects: list[dict[str, Any]]
+    caption: str | None
+    layout: np.ndarray | None  # the stored dense layout map; None when not read or the row has none
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values()) + (self.layout.nbytes if self.layout is not None else 0)
+
 
 class ShardDataset(Dataset):
     def __init__(
@@ -34,8 +59,10 @@ class ShardDataset(Dataset):
         storage_options: dict[str, Any] | None = None,
         *,
         layout: bool | None = None,
+        decode_cache_bytes: int = DECODE_CACHE_BYTES,
     ):
-        """``layout``: read the dense layout column (default: when the set has one)."""
+        """``layout``: read the dense layout column (default: when the set has one). ``decode_cache_bytes``:
+        decoded rows kept per process (0 = decode on every read); rows past the budget are decoded each time."""
         self.root = root
         self.split = split
         self.storage_options = storage_options or {}
@@ -60,6 +87,9 @@ class ShardDataset(Dataset):
         self._shard_set: ShardSet | None = None
         self._cached: tuple[int, int, int, pa.Table] | None = None  # shard, row-group, first row, table
         self._row_groups: dict[int, list[int]] = {}
+        self.decode_cache_bytes = decode_cache_bytes
+        self._decoded: dict[int, DecodedRow] = {}
+        self._decoded_bytes = 0
 
     def __len__(self) -> int:
         return self.length
@@ -68,6 +98,7 @@ class ShardDataset(Dataset):
         state = self.__dict__.copy()
         state["_shard_set"] = None
         state["_cached"] = None
+        state["_decoded"], state["_decoded_bytes"] = {}, 0  # each worker fills its own
         return state
 
     def _locate(self, index: int) -> tuple[int, int]:
@@ -98,36 +129,60 @@ class ShardDataset(Dataset):
     def item(self, index: int, generator: torch.Generator | None = None, *, crop: bool = True) -> dict[str, Any]:
         """Sample ``index`` in the model's frame: crop centred, at random from ``generator``, or (``crop=False``)
         the whole resized frame, whose latent a trainer can cache and crop later (``placement.latent_window``)."""
-        row = self._row(*self._locate(index))
-        height, width = int(row["height"]), int(row["width"])
-        frame = self.spec.frame
+        row = self.decoded_row(index)
+        height, width, frame = row.height, row.width, self.spec.frame
         placement = place(height, width, frame, generator) if crop else resize_only(height, width, frame)
         images = {}
         for name in self.modalities:
-            spec = self.spec.modality(name)
-            array = decode_array(row[name]["bytes"], f"{row['id']}:{name}").astype(np.float32) / spec.max_value
+            array = row.arrays[name].astype(np.float32) / self.spec.modality(name).max_value
             image = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
             images[name] = place_image(image, placement)
-        objects = row["objects"]
-        boxes = torch.tensor([o["bbox"] for o in objects], dtype=torch.float32).reshape(-1, 4)
-        labels = torch.tensor([o["category_id"] for o in objects], dtype=torch.int64)
+        boxes = torch.tensor([o["bbox"] for o in row.objects], dtype=torch.float32).reshape(-1, 4)
+        labels = torch.tensor([o["category_id"] for o in row.objects], dtype=torch.int64)
         boxes, labels = place_boxes(boxes, labels, placement, self.spec.frame.min_box_visible)
         item = {
-            "id": row["id"],
+            "id": row.id,
             "images": images,
             "boxes": boxes,
             "labels": labels,
-            "caption": row.get("caption"),
+            "caption": row.caption,
             "size": (placement.height, placement.width),
             "placement": placement,
         }
         if self.layout:
-            cell = row.get("layout")
-            if not cell or cell.get("bytes") is None:
-                raise DataError(f"{self.root} ({row['id']})", "the row has no layout map; the set's kind needs one")
-            stored = stored_to_tensor(decode_array(cell["bytes"], f"{row['id']}:layout"), self.spec)
+            if row.layout is None:
+                raise DataError(f"{self.root} ({row.id})", "the row has no layout map; the set's kind needs one")
+            stored = stored_to_tensor(row.layout, self.spec)
             item["layout"] = place_image(stored, placement, nearest=is_label_map(self.spec))
         return item
+
+    def decoded_row(self, index: int) -> DecodedRow:
+        """Row ``index`` with its images decoded, from this process's cache when it holds it."""
+        found = self._decoded.get(index)
+        if found is not None:
+            return found
+        row = self._row(*self._locate(index))
+        layout = None
+        if self.layout:
+            cell = row.get("layout")
+            if cell and cell.get("bytes") is not None:
+                layout = decode_array(cell["bytes"], f"{row['id']}:layout")
+        decoded = DecodedRow(
+            id=row["id"],
+            height=int(row["height"]),
+            width=int(row["width"]),
+            arrays={name: decode_array(row[name]["bytes"], f"{row['id']}:{name}") for name in self.modalities},
+            objects=row["objects"],
+            caption=row.get("caption"),
+            layout=layout,
+        )
+        if self._decoded_bytes + decoded.nbytes <= self.decode_cache_bytes:
+            for array in (*decoded.arrays.values(), decoded.layout):
+                if array is not None:
+                    array.flags.writeable = False  # a cached row is shared by every later read
+            self._decoded[index] = decoded
+            self._decoded_bytes += decoded.nbytes
+        return decoded
 
 
 def detection_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
