@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from train_unet import DEMO, _batch, seconds_per_call
 from diffx.models.detector import CenterNet
 from diffx.models.mpvae import MPVAE
 from diffx.models.unet import DiffXUNet
-from diffx.shards.dataset import ShardDataset
+from diffx.shards.dataset import DECODE_CACHE_BYTES, ShardDataset
 
 VAE = {
     "modalities": ("rgb", "thermal", "depth"),
@@ -44,9 +45,10 @@ VAE = {
 }
 
 
-def vae_step_seconds(
-    decoder: str, *, bf16: bool = False, channels_last: bool = False, steps: int, batch: int = 8, crop: int = 64
-) -> float:
+def vae_training_step(
+    decoder: str, *, bf16: bool = False, channels_last: bool = False, batch: int = 8, crop: int = 64
+) -> Callable[[], None]:
+    """One demo MP-VAE training step (forward, loss, backward, AdamW), run once already so the next calls are warm."""
     torch.manual_seed(0)
     model = MPVAE(decoder=decoder, **VAE)  # type: ignore[arg-type]
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -68,14 +70,24 @@ def vae_step_seconds(
         optimizer.zero_grad(set_to_none=True)
 
     step()
-    return round(seconds_per_call(step, steps, torch.device("cpu")), 3)
+    return step
 
 
-def unet_step_seconds(heads: int, *, steps: int, math_attention: bool = False, bf16: bool = False) -> float:
+def vae_step_seconds(decoder: str, *, steps: int, **options: Any) -> float:
+    return round(seconds_per_call(vae_training_step(decoder, **options), steps, torch.device("cpu")), 3)
+
+
+def demo_unet(heads: int) -> tuple[DiffXUNet, dict[str, torch.Tensor]]:
+    """The demo UNet with ``heads`` attention heads and one batch of 16 for it."""
     torch.manual_seed(0)
     model = DiffXUNet(sample_size=16, **{**DEMO, "attention_head_dim": heads})
+    return model, _batch(16, (16, 20), DEMO["cross_attention_dim"], DEMO["phrase_dim"], 96, torch.device("cpu"))
+
+
+def unet_training_step(heads: int, *, math_attention: bool = False, bf16: bool = False) -> Callable[[], None]:
+    """One demo UNet training step (forward, loss, backward, AdamW), run once already so the next calls are warm."""
+    model, data = demo_unet(heads)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    data = _batch(16, (16, 20), DEMO["cross_attention_dim"], DEMO["phrase_dim"], 96, torch.device("cpu"))
 
     def step() -> None:
         # A fresh context each call: sdpa_kernel's context manager can be entered only once.
@@ -87,31 +99,19 @@ def unet_step_seconds(heads: int, *, steps: int, math_attention: bool = False, b
         optimizer.zero_grad(set_to_none=True)
 
     step()
-    return round(seconds_per_call(step, steps, torch.device("cpu")), 3)
+    return step
 
 
-def gflop_per_step(step: Any) -> float:
+def unet_step_seconds(heads: int, *, steps: int, **options: Any) -> float:
+    return round(seconds_per_call(unet_training_step(heads, **options), steps, torch.device("cpu")), 3)
+
+
+def gflop_per_step(step: Callable[[], None]) -> float:
     """Forward and backward FLOPs of one training step (torch's counter; the optimizer's element-wise work aside)."""
     counter = FlopCounterMode(display=False)
     with counter:
         step()
     return round(counter.get_total_flops() / 1e9, 1)
-
-
-def vae_step(batch: int = 8, crop: int = 64) -> Any:
-    model = MPVAE(decoder="per_modality", **VAE)  # type: ignore[arg-type]
-    g = torch.Generator().manual_seed(0)
-    images = {
-        name: torch.rand(batch, c, crop, crop, generator=g)
-        for name, c in zip(VAE["modalities"], VAE["channels"], strict=True)
-    }
-    return lambda: sum(v.pow(2).mean() for v in model(images).reconstructions.values()).backward()  # type: ignore
-
-
-def unet_step() -> Any:
-    model = DiffXUNet(sample_size=16, **{**DEMO, "attention_head_dim": 4})
-    data = _batch(16, (16, 20), DEMO["cross_attention_dim"], DEMO["phrase_dim"], 96, torch.device("cpu"))
-    return lambda: model(**data).float().pow(2).mean().backward()
 
 
 def detector_step_seconds(*, channels_last: bool, steps: int) -> float:
@@ -132,7 +132,7 @@ def detector_step_seconds(*, channels_last: bool, steps: int) -> float:
 
 
 def adamw_step_ms(*, fused: bool, steps: int) -> float:
-    model = DiffXUNet(sample_size=16, **{**DEMO, "attention_head_dim": 4})
+    model, _ = demo_unet(4)
     for p in model.parameters():
         p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(1))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True if fused else None)
@@ -143,7 +143,7 @@ def adamw_step_ms(*, fused: bool, steps: int) -> float:
 def read_ms_per_item(root: str, reads: int = 5) -> dict[str, float]:
     """ms per training read of every train row, ``reads`` times over in a shuffled order, cache on and off."""
     out = {}
-    for name, budget in (("decode_every_read", 0), ("decoded_row_cache", 256 * 2**20)):
+    for name, budget in (("decode_every_read", 0), ("decoded_row_cache", DECODE_CACHE_BYTES)):
         dataset = ShardDataset(root, "train", decode_cache_bytes=budget)
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
         started = time.perf_counter()
@@ -177,7 +177,7 @@ def main() -> None:
         "channels_last": detector_step_seconds(channels_last=True, steps=steps * 5),
     }
     adamw = {"per_tensor": adamw_step_ms(fused=False, steps=steps), "fused": adamw_step_ms(fused=True, steps=steps)}
-    flops = {"vae": gflop_per_step(vae_step()), "unet": gflop_per_step(unet_step())}
+    flops = {"vae": gflop_per_step(vae_training_step("per_modality")), "unet": gflop_per_step(unet_training_step(4))}
     print(
         json.dumps(
             {
