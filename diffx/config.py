@@ -171,20 +171,25 @@ class VaeModelConfig(Section):
     """MP-VAE architecture (diffx/models/mpvae.py); the paper config is SD v1.x's VAE."""
 
     block_out_channels: list[int] = Field(
-        default_factory=lambda: [32, 64, 64, 64], min_length=1, description="paper: [128, 256, 512, 512] (SD v1.x)"
+        default_factory=lambda: [16, 32, 64, 64],
+        min_length=1,
+        description="paper: [128, 256, 512, 512] (SD v1.x); the full demo (presets/demo-full.yaml): [32, 64, 64, 64]",
     )
     layers_per_block: int = Field(default=1, ge=1, description="paper: 2")
     latent_channels: int = Field(
-        default=4, ge=1, description="16: +0.3-0.9 dB on the demo (README), 4x the channels for the UNet"
+        default=8,
+        ge=1,
+        description="channels of the shared latent: more keep more of every modality and cost the UNet only its "
+        "first and last convolution (paper: 4, SD's)",
     )
-    norm_num_groups: int = Field(default=16, ge=1, description="paper: 32")
+    norm_num_groups: int = Field(default=8, ge=1, description="paper: 32")
     use_pyramid: bool = True
     replicate_grey: bool = Field(default=False, description="feed 1-channel modalities as 3 equal channels")
     mid_block_add_attention: bool = True
     decoder: Literal["per_modality", "shared"] = Field(
-        default="per_modality",
+        default="shared",
         description="per_modality: one decoder each (paper); shared: one decoder whose last conv has every "
-        "modality's channels, 2.3x faster steps on RGB+T+D but 0-1.4 dB lower PSNR at 1,500 demo steps (README)",
+        "modality's channels, a third of the decoding cost on RGB+T+D (the README weighs what it costs in PSNR)",
     )
     posterior_logvar_init: float = Field(
         default=0.0,
@@ -224,7 +229,7 @@ class TrainLoopConfig(Section):
 
 
 class VaeTrainConfig(TrainLoopConfig):
-    steps: int = Field(default=1500, ge=1)
+    steps: int = Field(default=800, ge=1)
     batch_size: int = Field(default=8, ge=1, description="global batch: all processes and accumulation steps")
     lr: float = Field(default=1e-3, gt=0)
     checkpoint_every: int = Field(default=500, ge=1)
@@ -238,11 +243,16 @@ class VaeTrainConfig(TrainLoopConfig):
         description="KL per latent element (a mean, like the reconstruction's per pixel); the demo's 2.56e-4 is "
         "1e-6 on the KL summed over its 64 px crops' 4x8x8 latents. Paper: 0 (MSE + LPIPS)",
     )
-    modality_weights: dict[str, float] = Field(default_factory=dict, description="loss weight per modality")
+    modality_weights: dict[str, float] = Field(
+        default_factory=lambda: {"thermal": 2.5},
+        description="loss weight per modality (unlisted: 1): a modality with small errors (thermal's flat scenes) "
+        "gets little of a plain MSE sum's attention unless weighted up",
+    )
     reconstruction_loss: Literal["mse", "log_mse"] = Field(
         default="mse",
         description="mse: the sum over modalities; log_mse: the sum of log MSEs (-PSNR / 4.34): each modality's dB "
-        "count the same, which favours the one with the smallest error (README)",
+        "count the same, which favours the one with the smallest error (README). log_mse takes the log of each "
+        "process's micro-batch MSE, so unlike mse a run on N processes is not exactly the run on one",
     )
     lpips_weight: float = Field(
         default=0.0, ge=0, description="LPIPS term per modality next to the reconstruction (paper: 1); needs vae.lpips"
@@ -348,7 +358,9 @@ class UnetModelConfig(Section):
     """DiffX-UNet (diffx/models/unet.py). The paper config is SD v1.x's UNet, frozen, from init_from_sd."""
 
     block_out_channels: list[int] = Field(
-        default_factory=lambda: [64, 128, 128], min_length=1, description="paper: SD v1.x's [320, 640, 1280, 1280]"
+        default_factory=lambda: [32, 64, 64],
+        min_length=1,
+        description="paper: SD v1.x's [320, 640, 1280, 1280]; the full demo (presets/demo-full.yaml): [64, 128, 128]",
     )
     down_block_types: list[str] = Field(
         default_factory=lambda: ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
@@ -356,13 +368,20 @@ class UnetModelConfig(Section):
     up_block_types: list[str] = Field(default_factory=lambda: ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"])
     layers_per_block: int = Field(default=1, ge=1, description="paper: 2")
     attention_head_dim: int = Field(
-        default=4,
+        default=2,
         ge=1,
-        description="attention heads per block (diffusers' name for it; SD: 8). 4 on the demo's 64/128 widths: "
-        "heads of 16/32 channels, 1.34x faster steps on CPU than 8 (benchmarks/demo_levers.py)",
+        description="attention heads per block (diffusers' name for it; SD: 8). Fewer, wider heads run faster on a "
+        "CPU (benchmarks/demo_levers.py)",
     )
     norm_num_groups: int = Field(default=32, ge=1)
     layout: Literal["boxes", "dense"] = "boxes"
+    box_raster_channels: int = Field(
+        default=8,
+        ge=0,
+        description="box layouts: the planned boxes are also painted at latent resolution (each box's class "
+        "embedding in this many channels, plus its coverage) and fed through zero-initialised input channels, "
+        "beside the gated box tokens; 0 = tokens only (the paper)",
+    )
     init_from_sd: str | None = Field(default=None, description="SD v1.x pipeline or UNet folder (diffusers)")
     freeze_base: bool = Field(default=True, description="with init_from_sd: train only fusers, tokenizer, JME")
     fuser_gate_init: float = Field(
@@ -393,9 +412,9 @@ class UnetModelConfig(Section):
 
 
 class UnetTrainConfig(TrainLoopConfig):
-    steps: int = Field(default=1500, ge=1)
+    steps: int = Field(default=400, ge=1)
     batch_size: int = Field(default=16, ge=1, description="global batch: all processes and accumulation steps")
-    lr: float = Field(default=5e-4, gt=0, description="paper: 5e-5 with warm-up 10k on a frozen SD base")
+    lr: float = Field(default=1e-3, gt=0, description="paper: 5e-5 with warm-up 10k on a frozen SD base")
     checkpoint_every: int = Field(default=100, ge=1)
     caption_dropout: float = Field(default=0.5, ge=0, le=1, description="per sample: the caption becomes ''")
     layout_dropout: float = Field(default=0.1, ge=0, le=1, description="per sample: every layout slot is null")
@@ -423,7 +442,18 @@ class SamplerConfig(Section):
 
     sampler: Literal["ddim", "dpmsolver++", "unipc", "pndm"] = "dpmsolver++"
     steps: int = Field(default=20, ge=1)
-    guidance: float = Field(default=3.0, ge=0)
+    guidance: float = Field(
+        default=3.0,
+        ge=0,
+        description="classifier-free guidance scale (over caption and layout together, or over "
+        "the caption alone when layout_guidance is set)",
+    )
+    layout_guidance: float | None = Field(
+        default=None,
+        ge=0,
+        description="a guidance scale for the layout apart from the caption (composed guidance: a third branch per "
+        "step, 1.5x the sampling cost); null = one scale for both",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         default="fp32",
         description="the UNet's compute precision (autocast; the sampler's arithmetic and the VAE decode stay "
@@ -542,13 +572,13 @@ class DetectorModelConfig(Section):
 
 
 class DetectorTrainConfig(TrainLoopConfig):
-    steps: int = Field(default=400, ge=1)
+    steps: int = Field(default=200, ge=1)
     batch_size: int = Field(default=16, ge=1, description="global batch: all processes and accumulation steps")
     lr: float = Field(default=2e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     ema_decay: float | None = Field(default=None, gt=0, lt=1)
     log_every: int = Field(default=20, ge=1)
-    checkpoint_every: int = Field(default=200, ge=1)
+    checkpoint_every: int = Field(default=100, ge=1)
     hflip: bool = True
     size_weight: float = Field(default=0.1, ge=0, description="L1 weight of the box size head (CenterNet: 0.1)")
 
@@ -608,10 +638,11 @@ class EvaluateConfig(Section):
         "trained with these detector settings on this reference split (else trained here); null = always train",
     )
     detector_seeds: list[int] = Field(
-        default_factory=lambda: [0, 1, 2],
+        default_factory=lambda: [0],
         min_length=1,
-        description="every recipe and real-only train once per seed; gains are paired per seed (mean, 95 % "
-        "Student-t interval); the first seed's real model also scores layout fidelity",
+        description="every recipe and real-only train once per seed; gains are paired per seed (mean, and a 95 % "
+        "Student-t interval from two seeds on; the full demo runs [0, 1, 2]); the first seed's real model also "
+        "scores layout fidelity",
     )
     recipes: list[RecipeConfig] = Field(
         default_factory=lambda: [

@@ -75,12 +75,25 @@ def read_json(url: str, **storage_options: Any) -> Any:
         return json.loads(handle.read().decode("utf-8"))
 
 
-def sha256_file(fs: fsspec.AbstractFileSystem, path: str, chunk: int = 8 << 20) -> str:
+def read_hashed(
+    fs: fsspec.AbstractFileSystem, path: str, *, keep: bool = True, chunk: int = 8 << 20
+) -> tuple[bytes, str]:
+    """The file's bytes (empty unless ``keep``) and their sha256, from one pass over the file.
+
+    One loop for every integrity check: the shard reader keeps the bytes it then parses, the writer's resume check
+    and the flows' cache keys only need the digest."""
     digest = hashlib.sha256()
+    chunks: list[bytes] = []
     with fs.open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
-    return digest.hexdigest()
+            if keep:
+                chunks.append(block)
+    return b"".join(chunks), digest.hexdigest()
+
+
+def sha256_file(fs: fsspec.AbstractFileSystem, path: str, chunk: int = 8 << 20) -> str:
+    return read_hashed(fs, path, keep=False, chunk=chunk)[1]
 
 
 class HashingWriter:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from diffx.data.demo import CLASSES, LAYOUT_CLASSES, render_scene, sample_rng
+from diffx.data.demo import CLASSES, LAYOUT_CLASSES, coco_document, render_scene, sample_rng
 from diffx.data.layouts import sobel_edges
 
 WIDTH, HEIGHT = 64, 48
@@ -39,24 +39,16 @@ def _depth8(scene: Any) -> np.ndarray:
 
 
 def _coco(path: Path, scenes: list[tuple[str, Any]], file_name: str, categories: tuple[str, ...]) -> None:
-    images, annotations = [], []
-    for number, (sample_id, scene) in enumerate(scenes, start=1):
-        images.append({"id": number, "file_name": file_name.format(id=sample_id), "width": WIDTH, "height": HEIGHT})
-        for category, (x0, y0, x1, y1) in scene.boxes:
-            name = category if category in categories else categories[0]
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": number,
-                    "category_id": categories.index(name) + 1,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": (x1 - x0) * (y1 - y0),
-                    "iscrowd": 0,
-                }
-            )
-    categories_json = [{"id": i + 1, "name": c} for i, c in enumerate(categories)]
+    """A dataset whose class list is shorter than the demo's labels the rest as its first class."""
+    frames = [
+        (
+            {"file_name": file_name.format(id=sample_id), "width": WIDTH, "height": HEIGHT},
+            [(c if c in categories else categories[0], box) for c, box in scene.boxes],
+        )
+        for sample_id, scene in scenes
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories_json}))
+    path.write_text(json.dumps(coco_document(frames, categories)))
 
 
 def write_mfnet(root: Path, n: int) -> dict[str, Any]:

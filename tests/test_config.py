@@ -132,3 +132,39 @@ def test_lpips_needs_both_files() -> None:
     raw["vae"]["lpips"] = {"vgg16": "weights/vgg16.pth", "heads": None}
     with pytest.raises(ConfigError, match="LPIPS needs both files"):
         parse_config(raw)
+
+
+def _leaves(node: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict) and node:
+        return {k: v for key, value in node.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def test_the_full_demo_preset_validates_and_changes_only_sizes_and_schedules() -> None:
+    """`make demo-full` renders presets/demo-full.yaml over params.yaml: it must pass `diffx params check`, reach
+    the configuration the published full-demo numbers came from, and leave every gate threshold, path and
+    data setting as the fast default has them (a preset that loosened a gate would publish easier numbers)."""
+    from typer.testing import CliRunner
+
+    from diffx.cli import app
+
+    preset = REPO / "presets" / "demo-full.yaml"
+    checked = CliRunner().invoke(app, ["params", "check", str(REPO / "params.yaml"), "--overlay", str(preset)])
+    assert checked.exit_code == 0, checked.output
+    default = load_config(REPO / "params.yaml")
+    full = load_config(REPO / "params.yaml", (preset,))
+    assert full.vae.train.steps == 1500 and full.unet.train.steps == 1500
+    assert full.vae.model.decoder == "per_modality" and full.vae.model.block_out_channels == [32, 64, 64, 64]
+    assert full.unet.model.block_out_channels == [64, 128, 128] and full.evaluate.detector_seeds == [0, 1, 2]
+    assert full.unet.model.box_raster_channels == 0 and full.vae.train.modality_weights == {}
+    before, after = _leaves(default.model_dump(mode="json")), _leaves(full.model_dump(mode="json"))
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    sections = {k.split(".")[0] + "." + k.split(".")[1] for k in changed}
+    assert sections <= {
+        "vae.model",
+        "vae.train",
+        "unet.model",
+        "unet.train",
+        "evaluate.detector_train",
+        "evaluate.detector_seeds",
+    }, sorted(changed)

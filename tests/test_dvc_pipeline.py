@@ -51,6 +51,7 @@ def repo_copy(tmp_path: Path) -> Path:
     return work
 
 
+@pytest.mark.slow  # runs dvc on a copy of the repository
 def test_a_planted_defect_stops_the_chain_at_its_gate(repo_copy: Path) -> None:
     _run(repo_copy, "dvc", "pull", "-q", "data.dvc")
     frame = repo_copy / "data" / "demo" / "thermal" / "demo-train-00005.png"
@@ -63,6 +64,7 @@ def test_a_planted_defect_stops_the_chain_at_its_gate(repo_copy: Path) -> None:
     assert not report["success"] and not (repo_copy / "models" / "vae").exists()
 
 
+@pytest.mark.slow  # runs dvc on a copy of the repository
 def test_exp_run_with_a_changed_param_reruns_only_what_depends_on_it(repo_copy: Path, tmp_path: Path) -> None:
     _run(repo_copy, "dvc", "pull", "-q", "data.dvc")
     reads = tmp_path / "reads"
@@ -160,6 +162,7 @@ def _tree_digests(root: Path, folders: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+@pytest.mark.slow  # runs dvc on a copy of the repository
 def test_prefect_chain_flow_produces_what_dvc_repro_produces(
     repo_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

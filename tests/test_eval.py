@@ -193,6 +193,7 @@ def evaluated(canonical: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     return tmp, result.metrics
 
 
+@pytest.mark.slow  # the evaluated fixture trains every detector, ~60 s
 def test_stage_writes_every_metric_plot_grid_and_every_detector(evaluated: tuple[Path, dict[str, Any]]) -> None:
     tmp, metrics = evaluated
     assert json.loads((tmp / "eval-report.json").read_text()) == metrics
@@ -229,6 +230,7 @@ def test_stage_writes_every_metric_plot_grid_and_every_detector(evaluated: tuple
     assert reused.read_bytes() == (tmp / "detector_real" / "diffusion_pytorch_model.safetensors").read_bytes()
 
 
+@pytest.mark.slow  # the evaluated fixture trains every detector, ~60 s
 def test_the_detector_learns_and_the_misaligned_control_scores_worse(evaluated: tuple[Path, dict[str, Any]]) -> None:
     _, metrics = evaluated
     fidelity = metrics["layout_fidelity"]

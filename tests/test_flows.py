@@ -56,6 +56,7 @@ def params(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # runs Prefect flows (temporary Prefect server)
 def test_caption_flow_runs_the_library_stages(params: Path) -> None:
     result = caption_flow(params=str(params), interactive=False)
     assert result["gate"] is True and result["caption"]["rows"] == 10 and not result["review"]
@@ -78,6 +79,7 @@ def _paused_run_id(timeout: float = 180.0) -> Any:
     raise AssertionError("the caption flow never paused for review")
 
 
+@pytest.mark.slow  # runs Prefect flows (temporary Prefect server)
 def test_interactive_run_pauses_for_review_and_applies_the_answer(params: Path) -> None:
     outcome: dict[str, Any] = {}
     runner = threading.Thread(
@@ -102,6 +104,7 @@ def test_interactive_run_pauses_for_review_and_applies_the_answer(params: Path) 
     assert captions[first.id] == ("An image of a reviewed street.", "human")
 
 
+@pytest.mark.slow  # runs Prefect flows (temporary Prefect server)
 def test_generate_flow_maps_workers_and_completes_the_set(tmp_path: Path) -> None:
     import yaml
 
@@ -131,6 +134,7 @@ def test_generate_flow_maps_workers_and_completes_the_set(tmp_path: Path) -> Non
     assert progress.data == 100.0 and progress.description.startswith("8/8 samples in 4/4 shards")
 
 
+@pytest.mark.slow  # runs Prefect flows (temporary Prefect server)
 def test_the_progress_watch_counts_shards_as_they_land(tmp_path: Path) -> None:
     from diffx.config import parse_config
     from diffx.stages import generate, plan
@@ -152,6 +156,7 @@ def test_the_progress_watch_counts_shards_as_they_land(tmp_path: Path) -> None:
     assert watch.poll()["percent"] == 100.0 and watch.poll()["eta_s"] == 0
 
 
+@pytest.mark.slow  # runs Prefect flows (temporary Prefect server)
 def test_flow_parameters_are_validated_before_any_task(tmp_path: Path) -> None:
     """Flow parameters are overrides like any other: ``num_samples=-5`` fails in the load, naming the key."""
     from diffx.errors import ConfigError
@@ -219,6 +224,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # runs Prefect flows (temporary Prefect server)
 def test_nightly_deployment_starts_as_the_readme_says(tmp_path: Path) -> None:
     """A real Prefect server, work pool, `prefect deploy`, a triggered run and a process worker, as in the README."""
     import os
@@ -316,6 +322,7 @@ def test_nightly_deployment_starts_as_the_readme_says(tmp_path: Path) -> None:
     assert validate_shard_set(str(output)).rows == 6
 
 
+@pytest.mark.slow  # runs Prefect flows (temporary Prefect server)
 def test_evaluate_flow_is_cached_on_its_inputs_and_remakes_missing_outputs(tmp_path: Path) -> None:
     import yaml
 

@@ -122,6 +122,7 @@ def _metric_keys(node: Any, prefix: str = "") -> list[str]:
     return [prefix.rstrip(".")]
 
 
+@pytest.mark.slow  # the whole chain on a git clone, ~90 s
 def test_the_whole_chain_runs_on_a_fresh_clone(fresh_clone: Path) -> None:
     shipped_lock = yaml.safe_load((fresh_clone / "dvc.lock").read_text())
     out = _run(fresh_clone, "dvc", "exp", "run", *tiny_chain.set_args(), timeout=1200)

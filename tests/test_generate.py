@@ -213,6 +213,7 @@ def _reference(world: Path, tmp_path: Path) -> Path:
     return work
 
 
+@pytest.mark.slow  # torch.compile / worker processes, 30-70 s
 def test_sigkill_at_random_moments_then_resume_gives_the_planned_set(world: Path, tmp_path: Path) -> None:
     reference = _reference(world, tmp_path)
     work = tmp_path / "killed"
@@ -238,6 +239,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_planned_set(world: Path
     assert not leftovers
 
 
+@pytest.mark.slow  # torch.compile / worker processes, 30-70 s
 def test_concurrent_workers_never_make_two_files_and_ranks_partition(world: Path, tmp_path: Path) -> None:
     reference = _reference(world, tmp_path)
     env = ENV
@@ -372,6 +374,28 @@ def test_cached_and_bf16_sampling_against_the_fp32_uncached_reference(world: Pat
     assert pipeline(requests, **settings)["rgb"].equal(cached["rgb"])  # deterministic
 
 
+def test_composed_guidance_separates_caption_and_layout(world: Path, tmp_path: Path) -> None:
+    """Three branches (none, caption, caption + layout): equal scales give back the joint guidance, and a layout
+    scale of its own changes the draw; the null branch sees no box in the tokens nor in the painted channels."""
+    from diffx.sample.generate import PlanExecutor
+
+    config = _config(world, tmp_path)
+    plan(config)
+    rows, spec, _ = read_plan(config.generate.plan)
+    pipeline = PlanExecutor(config.generate, spec).pipeline
+    pipeline.unet.set_fuser_gates(0.8)
+    assert pipeline.unet.config.box_raster_channels > 0  # the painted-box path is in the draw
+    requests = _requests(rows[:3])
+    settings = {"sampler": "dpmsolver++", "steps": 4, "guidance": 3.0}
+    joint = pipeline(requests, **settings)
+    equal = pipeline(requests, **settings, layout_guidance=3.0)
+    stronger = pipeline(requests, **settings, layout_guidance=6.0)
+    for name in spec.modality_names:
+        assert (equal[name] - joint[name]).abs().max() < 1e-4, name
+    assert (stronger["rgb"] - joint["rgb"]).abs().max() > 1e-3
+
+
+@pytest.mark.slow  # torch.compile / worker processes, 30-70 s
 def test_compiled_unet_draws_what_the_eager_one_draws(world: Path, tmp_path: Path) -> None:
     """generate.compile runs the UNet through inductor: same images to float rounding, step cache included."""
     from diffx.sample.generate import PlanExecutor

@@ -27,6 +27,8 @@ from . import inception_reference, lpips_reference, task_sources, tiny_chain
 from .conftest import REPO
 from .tiny_models import clip_to_openai, tiny_clip, tiny_llava
 
+pytestmark = pytest.mark.slow  # every paper preset chain on tiny stand-ins, 15-30 s each
+
 DIFFX_FOLDERS = {
     "box-rgb-t": ({"rgb": "RGB", "thermal": "T"}, "yolo"),
     "box-rgb-t-d": ({"rgb": "RGB", "thermal": "T", "depth": "D"}, "yolo"),

@@ -29,6 +29,8 @@ from .test_flows import _Factory, _free_port, lenient_generated_gate
 from .test_generate import _params
 from .test_generate import world as world_fixture
 
+pytestmark = pytest.mark.slow  # a Prefect server and a Ray head on 127.0.0.1
+
 BIN = Path(sys.executable).parent
 DRIVER = """
 import json, sys

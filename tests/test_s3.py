@@ -20,6 +20,8 @@ from diffx.stages import ingest  # noqa: E402
 
 from .conftest import make_config, make_sample  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a moto S3 server on 127.0.0.1
+
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

@@ -13,11 +13,15 @@ from diffx.models.unet import DiffXUNet
 from .test_unet import BLOCKS, _inputs
 
 
-@pytest.mark.parametrize("layout", ["boxes", "dense"])
+@pytest.mark.parametrize("layout", ["boxes", "painted boxes", "dense"])
 def test_cached_steps_predict_what_the_uncached_model_predicts(layout: str) -> None:
     torch.manual_seed(0)
-    model = DiffXUNet(sample_size=8, phrase_dim=16, layout=layout, **BLOCKS).eval()
+    raster = 4 if layout == "painted boxes" else 0
+    layout = "boxes" if raster else layout
+    model = DiffXUNet(sample_size=8, phrase_dim=16, layout=layout, box_raster_channels=raster, **BLOCKS).eval()
     model.set_fuser_gates(0.8)  # open fusers: the layout tokens change the output
+    with torch.no_grad():
+        model.unet.conv_in.weight[:, 4:].normal_()  # learned painted / dense channels: the layout enters there too
     x = _inputs(3)
     layout_args = (
         {"boxes": x["boxes"], "phrases": x["phrases"], "box_mask": x["box_mask"]}

@@ -110,6 +110,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # torchrun + accelerate processes
 def test_two_processes_match_one_process(tmp_path: Path, inputs: Path) -> None:
     # box_loss_weight 0: the weighting is per sample, so splitting a batch over processes is the same sum; but
     # three AdamW steps turn summation-order noise on near-zero gradients into weight differences, and the

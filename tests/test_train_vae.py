@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import subprocess
@@ -70,6 +69,8 @@ def _raw_params(tmp: Path, shards: Path, spec: DatasetSpec = DEMO_SPEC, **train:
                 "ema_decay": 0.9,
                 "device": "cpu",
                 "crop": None,  # whole 16 px frames
+                "reconstruction_loss": "mse",  # the plain sum the formula tests below start from
+                "modality_weights": {},
                 **train,
             },
             "scale_batches": 1,
@@ -142,10 +143,26 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, shard
 
 @pytest.mark.parametrize("kind", ["mse", "log_mse"])
 def test_reconstruction_loss_sums_each_modality_term(tmp_path: Path, shards: Path, kind: str) -> None:
-    trainer = _trainer(tmp_path, shards, kind, reconstruction_loss=kind, kl_weight=0.0)
-    loss, parts = trainer.loss(trainer.model, next(trainer._batches(1)), trainer.plan.positions(0, 0, 0))
-    mses = [parts[f"mse_{name}"] for name in DEMO_SPEC.modality_names]
-    expected = sum(math.log(m + LOG_MSE_FLOOR) for m in mses) if kind == "log_mse" else sum(mses)
+    """The weighted sum over modalities of each one's batch MSE (mse) or of its log (log_mse)."""
+    from diffx.train.data import sample_generator
+    from diffx.train.vae import NOISE
+
+    weights = {"rgb": 2.0}
+    trainer = _trainer(tmp_path, shards, kind, reconstruction_loss=kind, kl_weight=0.0, modality_weights=weights)
+    batch, positions = next(trainer._batches(1)), trainer.plan.positions(0, 0, 0)
+    loss, parts = trainer.loss(trainer.model, batch, positions)
+    images = trainer._prepare(batch, positions)
+    factor, channels = trainer.model.downsample_factor, trainer.model.config.latent_channels
+    shape = (channels, *(s // factor for s in next(iter(images.values())).shape[-2:]))
+    noise = torch.stack([torch.randn(shape, generator=sample_generator(0, p, NOISE)) for p in positions])
+    with torch.no_grad():
+        recon = trainer.model(images, noise=noise).reconstructions
+    expected = 0.0
+    for name in DEMO_SPEC.modality_names:
+        per_sample = (recon[name] - images[name]).pow(2).flatten(1).mean(dim=1)
+        assert parts[f"mse_{name}"] == pytest.approx(float(per_sample.mean()), rel=1e-5)
+        term = torch.log(per_sample.mean() + LOG_MSE_FLOOR) if kind == "log_mse" else per_sample.mean()
+        expected += weights.get(name, 1.0) * float(term)
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
 
 
@@ -222,11 +239,15 @@ def _launch(params: Path, nproc: int, launcher: str = "torchrun") -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.slow  # torchrun + accelerate processes
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Path, shards: Path) -> None:
-    """Real DDP over gloo: gradients are all-reduced, so 2 x batch 2 == 1 x batch 4 (up to float order)."""
+    """Real DDP over gloo: gradients are all-reduced, so 2 x batch 2 == 1 x batch 4 (up to float order), with the
+    default loss's per-modality weights."""
     weights = {}
     for nproc in (1, 2):
-        raw = _raw_params(tmp_path / f"p{nproc}", shards, ema_decay=None, steps=3, hflip=True)
+        raw = _raw_params(
+            tmp_path / f"p{nproc}", shards, ema_decay=None, steps=3, hflip=True, modality_weights={"thermal": 2.5}
+        )
         params = tmp_path / f"params{nproc}.yaml"
         params.write_text(yaml.safe_dump(raw))
         _launch(params, nproc, launcher="torchrun" if nproc == 1 else "accelerate")  # both launchers work

@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from diffx.models.layout import fourier_embed, pack_boxes
+from diffx.models.layout import BoxRaster, fourier_embed, pack_boxes
 from diffx.models.unet import DiffXUNet
 from diffx.train.ema import EMA
 from diffx.train.unet import CAPTION_DROP, LAYOUT_DROP, dropped
@@ -82,6 +82,41 @@ def test_dense_layout_channels_start_at_zero() -> None:
         ).sample
     torch.testing.assert_close(out, expected)
     assert model.unet.conv_in.in_channels == 12 and model.dense_tokenizer(dense).shape == (2, 64, 32)
+
+
+def test_painted_boxes_start_at_zero_and_enter_as_input_channels() -> None:
+    torch.manual_seed(0)
+    model = DiffXUNet(sample_size=8, phrase_dim=16, box_raster_channels=4, **BLOCKS).eval()
+    base = _base_twin(model)
+    x = _inputs(1)
+    with torch.no_grad():
+        expected = base(
+            x["sample"], x["timestep"], encoder_hidden_states=x["text_states"], encoder_attention_mask=x["text_mask"]
+        ).sample
+        torch.testing.assert_close(model(**x), expected, rtol=0, atol=0)  # new channels at zero: the base UNet
+        assert model.unet.conv_in.in_channels == 4 + 4 + 1  # latent + class-embedding channels + coverage
+        model.unet.conv_in.weight[:, 4:].normal_()  # once they have learned something, the layout moves the output
+        moved = {**x, "boxes": x["boxes"].flip(-1).clamp(0, 1)}
+        assert not torch.allclose(model(**x), model(**moved))
+    model.freeze_base()
+    assert model.unet.conv_in.weight.requires_grad and model.box_raster.project.weight.requires_grad
+
+
+def test_the_raster_covers_box_cells_with_the_smaller_box_in_front() -> None:
+    boxes = torch.tensor([[[0.0, 0.0, 1.0, 1.0], [0.25, 0.25, 0.5, 0.5], [0.0, 0.0, 0.1, 0.1]]])  # 1 x 3 x 4
+    values = torch.tensor([[[1.0], [2.0], [5.0]]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the third slot is empty: it paints nothing
+    painted = BoxRaster.paint(boxes, values, mask, (4, 8))
+    assert painted.shape == (1, 2, 4, 8)
+    value, coverage = painted[0, 0], painted[0, 1]
+    torch.testing.assert_close(coverage, torch.ones(4, 8))  # the frame-sized box covers every cell
+    inner = torch.zeros(4, 8, dtype=torch.bool)
+    inner[1, 2:4] = True  # y 0.25-0.5 of 4 rows, x 0.25-0.5 of 8 columns
+    assert (value[inner] == 2.0).all() and (value[~inner] == 1.0).all()  # the small box wins where both are
+    reordered = BoxRaster.paint(boxes[:, [1, 0, 2]], values[:, [1, 0, 2]], mask[:, [1, 0, 2]], (4, 8))
+    torch.testing.assert_close(painted, reordered)  # drawn by size, not by slot
+    sliver = BoxRaster.paint(torch.tensor([[[0.0, 0.0, 0.0625, 0.5]]]), torch.ones(1, 1, 1), torch.ones(1, 1), (2, 8))
+    torch.testing.assert_close(sliver[0, 1, 0, :2], torch.tensor([0.5, 0.0]))  # half a cell wide: half covered
 
 
 def _open_gates(model: DiffXUNet) -> None:

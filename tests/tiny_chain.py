@@ -40,6 +40,8 @@ TINY_CHAIN: dict[str, Any] = {
     "quality.generated.min_honoured_share": 0.0,
     "quality.generated.min_std": 0.0,
     "quality.generated.min_nonzero_fraction": 0.0,
+    "quality.generated.max_colour_outlier": 1000.0,  # a 2-step model's colours and edges are noise
+    "quality.generated.max_misregistration_px": 1000.0,
     "evaluate.detector_train.steps": 2,
     "evaluate.detector_train.batch_size": 4,
     "evaluate.detector_train.log_every": 1,

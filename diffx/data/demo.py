@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -442,6 +443,40 @@ def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, split_key, index])
 
 
+def coco_document(
+    frames: Iterable[tuple[dict[str, Any], list[tuple[str, tuple[int, int, int, int]]]]],
+    categories: Sequence[str],
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A COCO detection document from (image entry, boxes as (category, (x0, y0, x1, y1))) per frame.
+
+    Ids are numbered from 1 in order, boxes become COCO's [x, y, w, h] with their area: the one place that
+    writes the demo's annotations and the test sources' COCO files."""
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for entry, boxes in frames:
+        image_id = len(images) + 1
+        images.append({"id": image_id, **entry})
+        for category, (x0, y0, x1, y1) in boxes:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": list(categories).index(category) + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
+    document = {"info": info} if info is not None else {}
+    return {
+        **document,
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i + 1, "name": c} for i, c in enumerate(categories)],
+    }
+
+
 def write_demo(output: str, *, seed: int, width: int, height: int, splits: dict[str, int]) -> dict[str, int]:
     """Write the demo as paired PNG folders + COCO JSON per split, atomically (whole folder swap)."""
     output = os.path.abspath(output)
@@ -451,7 +486,7 @@ def write_demo(output: str, *, seed: int, width: int, height: int, splits: dict[
     counts: dict[str, int] = {}
     try:
         for split, n in splits.items():
-            images, annotations = [], []
+            frames = []
             for index in range(n):
                 scene = render_scene(sample_rng(seed, split, index), width, height)
                 sample_id = f"demo-{split}-{index:05d}"
@@ -462,33 +497,14 @@ def write_demo(output: str, *, seed: int, width: int, height: int, splits: dict[
                     ("segmentation", scene.labels),
                 ):
                     Image.fromarray(array).save(os.path.join(staging, name, f"{sample_id}.png"), compress_level=9)
-                image_id = len(images) + 1
-                images.append(
-                    {
-                        "id": image_id,
-                        "file_name": f"{sample_id}.png",
-                        "width": width,
-                        "height": height,
-                        "extra_info": {"hours": "night" if scene.night else "day"},
-                    }
-                )
-                for category, (x0, y0, x1, y1) in scene.boxes:
-                    annotations.append(
-                        {
-                            "id": len(annotations) + 1,
-                            "image_id": image_id,
-                            "category_id": CLASSES.index(category) + 1,
-                            "bbox": [x0, y0, x1 - x0, y1 - y0],
-                            "area": (x1 - x0) * (y1 - y0),
-                            "iscrowd": 0,
-                        }
-                    )
-            coco = {
-                "info": {"description": "diffx procedural demo", "seed": seed},
-                "images": images,
-                "annotations": annotations,
-                "categories": [{"id": i + 1, "name": c} for i, c in enumerate(CLASSES)],
-            }
+                entry = {
+                    "file_name": f"{sample_id}.png",
+                    "width": width,
+                    "height": height,
+                    "extra_info": {"hours": "night" if scene.night else "day"},
+                }
+                frames.append((entry, scene.boxes))
+            coco = coco_document(frames, CLASSES, info={"description": "diffx procedural demo", "seed": seed})
             with open(os.path.join(staging, "annotations", f"{split}.json"), "w", encoding="utf-8") as handle:
                 json.dump(coco, handle, indent=1, sort_keys=True)
                 handle.write("\n")

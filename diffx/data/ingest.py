@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from diffx import fsio
@@ -52,15 +53,18 @@ class IngestResult:
             "quarantined": len(self.quarantined),
             "quarantined_fraction": round(len(self.quarantined) / total, 6) if total else 0.0,
             "seconds": round(self.seconds, 3),
-            "quarantine": [
-                {"id": r.id, "split": r.split, "reason": r.reason, "files": list(r.files)} for r in self.quarantined
-            ],
+            "quarantine": [quarantine_entry(r) for r in self.quarantined],
         }
 
     def headline(self) -> dict[str, Any]:
         """What the data is, for ``dvc metrics show``: counts only, no timings (the report has those)."""
         report = self.report()
         return {k: report[k] for k in ("rows", "rows_by_split", "quarantined", "quarantined_fraction")}
+
+
+def quarantine_entry(rejected: Rejected) -> dict[str, Any]:
+    """One quarantined sample as the ingest report and the dry-run survey both list it."""
+    return {"id": rejected.id, "split": rejected.split, "reason": rejected.reason, "files": list(rejected.files)}
 
 
 def _write_split_streams(
@@ -100,10 +104,14 @@ class EdgesFromRgb:
     spec: DatasetSpec
     compress_level: int
 
+    @cached_property
+    def _rgb(self) -> str | None:
+        """The 3-channel modality edges are computed from, looked up once (not once per sample)."""
+        return next((m.name for m in self.spec.modalities if m.channels == 3), None)
+
     def __call__(self, item: Sample | Rejected) -> Sample | Rejected:
-        spec = self.spec
-        rgb = next((m.name for m in spec.modalities if m.channels == 3), None)
-        if spec.layout_kind == "edges" and isinstance(item, Sample) and item.layout is None and rgb in item.images:
+        rgb = self._rgb
+        if self.spec.layout_kind == "edges" and isinstance(item, Sample) and item.layout is None and rgb in item.images:
             source = item.images[rgb]
             try:
                 item.layout = encode_png(sobel_edges(source.to_array()), f"{source.path}#edges", self.compress_level)
@@ -124,6 +132,14 @@ def read_context(data: DataConfig, options: IngestConfig, shards: ShardsConfig) 
         if spec.modality(name).channels != 1 and rule != "strict":
             raise ConfigError(f"ingest.source.channels.{name}: channel rules apply to 1-channel modalities only")
     return ReadContext(spec, shards.png_compress_level, dict(channels))
+
+
+def built_samples(data: DataConfig, options: IngestConfig, shards: ShardsConfig) -> Iterator[Sample | Rejected]:
+    """What the reader yields, each item built (and given computed edges) on the ingest worker processes: the
+    one source pipeline that ingest writes from and the dry-run survey reports on."""
+    ctx = read_context(data, options, shards)
+    edges = EdgesFromRgb(data.spec(), ctx.compress_level)
+    return resolved(list_source(options.source, ctx), edges, resolve_workers(options.workers))
 
 
 def _refuse_too_many_rejects(options: IngestConfig, result: IngestResult) -> None:
@@ -164,7 +180,6 @@ def ingest(data: DataConfig, options: IngestConfig, shards: ShardsConfig, *, pro
     """``data`` is written into the manifest: later stages read what the set is from there, not from params."""
     started = time.perf_counter()
     spec = data.spec()
-    workers = resolve_workers(options.workers)
     with fsio.staged_folder(options.output) as staging:  # a failed run keeps the previous good set
         writer = ShardSetWriter(
             staging,
@@ -175,8 +190,7 @@ def ingest(data: DataConfig, options: IngestConfig, shards: ShardsConfig, *, pro
         )
         rejected: list[Rejected] = []
         rows: dict[str, int] = {}
-        ctx = read_context(data, options, shards)
-        built = resolved(list_source(options.source, ctx), EdgesFromRgb(spec, ctx.compress_level), workers)
+        built = built_samples(data, options, shards)
         with Progress("ingest", None, unit="samples", bar=progress) as counter:
             stream = validated(_counted(built, counter), spec, rejected)
             records = _write_split_streams(writer, stream, shards.rows_per_shard, rows)

@@ -14,9 +14,7 @@ from collections import Counter
 from typing import Any
 
 from diffx.config import DataConfig, IngestConfig, ShardsConfig
-from diffx.data.ingest import EdgesFromRgb, read_context
-from diffx.data.parallel import resolve_workers, resolved
-from diffx.data.readers import list_source
+from diffx.data.ingest import built_samples, quarantine_entry
 from diffx.data.sample import Rejected, validated
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -33,17 +31,13 @@ def _image_files(root: str) -> set[str]:
 def survey(data: DataConfig, options: IngestConfig, shards: ShardsConfig) -> dict[str, Any]:
     """The dry run's report (a JSON-able dict); raises what ingest would raise for a source-wide problem."""
     spec = data.spec()
-    ctx = read_context(data, options, shards)
     rejected: list[Rejected] = []
     splits: Counter[str] = Counter()
     boxes: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
     used: set[str] = set()
     empty = 0
-    built = resolved(
-        list_source(options.source, ctx), EdgesFromRgb(spec, ctx.compress_level), resolve_workers(options.workers)
-    )
-    for sample in validated(built, spec, rejected):
+    for sample in validated(built_samples(data, options, shards), spec, rejected):
         splits[sample.split] += 1
         boxes.update(o.category for o in sample.objects)
         sizes[f"{sample.width}x{sample.height}"] += 1
@@ -65,9 +59,7 @@ def survey(data: DataConfig, options: IngestConfig, shards: ShardsConfig) -> dic
         "would_quarantine": len(rejected),
         "would_quarantine_fraction": round(len(rejected) / total, 6) if total else 0.0,
         "max_quarantine_fraction": options.max_quarantine_fraction,
-        "quarantine_examples": [
-            {"id": r.id, "split": r.split, "reason": r.reason, "files": list(r.files)} for r in rejected[:LISTED]
-        ],
+        "quarantine_examples": [quarantine_entry(r) for r in rejected[:LISTED]],
         "unmatched_image_files": len(unmatched),
         "unmatched_examples": [os.path.relpath(p, root) for p in unmatched[:LISTED]],
     }

@@ -5,6 +5,10 @@ Fourier embedding of its normalised box (8 frequencies 100^(k/8), sin and cos of
 an MLP. Empty slots (mask 0) use learned null vectors, which is also how a dropped layout looks, so
 classifier-free guidance over the layout needs no special path. Slots are a set: no slot order enters.
 
+Boxes can also be painted (``BoxRaster``): each box's class embedding rasterised at latent resolution and
+concatenated to the noisy latent through new, zero-initialised input channels, the path dense layouts take.
+Tokens tell the fusers what and roughly where; the raster tells every convolution exactly which cells.
+
 Dense maps (segmentation ids, saliency, edges, face renderings): a small ConvNeXt-style encoder on a
 fixed-size resize gives a grid of tokens, and a 2-conv downsampler gives extra latent-resolution channels
 that are concatenated to the noisy latent (the UNet's new input channels start at zero).
@@ -46,6 +50,48 @@ class BoxTokenizer(nn.Module):
         phrases = keep * phrases + (1 - keep) * self.null_phrase
         positions = keep * positions + (1 - keep) * self.null_position
         return self.mlp(torch.cat([phrases, positions], dim=-1))
+
+
+class BoxRaster(nn.Module):
+    """Planned boxes painted at latent resolution, for the UNet's zero-initialised extra input channels.
+
+    Each box carries a learned projection of its phrase (the class-name embedding) into ``channels`` values, plus
+    one coverage channel. Coverage is fractional (the share of a latent cell the box covers), so an object one
+    or two cells wide still leaves a mark; where boxes overlap they are composited front to back with the smaller
+    box in front (alpha compositing over cells), a fixed order that does not depend on slot order. Empty slots
+    (mask 0), and so a dropped layout, paint nothing: the unconditional branch of guidance sees all zeros.
+    """
+
+    def __init__(self, phrase_dim: int, channels: int):
+        super().__init__()
+        self.project = nn.Linear(phrase_dim, channels)
+
+    def values(self, phrases: torch.Tensor) -> torch.Tensor:
+        """B x N x P phrases -> B x N x channels (what each box paints); computed once per batch."""
+        return self.project(phrases)
+
+    @staticmethod
+    def paint(boxes: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """B x (channels + 1) x h x w from boxes B x N x 4 in [0, 1], values B x N x C, mask B x N."""
+        height, width = size
+        dtype = values.dtype
+        cells_y = torch.arange(height, device=boxes.device, dtype=dtype)
+        cells_x = torch.arange(width, device=boxes.device, dtype=dtype)
+        x0, y0, x1, y1 = (boxes[..., k].to(dtype) for k in range(4))  # B x N
+        cover_x = torch.minimum(x1[..., None] * width, cells_x + 1) - torch.maximum(x0[..., None] * width, cells_x)
+        cover_y = torch.minimum(y1[..., None] * height, cells_y + 1) - torch.maximum(y0[..., None] * height, cells_y)
+        alpha = cover_y.clamp(0, 1)[..., :, None] * cover_x.clamp(0, 1)[..., None, :]  # B x N x h x w
+        alpha = alpha * mask.to(dtype)[..., None, None]
+        area = (x1 - x0) * (y1 - y0)
+        area = torch.where(mask > 0, area, torch.full_like(area, float("inf")))
+        order = area.argsort(dim=1, stable=True)  # smallest first: in front
+        alpha = alpha.gather(1, order[..., None, None].expand_as(alpha))
+        values = values.gather(1, order[..., None].expand_as(values))
+        transmitted = torch.cumprod(1 - alpha, dim=1)
+        in_front = torch.cat([torch.ones_like(alpha[:, :1]), transmitted[:, :-1]], dim=1)
+        weight = alpha * in_front  # B x N x h x w: how much of each cell each box shows
+        painted = torch.einsum("bnhw,bnc->bchw", weight, values)
+        return torch.cat([painted, weight.sum(dim=1, keepdim=True)], dim=1)
 
 
 class _ConvNeXtBlock(nn.Module):

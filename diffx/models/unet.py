@@ -4,8 +4,10 @@
 (visual tokens attend over [visual; Linear(layout tokens)], added through tanh(alpha), alpha = 0 at
 init). diffusers would build the layout tokens with its own ``position_net``; ours replaces it with a
 pass-through and builds them here: box or dense tokenizer -> Joint-Modality Embedder over the caption.
-Dense layouts also enter as extra, zero-initialised input channels. At initialisation every gate is 0 and
-every new input channel is 0, so the model computes exactly what its base UNet computes, for any layout.
+Dense layouts also enter as extra, zero-initialised input channels, and so do boxes when
+``box_raster_channels`` > 0 (each box's class embedding painted at latent resolution, models/layout.py
+``BoxRaster``). At initialisation every gate is 0 and every new input channel is 0, so the model computes
+exactly what its base UNet computes, for any layout.
 """
 
 from __future__ import annotations
@@ -22,16 +24,24 @@ from torch import nn
 
 from diffx.errors import ConfigError
 from diffx.models.jme import JointModalityEmbedder
-from diffx.models.layout import BoxTokenizer, DenseDownsampler, DenseTokenizer
+from diffx.models.layout import BoxRaster, BoxTokenizer, DenseDownsampler, DenseTokenizer
 
 
 @dataclass
 class LayoutConditioning:
     """What a layout and caption give every denoising step: the fusers' tokens and, for a dense layout, the
-    extra latent channels. Built once per batch by ``DiffXUNet.condition``; a sampler reuses it every step."""
+    extra latent channels; for painted boxes, what to paint (boxes, their values, mask), painted at the size of
+    the latent each step brings. Built once per batch by ``DiffXUNet.condition``; a sampler reuses it every step."""
 
     tokens: torch.Tensor
     dense_channels: torch.Tensor | None = None
+    box_paint: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def extra_channels(self, size: tuple[int, int]) -> torch.Tensor | None:
+        """The input channels concatenated to a latent of ``size`` (h, w), or None for a tokens-only layout."""
+        if self.box_paint is not None:
+            return BoxRaster.paint(*self.box_paint, size)
+        return self.dense_channels
 
 
 class PassThroughPositionNet(nn.Module):
@@ -73,9 +83,11 @@ class DiffXUNet(ModelMixin, ConfigMixin):
         dense_latent_channels: int = 8,
         dense_factor: int = 8,
         jme_heads: int = 8,
+        box_raster_channels: int = 0,
     ):
         super().__init__()
-        extra = dense_latent_channels if layout == "dense" else 0
+        painted = box_raster_channels + 1 if box_raster_channels else 0  # class-embedding channels + coverage
+        extra = dense_latent_channels if layout == "dense" else painted
         self.unet = UNet2DConditionModel(
             sample_size=sample_size,
             in_channels=latent_channels + extra,
@@ -95,6 +107,8 @@ class DiffXUNet(ModelMixin, ConfigMixin):
                 self.unet.conv_in.weight[:, latent_channels:] = 0
         if layout == "boxes":
             self.box_tokenizer = BoxTokenizer(phrase_dim, cross_attention_dim)
+            if box_raster_channels:
+                self.box_raster = BoxRaster(phrase_dim, box_raster_channels)
         else:
             self.dense_tokenizer = DenseTokenizer(dense_channels, cross_attention_dim)
             self.dense_downsampler = DenseDownsampler(dense_channels, dense_latent_channels, dense_factor)
@@ -121,16 +135,20 @@ class DiffXUNet(ModelMixin, ConfigMixin):
         box_mask: torch.Tensor | None = None,
         dense: torch.Tensor | None = None,
     ) -> LayoutConditioning:
-        """Everything of the layout that no timestep changes (tokens + JME, dense input channels)."""
+        """Everything of the layout that no timestep changes (tokens + JME, dense input channels, what painted
+        boxes paint)."""
+        paint = None
         if self.config.layout == "boxes":
             if boxes is None or phrases is None or box_mask is None:
                 raise ValueError("a box layout needs boxes, phrases and box_mask (all-zero mask = no layout)")
             tokens, channels = self.box_tokenizer(boxes, phrases, box_mask), None
+            if self.config.box_raster_channels:
+                paint = (boxes, self.box_raster.values(phrases), box_mask)
         else:
             if dense is None:
                 raise ValueError("a dense layout needs the dense map (zeros = no layout)")
             tokens, channels = self.dense_tokenizer(dense), self.dense_downsampler(dense)
-        return LayoutConditioning(self.jme(tokens, text_states, text_mask), channels)
+        return LayoutConditioning(self.jme(tokens, text_states, text_mask), channels, paint)
 
     def forward(
         self,
@@ -151,8 +169,9 @@ class DiffXUNet(ModelMixin, ConfigMixin):
             conditioning = self.condition(
                 text_states, text_mask, boxes=boxes, phrases=phrases, box_mask=box_mask, dense=dense
             )
-        if conditioning.dense_channels is not None:
-            sample = torch.cat([sample, conditioning.dense_channels.to(sample.dtype)], dim=1)
+        extra = conditioning.extra_channels(tuple(sample.shape[-2:]))
+        if extra is not None:
+            sample = torch.cat([sample, extra.to(sample.dtype)], dim=1)
         return self.unet(
             sample,
             timestep,
@@ -170,7 +189,7 @@ class DiffXUNet(ModelMixin, ConfigMixin):
         base = self.base_parameter_names()
         for name, param in self.named_parameters():
             param.requires_grad_(name not in base)
-        if self.config.layout == "dense":  # the widened input conv must learn its new channels
+        if self.config.layout == "dense" or self.config.box_raster_channels:  # the widened input conv learns them
             self.unet.conv_in.weight.requires_grad_(True)
 
     @classmethod
@@ -181,6 +200,7 @@ class DiffXUNet(ModelMixin, ConfigMixin):
         layout: Literal["boxes", "dense"] = "boxes",
         phrase_dim: int | None = None,
         dense_channels: int = 1,
+        box_raster_channels: int = 0,
         freeze: bool = True,
     ) -> DiffXUNet:
         """Load an SD v1.x UNet folder (``<pipeline>/unet`` or the UNet folder itself) as the frozen base."""
@@ -205,6 +225,7 @@ class DiffXUNet(ModelMixin, ConfigMixin):
             phrase_dim=phrase_dim or c.cross_attention_dim,
             layout=layout,
             dense_channels=dense_channels,
+            box_raster_channels=box_raster_channels,
         )
         state = base.state_dict()
         conv_in = state.pop("conv_in.weight")

@@ -163,20 +163,22 @@ def box_contrast_signed(values: np.ndarray, objects: list[dict[str, Any]]) -> fl
     return float(np.mean(scores)) if scores else math.nan
 
 
-def box_content(signed: dict[str, float], reference: dict[str, dict[str, float]], min_reliability: float) -> float:
-    """How typical a sample's box contrasts are, 1 = like the reference set, 0 = like bare background.
+def box_content(
+    signed: dict[str, np.ndarray], reference: dict[str, dict[str, float]], min_reliability: float, *, rows: int
+) -> np.ndarray:
+    """How typical each sample's box contrasts are, 1 = like the reference set, 0 = like bare background.
 
     Only modalities whose sign is reliable in the reference (|median| >= min_reliability * spread) count,
-    and the best of them decides: a box need stand out in one modality where objects do."""
-    best = math.nan
-    for name, value in signed.items():
+    and the best of them decides: a box need stand out in one modality where objects do. Column-wise over the
+    whole table (NaN where no modality counts), so a set of 10^5 rows costs one pass per modality."""
+    best = np.full(rows, np.nan)
+    for name, values in signed.items():
         ref = reference.get(name)
-        if ref is None or not math.isfinite(value) or abs(ref["median"]) < min_reliability * ref["spread"]:
+        if ref is None or ref["median"] == 0 or abs(ref["median"]) < min_reliability * ref["spread"]:
             continue
-        if ref["median"] == 0:
-            continue
-        score = value / ref["median"]
-        best = score if math.isnan(best) else max(best, score)
+        score = np.asarray(values, dtype=np.float64) / ref["median"]  # NaN / inf contrasts stay out below
+        score = np.where(np.isfinite(score), score, np.nan)
+        best = np.fmax(best, score)  # fmax: NaN only where both are NaN
     return best
 
 

@@ -291,12 +291,14 @@ def sample_table(
         pool.shutdown()
     table = pd.DataFrame([r[0] for r in results])
     chosen: dict[str, Any] = {"histograms": {}, "colour": {}, "box_contrast": {}, "registration": {}}
+    # peaks within one work-resolution pixel agree; the coarsest frame of the set sets that pixel
+    step = max(
+        (consistency.work_factor(h, w) for h, w in zip(table.get("height", []), table.get("width", []), strict=True)),
+        default=1,
+    )
     for a, b in registration_pairs(spec):
         column = registration_column(spec, a, b)
         peaks = [p for p in table.get(column + "_peak", pd.Series(dtype=object)) if p is not None]
-        step = max(
-            (consistency.work_factor(h, w) for h, w in zip(table["height"], table["width"], strict=True)), default=1
-        )
         mode, agreement = consistency.pair_agreement(peaks, tolerance=float(step))
         judged = agreement >= cfg.min_registration_agreement
         chosen["registration"][f"{a}-{b}"] = {
@@ -339,18 +341,13 @@ def sample_table(
         centre = float(given["median"]) if given else float(np.nanmedian(values))
         spread = float(given["spread"]) if given else float(1.4826 * np.nanmedian(np.abs(values - centre)))
         chosen["box_contrast"][m.name] = {"median": round(centre, 6), "spread": round(spread, 6)}
-    signed_columns = [c for c in table.columns if c.endswith("_box_signed")]
-    table["box_content"] = (
-        [
-            consistency.box_content(
-                {c.removesuffix("_box_signed"): float(row[c]) for c in signed_columns},
-                chosen["box_contrast"],
-                cfg.min_box_sign_reliability,
-            )
-            for _, row in table.iterrows()
-        ]
-        if len(table)
-        else []
+    signed = {
+        c.removesuffix("_box_signed"): table[c].to_numpy(dtype=np.float64)
+        for c in table.columns
+        if c.endswith("_box_signed")
+    }
+    table["box_content"] = consistency.box_content(
+        signed, chosen["box_contrast"], cfg.min_box_sign_reliability, rows=len(table)
     )
     if len(table):
         prints = [r[2] for r in results]

@@ -206,6 +206,7 @@ class PlanExecutor:
                     sampler=self.sampler["sampler"],
                     steps=self.sampler["steps"],
                     guidance=self.sampler["guidance"],
+                    layout_guidance=self.sampler.get("layout_guidance"),
                     precision=self.sampler["precision"],
                 )
                 for name, tensor in drawn.items():

@@ -1,7 +1,12 @@
 """The DiffX sampling pipeline: layout + caption -> one latent -> every modality.
 
 Classifier-free guidance runs the unconditional branch with an empty caption *and* a null layout (all
-slots masked; for a dense layout, an all-zero map), the same inputs the training dropout produces. Each
+slots masked; for a dense layout, an all-zero map), the same inputs the training dropout produces. With a
+``layout_guidance`` of its own, guidance is composed (as InstructPix2Pix composes image and text): a third
+branch has the caption and a null layout, and
+``eps = eps(-, -) + guidance * (eps(c, -) - eps(-, -)) + layout_guidance * (eps(c, l) - eps(c, -))``, so the
+layout can be pushed harder than the caption; training drops caption and layout independently, which is what
+gives the model all three branches. Each
 sample's starting noise comes from its own generator, so a sample is a pure function of (models, caption,
 layout, seed, sampler, steps, guidance, precision) whatever batch it is drawn in.
 
@@ -103,11 +108,13 @@ class DiffXPipeline:
         sampler: str,
         steps: int,
         guidance: float,
+        layout_guidance: float | None = None,
         precision: str = "fp32",
         cache: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """Every modality as B x C x H x W in [0, 1]. ``cache=False`` recomputes the step-invariant work at
-        every step (the reference the cache is measured and tested against)."""
+        """Every modality as B x C x H x W in [0, 1]. ``layout_guidance`` None: one guidance scale over caption and
+        layout together. ``cache=False`` recomputes the step-invariant work at every step (the reference the
+        cache is measured and tested against)."""
         if len({(r.height, r.width) for r in requests}) != 1:
             raise ValueError("one batch draws one frame size; group requests by size")
         scheduler = sampling_scheduler(sampler, self.schedule)
@@ -124,16 +131,20 @@ class DiffXPipeline:
         )
         boxes, ids, box_mask = boxes.to(self.device), ids.to(self.device), box_mask.to(self.device)
         phrases = self.phrase_table[ids]
-        guided = guidance != 1.0
-        all_states = torch.cat([null_states, states]) if guided else states
-        all_mask = torch.cat([null_mask, mask]) if guided else mask
-        all_boxes = torch.cat([boxes, boxes]) if guided else boxes
-        all_phrases = torch.cat([phrases, phrases]) if guided else phrases
-        all_box_mask = torch.cat([torch.zeros_like(box_mask), box_mask]) if guided else box_mask
+        dense = self._dense(requests) if self.dense else None
+        # the branches, in order: (caption?, layout?) = (no, no) [, (yes, no)], (yes, yes)
+        if layout_guidance is not None:
+            branches = [(False, False), (True, False), (True, True)]
+        else:
+            branches = [(False, False), (True, True)] if guidance != 1.0 else [(True, True)]
+        all_states = torch.cat([states if c else null_states for c, _ in branches])
+        all_mask = torch.cat([mask if c else null_mask for c, _ in branches])
+        all_boxes = torch.cat([boxes for _ in branches])
+        all_phrases = torch.cat([phrases for _ in branches])
+        all_box_mask = torch.cat([box_mask if lay else torch.zeros_like(box_mask) for _, lay in branches])
         all_dense = None
-        if self.dense:
-            dense = self._dense(requests)
-            all_dense = torch.cat([torch.zeros_like(dense), dense]) if guided else dense
+        if dense is not None:
+            all_dense = torch.cat([dense if lay else torch.zeros_like(dense) for _, lay in branches])
         with autocast(precision, self.device), step_invariant_cache(self.unet) if cache else contextlib.nullcontext():
             conditioning = (
                 self.unet.condition(
@@ -143,7 +154,7 @@ class DiffXPipeline:
                 else None
             )
             for t in scheduler.timesteps:
-                model_in = scheduler.scale_model_input(torch.cat([latents, latents]) if guided else latents, t)
+                model_in = scheduler.scale_model_input(torch.cat([latents] * len(branches)), t)
                 eps = self.unet(
                     model_in,
                     t.expand(model_in.shape[0]).to(self.device),
@@ -155,9 +166,12 @@ class DiffXPipeline:
                     box_mask=all_box_mask,
                     dense=all_dense,
                 ).float()
-                if guided:
-                    eps_null, eps_cond = eps.chunk(2)
-                    eps = eps_null + guidance * (eps_cond - eps_null)
+                if layout_guidance is not None:
+                    eps_null, eps_caption, eps_both = eps.chunk(3)
+                    eps = eps_null + guidance * (eps_caption - eps_null) + layout_guidance * (eps_both - eps_caption)
+                elif len(branches) == 2:
+                    eps_null, eps_both = eps.chunk(2)
+                    eps = eps_null + guidance * (eps_both - eps_null)
                 latents = scheduler.step(eps, t, latents).prev_sample
         decoded = self.vae.decode(latents / self.vae.config.scaling_factor)
         return {name: ((image.float() + 1) / 2).clamp(0, 1) for name, image in decoded.items()}

@@ -8,7 +8,6 @@ truncated data stops the stage that reads it, named by shard, instead of flowing
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -77,25 +76,19 @@ class ShardSet:
 
     def _verified(self, record: ShardRecord, path: str) -> tuple[ShardCheck, pq.ParquetFile | None]:
         """Read the whole shard once, hashing as it arrives; parse the same bytes (no second read)."""
-        digest = hashlib.sha256()
-        chunks = []
         try:
-            with self.fs.open(path, "rb") as handle:
-                while block := handle.read(8 << 20):
-                    digest.update(block)
-                    chunks.append(block)
+            data, sha256 = fsio.read_hashed(self.fs, path)
         except FileNotFoundError:
             return ShardCheck("exists", f"missing (the manifest lists {record.rows} rows)"), None
         except (OSError, ValueError) as err:  # ValueError: fsspec on e.g. a symlink loop
             return ShardCheck("exists", f"unreadable ({err})"), None
-        data = b"".join(chunks)
         if len(data) != record.bytes:
             return ShardCheck(
                 "bytes", f"{len(data)} bytes, the manifest says {record.bytes} (truncated or altered)"
             ), None
-        if digest.hexdigest() != record.sha256:
+        if sha256 != record.sha256:
             problem = (
-                f"sha256 {digest.hexdigest()[:16]}... does not match the manifest's {record.sha256[:16]}... "
+                f"sha256 {sha256[:16]}... does not match the manifest's {record.sha256[:16]}... "
                 "(altered after it was written)"
             )
             return ShardCheck("sha256", problem), None

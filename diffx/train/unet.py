@@ -85,6 +85,7 @@ def build_unet(
             layout=m.layout,
             phrase_dim=phrase_dim,
             dense_channels=dense_channels,
+            box_raster_channels=m.box_raster_channels if m.layout == "boxes" else 0,
             freeze=m.freeze_base,
         )
         if model.config.cross_attention_dim != text_dim:
@@ -127,6 +128,7 @@ def _from_scratch(
         max_objects=max_objects,
         dense_channels=dense_channels,
         dense_factor=dense_factor,
+        box_raster_channels=m.box_raster_channels if m.layout == "boxes" else 0,
     )
 
 
@@ -359,6 +361,7 @@ class UnetTrainer(Trainer):
             sampler=preview.sampler,
             steps=preview.steps,
             guidance=preview.guidance,
+            layout_guidance=preview.layout_guidance,
             precision=preview.precision,
         )
         self.model.train(was_training)

@@ -62,6 +62,7 @@ TEMPLATE_FIELDS = {"file_name", "stem", "dir"}
 def read(options: CocoFoldersSource, ctx: ReadContext) -> Iterator[Pending | Rejected]:
     mapper = CategoryMapper(ctx.spec, options.category_map, options.ignore_categories)
     templates = per_modality(options.filename_template, list(options.modalities), "ingest.source.filename_template")
+    layout_template = next(iter(templates.values()))  # a layout map is named like the first modality's image
     indexes = []
     for split, ann_rel in options.annotations.items():  # every split first: ids must not collide across splits
         ann_path = os.path.join(options.root, ann_rel)
@@ -82,8 +83,9 @@ def read(options: CocoFoldersSource, ctx: ReadContext) -> Iterator[Pending | Rej
                 for m, folder in options.modalities.items()
             }
             boxes = coco.boxes[entry.get("id")]
-            first = next(iter(templates.values()))
-            layout_path = os.path.join(options.root, options.layout, first.format(**fields)) if options.layout else None
+            layout_path = (
+                os.path.join(options.root, options.layout, layout_template.format(**fields)) if options.layout else None
+            )
 
             def build(
                 paths=paths, boxes=boxes, sample_id=sample_id, split=split, ann_path=ann_path, layout_path=layout_path
