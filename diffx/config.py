@@ -229,7 +229,7 @@ class TrainLoopConfig(Section):
 
 
 class VaeTrainConfig(TrainLoopConfig):
-    steps: int = Field(default=800, ge=1)
+    steps: int = Field(default=1000, ge=1)
     batch_size: int = Field(default=8, ge=1, description="global batch: all processes and accumulation steps")
     lr: float = Field(default=1e-3, gt=0)
     checkpoint_every: int = Field(default=500, ge=1)

@@ -100,5 +100,5 @@ def test_params_render_spells_out_every_key(tmp_path: Path) -> None:
     out = tmp_path / "full.yaml"
     assert runner.invoke(app, ["params", "render", str(partial), "--out", str(out)]).exit_code == 0
     full = yaml.safe_load(out.read_text())
-    assert full["plan"]["num_samples"] == 7 and full["vae"]["train"]["steps"] == 800
+    assert full["plan"]["num_samples"] == 7 and full["vae"]["train"]["steps"] == 1000
     assert "# caption tokens the UNet sees" in out.read_text()  # the field's description, as a comment
