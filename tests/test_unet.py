@@ -115,6 +115,9 @@ def test_the_raster_covers_box_cells_with_the_smaller_box_in_front() -> None:
     assert (value[inner] == 2.0).all() and (value[~inner] == 1.0).all()  # the small box wins where both are
     reordered = BoxRaster.paint(boxes[:, [1, 0, 2]], values[:, [1, 0, 2]], mask[:, [1, 0, 2]], (4, 8))
     torch.testing.assert_close(painted, reordered)  # drawn by size, not by slot
+    other = (boxes.flip(1), values, mask)  # another sample ahead of it in the batch
+    pair = BoxRaster.paint(*(torch.cat([a, b]) for a, b in zip(other, (boxes, values, mask), strict=True)), (4, 8))
+    torch.testing.assert_close(pair[1:], painted)  # sample by sample: a batch split over processes paints the same
     sliver = BoxRaster.paint(torch.tensor([[[0.0, 0.0, 0.0625, 0.5]]]), torch.ones(1, 1, 1), torch.ones(1, 1), (2, 8))
     torch.testing.assert_close(sliver[0, 1, 0, :2], torch.tensor([0.5, 0.0]))  # half a cell wide: half covered
 
