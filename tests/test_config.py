@@ -168,3 +168,22 @@ def test_the_full_demo_preset_validates_and_changes_only_sizes_and_schedules() -
         "evaluate.detector_train",
         "evaluate.detector_seeds",
     }, sorted(changed)
+
+
+def test_a_key_repeated_in_a_params_file_is_refused_with_both_lines(tmp_path) -> None:
+    """PyYAML keeps the last of two equal keys: a second `vae:` block would silently replace the first."""
+    text = (REPO / "params.yaml").read_text() + "\nvae:\n  train:\n    steps: 3\n"
+    pasted = tmp_path / "params.yaml"
+    pasted.write_text(text)
+    first = 1 + text.splitlines().index("vae:")
+    with pytest.raises(ConfigError, match=rf"params.yaml: not valid YAML: key 'vae' appears twice .*lines {first} and"):
+        load_config(pasted)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("plan:\n  num_samples: 4\n  seed: 1\n  num_samples: 8\n")
+    with pytest.raises(ConfigError, match=r"key 'num_samples' appears twice in one mapping \(lines 2 and 4\)"):
+        load_config(nested)
+
+
+def test_a_folder_given_as_the_params_file_is_named_as_a_folder(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"is a folder; expected a params YAML file"):
+        load_config(tmp_path)
