@@ -96,7 +96,8 @@ def test_painted_boxes_start_at_zero_and_enter_as_input_channels() -> None:
         torch.testing.assert_close(model(**x), expected, rtol=0, atol=0)  # new channels at zero: the base UNet
         assert model.unet.conv_in.in_channels == 4 + 4 + 1  # latent + class-embedding channels + coverage
         model.unet.conv_in.weight[:, 4:].normal_()  # once they have learned something, the layout moves the output
-        moved = {**x, "boxes": x["boxes"].flip(-1).clamp(0, 1)}
+        sideways = torch.tensor([0.25, 0.0, 0.25, 0.0])  # every box a quarter frame to the right
+        moved = {**x, "boxes": (x["boxes"] + sideways).clamp(0, 1)}
         assert not torch.allclose(model(**x), model(**moved))
     model.freeze_base()
     assert model.unet.conv_in.weight.requires_grad and model.box_raster.project.weight.requires_grad
