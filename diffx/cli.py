@@ -399,30 +399,30 @@ def shards_export(
     val_from: Annotated[
         str | None, typer.Option(help="yolo: take the val split from this shard set (e.g. data/canonical)")
     ] = None,
-    val_split: Annotated[str, typer.Option(help="the split of --val-from to export as val")] = "val",
+    val_split: Annotated[
+        str,
+        typer.Option(help="yolo: the split Ultralytics validates on (of --val-from, else of ROOT, e.g. test)"),
+    ] = "val",
 ) -> None:
     """Export a shard set as COCO JSON + image folders, or as YOLO datasets (one per modality).
 
-    OUT must be new or empty (or pass --overwrite). A synthetic-only set has no val split, which Ultralytics
-    requires: --val-from data/canonical adds the real val split.
+    OUT must be new or empty (or pass --overwrite), and apart from the sets it reads. A synthetic-only set has no
+    val split, which Ultralytics requires: --val-from data/canonical adds the real val split; a train/test release
+    (LLVIP, KAIST) validates on its test split with --val-split test.
     """
-    from diffx.shards.export import export_coco, export_yolo
+    from diffx.shards.export import export_coco, export_yolo, yolo_warnings
 
     if fmt is ExportFormat.coco:
-        if val_from:
-            typer.secho("error: --val-from is for --format yolo", fg=typer.colors.RED, err=True)
+        if val_from or val_split != "val":
+            typer.secho("error: --val-from and --val-split are for --format yolo", fg=typer.colors.RED, err=True)
             raise typer.Exit(2)
         counts = _run(lambda: export_coco(root, out, split, overwrite=overwrite))
     else:
         counts = _run(
             lambda: export_yolo(root, out, split, val_from=val_from, val_split=val_split, overwrite=overwrite)
         )
-        if "val" not in counts:
-            typer.secho(
-                "warning: the export has no val split, which Ultralytics requires; add one with --val-from",
-                fg=typer.colors.YELLOW,
-                err=True,
-            )
+        for warning in yolo_warnings(root, counts, val_split, val_from):
+            typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     typer.echo(json.dumps({"out": out, "format": fmt.value, "images": counts}))
 
 
@@ -451,6 +451,13 @@ def _known_environment_error(err: BaseException) -> str | None:
         return f"{err.filename or 'a path'}: symbolic link loop"
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         return f"{err.filename or 'the output disk'}: no space left on the device"
+    if isinstance(err, OSError) and err.errno == errno.EROFS:
+        return f"{err.filename or 'the output'}: the file system is read-only; point the output at a writable place"
+    if isinstance(err, OSError) and err.errno in (errno.EBUSY, errno.EXDEV):
+        return (
+            f"{err.filename or 'the output'}: cannot be replaced by rename ({err.strerror}); it is on another "
+            "device than its staging folder or in use"
+        )
     return None
 
 

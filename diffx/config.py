@@ -27,7 +27,7 @@ from diffx.data.readers.sunrgbd import SunRgbdSource
 from diffx.data.readers.voc_pairs import VocPairsSource
 from diffx.data.spec import DatasetSpec, FrameSpec, LayoutKind, ModalitySpec
 from diffx.errors import ConfigError
-from diffx.section import RECORDER, Section
+from diffx.section import RECORDER, Section, guessed_scalars
 
 OUTPUT_KEYS = frozenset(
     {"output", "report", "queue", "cache", "reports", "docs", "checkpoints", "metrics", "plots", "grid"}
@@ -114,6 +114,12 @@ class IngestConfig(Section):
     metrics: str = Field(default="metrics/ingest.json", description="headline counts (dvc metrics)")
     on_invalid: Literal["quarantine", "raise"] = "quarantine"
     max_quarantine_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    max_image_pixels: int = Field(
+        default=1 << 28,
+        ge=1,
+        description="width x height a source image may claim before it is decoded; one over it (a decompression "
+        "bomb, or a frame far larger than the dataset's) is quarantined with its size",
+    )
     workers: int = Field(
         default=0,
         ge=0,
@@ -941,28 +947,62 @@ def section_hash(*sections: Section, extra: dict[str, Any] | None = None) -> str
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _format_validation_error(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: invalid configuration"]
+def _where(loc: str, lines: dict[str, str]) -> str:
+    """`` (params.yaml:12)`` for a dotted key (or its nearest parent) the files set, else nothing."""
+    parts = loc.split(".")
+    for end in range(len(parts), 0, -1):
+        if (found := lines.get(".".join(parts[:end]))) is not None:
+            return f" ({found})"
+    return ""
+
+
+def _format_validation_error(source: str, err: ValidationError, lines: dict[str, str]) -> str:
+    out = [f"{source}: invalid configuration"]
     for item in err.errors():
         loc = ".".join(str(p) for p in item["loc"])
         if item["type"] == "extra_forbidden":
-            lines.append(f"  {loc}: unknown key")
+            out.append(f"  {loc}: unknown key{_where(loc, lines)}")
         else:
             got = item.get("input")
             shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-            lines.append(f"  {loc}: {item['msg']}{shown}")
-    return "\n".join(lines)
+            out.append(f"  {loc}: {item['msg']}{shown}{_where(loc, lines)}")
+    return "\n".join(out)
 
 
-def parse_config(raw: dict[str, Any], source: str = "<params>") -> DiffxConfig:
+def parse_config(raw: dict[str, Any], source: str = "<params>", lines: dict[str, str] | None = None) -> DiffxConfig:
+    """``lines``: dotted key -> 'file:line', so an error points into the file that set the key."""
+    lines = lines or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    if guessed := guessed_scalars(DiffxConfig, raw):
+        problems = [f"  {key}: {problem}{_where(key, lines)}" for key, problem in guessed]
+        raise ConfigError("\n".join([f"{source}: invalid configuration", *problems]))
     try:
         with RECORDER.pause():
             config = DiffxConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(source, err)) from None
+        raise ConfigError(_format_validation_error(source, err, lines)) from None
     return config
+
+
+def key_lines(path: str | Path) -> dict[str, str]:
+    """Dotted key -> 'file:line' for every mapping key of a params file (read after read_params accepted it)."""
+    found: dict[str, str] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                dotted = f"{prefix}{key_node.value}"
+                found[dotted] = f"{path}:{key_node.start_mark.line + 1}"
+                walk(value_node, dotted + ".")
+
+    try:
+        root = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return found
+    if root is not None:
+        walk(root, "")
+    return found
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -1041,13 +1081,16 @@ def load_config(
     (CLI flags, flow parameters), validated together so an override can never skip a check."""
     raw = read_params(path)
     sources = [str(path)]
+    lines = key_lines(path)
     for overlay in overlays:
         raw = merge(raw, read_params(overlay))
         sources.append(str(overlay))
+        lines.update(key_lines(overlay))
     if overrides:
         raw = merge(raw, dotted_overrides(overrides))
         sources.append("overrides " + ", ".join(f"{k}={v!r}" for k, v in overrides.items()))
-    return parse_config(raw, " + ".join(sources))
+        lines.update({key: "--set" for key in overrides})
+    return parse_config(raw, " + ".join(sources), lines)
 
 
 def with_overrides(config: DiffxConfig, overrides: dict[str, Any]) -> DiffxConfig:

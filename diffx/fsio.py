@@ -161,20 +161,58 @@ def staged_folder(url: str, **storage_options: Any) -> Iterator[str]:
     head = head or "."
     fs, parent = get_fs(head, **storage_options)
     fs.makedirs(parent, exist_ok=True)
-    for stale in fs.ls(parent, detail=False):  # left by a killed run
-        if stale.rstrip("/").rsplit("/", 1)[-1].startswith(f".{name}{STAGING_MARK}"):
-            fs.rm(stale, recursive=True)
-    staging_url = f"{head}/.{name}{STAGING_MARK}{uuid.uuid4().hex[:8]}"
-    staging = get_fs(staging_url, **storage_options)[1]
+    _sweep_staging(fs, parent, name)
     final = get_fs(f"{head}/{name}", **storage_options)[1]
+    local = local_path(url) is not None
+    # A mount point (a container volume, a bind mount) cannot be renamed away, and its parent is another device:
+    # stage inside it and swap its contents instead.
+    inside = local and os.path.ismount(final)
+    staging_url = f"{head}/{name}/" if inside else f"{head}/"
+    staging_url += f".{name}{STAGING_MARK}{uuid.uuid4().hex[:8]}"
+    staging = get_fs(staging_url, **storage_options)[1]
+    if inside:
+        _sweep_staging(fs, final, name)
     try:
         yield staging_url
-        _swap_in(fs, staging, final, local=local_path(url) is not None)
+        if inside:
+            _swap_contents(staging, final)
+        else:
+            _swap_in(fs, staging, final, local=local)
     except BaseException:
         with contextlib.suppress(Exception):
             if fs.exists(staging):
                 fs.rm(staging, recursive=True)
         raise
+
+
+def _sweep_staging(fs: fsspec.AbstractFileSystem, folder: str, name: str) -> None:
+    """Remove the staging folders a killed run left in ``folder``."""
+    for stale in fs.ls(folder, detail=False):
+        if stale.rstrip("/").rsplit("/", 1)[-1].startswith((f".{name}{STAGING_MARK}", f".{name}.old-")):
+            fs.rm(stale, recursive=True)
+
+
+def _is_manifest(entry: str) -> bool:
+    """Sort key: the manifest (a ``_``-prefixed name) goes last into a set and first out of one."""
+    return entry.rsplit("/", 1)[-1].startswith("_")
+
+
+def _swap_contents(staging: str, final: str) -> None:
+    """Replace what a mount point holds with what ``staging`` (inside it) holds.
+
+    Not one rename, so the order carries the guarantee: the old manifest leaves first (the old set stops
+    looking complete before it changes) and the new manifest arrives last."""
+    name = os.path.basename(final.rstrip("/"))
+    retired = os.path.join(final, f".{name}.old-{uuid.uuid4().hex[:8]}")
+    os.mkdir(retired)
+    keep = {os.path.basename(staging), os.path.basename(retired)}
+    old = [e for e in os.listdir(final) if e not in keep]
+    for entry in sorted(old, key=lambda e: not _is_manifest(e)):
+        os.rename(os.path.join(final, entry), os.path.join(retired, entry))
+    for entry in sorted(os.listdir(staging), key=_is_manifest):
+        os.rename(os.path.join(staging, entry), os.path.join(final, entry))
+    os.rmdir(staging)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def _swap_in(fs: fsspec.AbstractFileSystem, staging: str, final: str, *, local: bool) -> None:
@@ -186,9 +224,79 @@ def _swap_in(fs: fsspec.AbstractFileSystem, staging: str, final: str, *, local: 
         shutil.rmtree(retired, ignore_errors=True)
         return
     if fs.exists(final):
-        for entry in sorted(fs.find(final), key=lambda p: not p.rsplit("/", 1)[-1].startswith("_")):
+        for entry in sorted(fs.find(final), key=lambda p: not _is_manifest(p)):
             fs.rm(entry)  # manifest first: the old set stops looking complete before it changes
-    for entry in sorted(fs.find(staging), key=lambda p: p.rsplit("/", 1)[-1].startswith("_")):
+    for entry in sorted(fs.find(staging), key=_is_manifest):
         fs.mv(entry, final + entry[len(staging) :])  # manifest last: complete only when it is
     with contextlib.suppress(FileNotFoundError):
         fs.rm(staging, recursive=True)
+
+
+# ------------------------------------------------------------------------------------------ outputs vs inputs
+def _location(url: str) -> tuple[str, tuple[str, ...]]:
+    """(filesystem, path parts) with symlinks and '..' resolved locally, so two spellings of a folder compare equal."""
+    local = local_path(url)
+    if local is not None:
+        return "file", tuple(p for p in os.path.realpath(local).split(os.sep) if p)
+    fs, path = get_fs(url)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol, tuple(p for p in path.split("/") if p and p != ".")
+
+
+def path_relation(a: str, b: str) -> str | None:
+    """How path ``a`` lies relative to path ``b``: 'is', 'inside', 'contains', or None when apart."""
+    (fs_a, parts_a), (fs_b, parts_b) = _location(a), _location(b)
+    if fs_a != fs_b:
+        return None
+    if parts_a == parts_b:
+        return "is"
+    if parts_a[: len(parts_b)] == parts_b:
+        return "inside"
+    if parts_b[: len(parts_a)] == parts_a:
+        return "contains"
+    return None
+
+
+RELATION_WORDS = {"is": "is the same path as", "inside": "lies inside", "contains": "contains"}
+
+
+def overlaps(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> list[str]:
+    """Every output that is, contains or lies inside an input, as a sentence naming both settings.
+
+    Writing such an output would replace, delete or mix into what the run reads."""
+    found = []
+    for out_key, out in outputs.items():
+        for in_key, src in inputs.items():
+            if out and src and (relation := path_relation(out, src)):
+                found.append(f"{out_key} ({out}) {RELATION_WORDS[relation]} {in_key} ({src})")
+    return found
+
+
+# What diffx writes into an output folder: a folder holding anything else is somebody's data, not a rerun's.
+OWN_SUFFIXES = {
+    "shards": (".parquet", ".json"),
+    "model": (".json", ".safetensors"),
+    "folder": (".json", ".safetensors", ".parquet", ".csv", ".png", ".html", ".jsonl", ".css", ".js"),
+}
+
+
+def foreign_content(url: str, kind: str, *, limit: int = 10_000) -> str | None:
+    """Why the existing ``url`` is not an output of this kind that diffx wrote (a file where a folder goes,
+    a folder of other files), or None when it is absent, empty or ours. Hidden names (staging, leases) are ours."""
+    fs, path = get_fs(url)
+    if not fs.exists(path):
+        return None
+    if kind == "file":
+        return "it is a folder, where a file goes" if fs.isdir(path) else None
+    if not fs.isdir(path):
+        return "it is a file, where a folder goes"
+    suffixes = OWN_SUFFIXES[kind]
+    for seen, entry in enumerate(fs.find(path)):
+        relative = entry[len(path.rstrip("/")) + 1 :]
+        if seen >= limit:
+            break
+        if any(part.startswith(".") for part in relative.split("/")):
+            continue
+        if not relative.endswith(suffixes):
+            return f"it holds {relative}, which diffx does not write there"
+    return None

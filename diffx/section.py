@@ -11,6 +11,8 @@ import contextlib
 import json
 import os
 import sys
+import types
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,3 +80,47 @@ class Section(BaseModel):
             elif name == "model_dump":  # a dump hands every setting below on (a digest, a provenance record)
                 RECORDER.add_all(self)
             return super().__getattribute__(name)
+
+
+# ------------------------------------------------------------------------------------- strict scalars
+def _scalar_kinds(annotation: Any) -> set[type]:
+    """The scalar types among a field's annotation (``int | None`` -> {int})."""
+    if annotation in (int, float, bool):
+        return {annotation}
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return set().union(*(_scalar_kinds(arg) for arg in typing.get_args(annotation)))
+    return set()
+
+
+def _sections_in(annotation: Any, value: dict[str, Any]) -> list[type[BaseModel]]:
+    """The section classes a mapping may be validated as; for a union of readers, the one its ``format`` names."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found = [c for arg in typing.get_args(annotation) for c in _sections_in(arg, value)]
+    if len(found) > 1 and "format" in value:
+        found = [c for c in found if "format" in c.model_fields and c.model_fields["format"].default == value["format"]]
+    return found
+
+
+def guessed_scalars(model: type[BaseModel], raw: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, problem) for every boolean given for a number and every non-boolean given for a boolean.
+
+    Pydantic's lax mode would take them (YAML 1.1 reads yes/no/on/off as booleans, so ``workers: yes`` became 1)."""
+    if not isinstance(raw, dict):
+        return []
+    found = []
+    for key, value in raw.items():
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            continue
+        kinds = _scalar_kinds(field.annotation)
+        if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
+            found.append(
+                (prefix + key, f"expected a number, got the boolean {value!r} (YAML reads yes/no/on/off as booleans)")
+            )
+        elif kinds == {bool} and value is not None and not isinstance(value, bool):
+            found.append((prefix + key, f"expected true or false, got {value!r}"))
+        elif isinstance(value, dict):
+            for section in _sections_in(field.annotation, value)[:1]:
+                found += guessed_scalars(section, value, f"{prefix}{key}.")
+    return found

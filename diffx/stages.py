@@ -7,9 +7,12 @@ it reads; facts about the data come from the manifests of those artefacts, never
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from diffx import fsio
 from diffx.config import DiffxConfig
+from diffx.errors import ConfigError
 
 GATE_INPUTS = {
     "ingest": lambda c: c.ingest.output,
@@ -19,57 +22,199 @@ GATE_INPUTS = {
 }
 
 
+# What each stage reads and writes, by setting: the guard below refuses a run whose output would replace, delete or
+# mix into an input, another stage's output, or a folder diffx did not write. Kinds: file, folder (of our files),
+# shards (a shard set), model (a save_pretrained folder).
+Paths = dict[str, str | None]
+Outputs = dict[str, tuple[str | None, str]]
+GATES = ("ingest", "captions", "vae", "generated")
+
+
+def _gate_outputs(c: DiffxConfig, gate: str) -> Outputs:
+    q = c.quality
+    return {
+        f"quality.reports ({gate})": (fsio.join(q.reports, f"{gate}.json"), "file"),
+        f"quality.metrics ({gate})": (fsio.join(q.metrics, f"{gate}.json"), "file"),
+        "quality.docs": (q.docs, "folder"),
+    }
+
+
+STAGE_PATHS: dict[str, Callable[[DiffxConfig], tuple[Paths, Outputs]]] = {
+    "ingest": lambda c: (
+        {"ingest.source.root": c.ingest.source.root},
+        {
+            "ingest.output": (c.ingest.output, "shards"),
+            "ingest.report": (c.ingest.report, "file"),
+            "ingest.metrics": (c.ingest.metrics, "file"),
+        },
+    ),
+    "caption": lambda c: (
+        {"caption.data": c.caption.data},
+        {
+            "caption.output": (c.caption.output, "file"),
+            "caption.report": (c.caption.report, "file"),
+            "caption.cache": (c.caption.cache, "file"),
+        },
+    ),
+    "refine": lambda c: (
+        {"refine.data": c.refine.data, "refine.captions": c.refine.captions, "refine.decisions": c.refine.decisions},
+        {
+            "refine.output": (c.refine.output, "shards"),
+            "refine.queue": (c.refine.queue, "file"),
+            "refine.report": (c.refine.report, "file"),
+        },
+    ),
+    "train_vae": lambda c: (
+        {"vae.data": c.vae.data},
+        {
+            "vae.output": (c.vae.output, "model"),
+            "vae.checkpoints": (c.vae.checkpoints, "folder"),
+            "vae.metrics": (c.vae.metrics, "file"),
+            "vae.report": (c.vae.report, "file"),
+            "vae.plots": (c.vae.plots, "file"),
+            "vae.grid": (c.vae.grid, "file"),
+        },
+    ),
+    "train_unet": lambda c: (
+        {"unet.data": c.unet.data, "unet.vae": c.unet.vae},
+        {
+            "unet.output": (c.unet.output, "model"),
+            "unet.checkpoints": (c.unet.checkpoints, "folder"),
+            "unet.metrics": (c.unet.metrics, "file"),
+            "unet.report": (c.unet.report, "file"),
+            "unet.plots": (c.unet.plots, "file"),
+            "unet.grid": (c.unet.grid, "file"),
+        },
+    ),
+    "plan": lambda c: (
+        {"plan.source": c.plan.source},
+        {"plan.output": (c.plan.output, "file"), "plan.report": (c.plan.report, "file")},
+    ),
+    "generate": lambda c: (
+        {"generate.plan": c.generate.plan, "generate.unet": c.generate.unet},
+        {"generate.output": (c.generate.output, "shards"), "generate.report": (c.generate.report, "file")},
+    ),
+    "curate": lambda c: (
+        {"curate.synthetic": c.curate.synthetic, "evaluate.real": c.evaluate.real},
+        {
+            "curate.output": (c.curate.output, "shards"),
+            "curate.scores": (c.curate.scores, "file"),
+            "curate.report": (c.curate.report, "file"),
+            "curate.detector": (c.curate.detector, "model"),
+            "curate.checkpoints": (c.curate.checkpoints, "folder"),
+        },
+    ),
+    "evaluate": lambda c: (
+        {
+            "evaluate.real": c.evaluate.real,
+            "evaluate.synthetic": c.evaluate.synthetic,
+            "evaluate.curated": c.evaluate.curated,
+            "evaluate.real_detector": c.evaluate.real_detector,
+        },
+        {
+            "evaluate.output": (c.evaluate.output, "folder"),
+            "evaluate.checkpoints": (c.evaluate.checkpoints, "folder"),
+            "evaluate.metrics": (c.evaluate.metrics, "file"),
+            "evaluate.report": (c.evaluate.report, "file"),
+            "evaluate.plots": (c.evaluate.plots, "folder"),
+            "evaluate.grid": (c.evaluate.grid, "file"),
+        },
+    ),
+}
+
+
+def output_conflicts(config: DiffxConfig) -> list[str]:
+    """Outputs of two settings that are the same path or nest: one stage's run would replace the other's output."""
+    every: dict[str, str] = {}
+    for paths in STAGE_PATHS.values():
+        every.update({key: url for key, (url, _) in paths(config)[1].items() if url})
+    for gate in GATES:
+        every.update({key: url for key, (url, _) in _gate_outputs(config, gate).items() if url})
+    keys = sorted(every)
+    found = []
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            if relation := fsio.path_relation(every[a], every[b]):
+                found.append(f"{a} ({every[a]}) {fsio.RELATION_WORDS[relation]} {b} ({every[b]})")
+    return found
+
+
+def refuse_unsafe_outputs(stage: str, inputs: Paths, outputs: Outputs, config: DiffxConfig | None = None) -> None:
+    """Refuse, before anything is written, a run that would destroy an input or somebody else's files."""
+    problems = fsio.overlaps({key: url for key, (url, _) in outputs.items()}, inputs)
+    problems += output_conflicts(config) if config is not None else []
+    for key, (url, kind) in outputs.items():
+        if url and (why := fsio.foreign_content(url, kind)):
+            problems.append(f"{key} ({url}): {why}; move it away or point {key} elsewhere")
+    if problems:
+        raise ConfigError(f"stage {stage} refuses to write: " + "; ".join(problems))
+
+
+def _guard(stage: str, config: DiffxConfig) -> None:
+    inputs, outputs = STAGE_PATHS[stage](config)
+    refuse_unsafe_outputs(stage, inputs, outputs, config)
+
+
 def ingest(config: DiffxConfig, *, progress: bool = True) -> Any:
     from diffx.data.ingest import ingest as run
 
+    _guard("ingest", config)
     return run(config.data, config.ingest, config.shards, progress=progress)
 
 
 def caption(config: DiffxConfig, *, progress: bool = True) -> Any:
     from diffx.caption.stage import caption as run
 
+    _guard("caption", config)
     return run(config.caption, progress=progress)
 
 
 def refine(config: DiffxConfig) -> Any:
     from diffx.caption.refine import refine as run
 
+    _guard("refine", config)
     return run(config.refine, config.conditioning, config.shards, config.caption.template)
 
 
 def train_vae(config: DiffxConfig, **kwargs: Any) -> Any:
     from diffx.train.vae import train_vae as run
 
+    _guard("train_vae", config)
     return run(config.vae, **kwargs)
 
 
 def train_unet(config: DiffxConfig, **kwargs: Any) -> Any:
     from diffx.train.unet import train_unet as run
 
+    _guard("train_unet", config)
     return run(config.unet, config.conditioning, **kwargs)
 
 
 def plan(config: DiffxConfig) -> dict[str, Any]:
     from diffx.sample.planner import plan as run
 
+    _guard("plan", config)
     return run(config.plan, config.conditioning, config.caption.template)
 
 
 def generate(config: DiffxConfig, **kwargs: Any) -> Any:
     from diffx.sample.generate import generate as run
 
+    _guard("generate", config)
     return run(config.generate, **kwargs)
 
 
 def curate(config: DiffxConfig, *, progress: bool = True) -> Any:
     from diffx.curate.stage import curate as run
 
+    _guard("curate", config)
     return run(config.curate, config.evaluate, progress=progress)
 
 
 def evaluate(config: DiffxConfig, *, progress: bool = True) -> Any:
     from diffx.eval.stage import evaluate as run
 
+    _guard("evaluate", config)
     return run(config.evaluate, progress=progress)
 
 
@@ -78,6 +223,8 @@ def check(gate: str, config: DiffxConfig, data: str | None = None) -> Any:
     from diffx.quality.gate import run_gate
 
     default = GATE_INPUTS.get(gate)  # an unknown gate is named by run_gate
+    if gate in GATES:
+        refuse_unsafe_outputs(f"check {gate}", {"data": data or default(config)}, _gate_outputs(config, gate), config)
     return run_gate(
         gate,
         config.quality,

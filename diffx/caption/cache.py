@@ -8,10 +8,14 @@ same data hits the cache while any change to an image, the model or the prompt m
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
+import uuid
 from pathlib import Path
 
 from diffx.data.sample import Sample
+
+log = logging.getLogger(__name__)
 
 
 def image_digest(sample: Sample) -> str:
@@ -31,12 +35,31 @@ class CaptionCache:
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path else None
         self._db: sqlite3.Connection | None = None
+        self.set_aside: Path | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path)
-            self._db.execute("CREATE TABLE IF NOT EXISTS captions (key TEXT PRIMARY KEY, caption TEXT NOT NULL)")
+            try:
+                self._db = self._open(self.path)
+            except sqlite3.DatabaseError as err:  # not a database, or not ours: a cache is never worth a failed run
+                self.set_aside = self.path.with_name(f"{self.path.name}.unreadable-{uuid.uuid4().hex[:8]}")
+                self.path.rename(self.set_aside)
+                log.warning(
+                    "caption cache %s cannot be read (%s); set aside as %s, rebuilding", path, err, self.set_aside
+                )
+                self._db = self._open(self.path)
         self.hits = 0
         self.misses = 0
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path)
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS captions (key TEXT PRIMARY KEY, caption TEXT NOT NULL)")
+            db.execute("SELECT key, caption FROM captions LIMIT 1").fetchall()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
 
     def get_many(self, keys: list[str]) -> dict[str, str]:
         if self._db is None or not keys:

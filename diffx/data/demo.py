@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from diffx import fsio
 from diffx.data.spec import DatasetSpec, ModalitySpec
 
 CLASSES = ("person", "bicycle", "car")
@@ -479,12 +478,10 @@ def coco_document(
 
 def write_demo(output: str, *, seed: int, width: int, height: int, splits: dict[str, int]) -> dict[str, int]:
     """Write the demo as paired PNG folders + COCO JSON per split, atomically (whole folder swap)."""
-    output = os.path.abspath(output)
-    staging = f"{output}.tmp-{uuid.uuid4().hex[:8]}"
-    for name in ("rgb", "thermal", "depth", "segmentation", "annotations"):
-        os.makedirs(os.path.join(staging, name))
     counts: dict[str, int] = {}
-    try:
+    with fsio.staged_folder(os.path.abspath(output)) as staging:  # a failed run keeps the previous demo
+        for name in ("rgb", "thermal", "depth", "segmentation", "annotations"):
+            os.makedirs(os.path.join(staging, name))
         for split, n in splits.items():
             frames = []
             for index in range(n):
@@ -509,10 +506,4 @@ def write_demo(output: str, *, seed: int, width: int, height: int, splits: dict[
                 json.dump(coco, handle, indent=1, sort_keys=True)
                 handle.write("\n")
             counts[split] = n
-        if os.path.exists(output):
-            shutil.rmtree(output)
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return counts

@@ -16,7 +16,20 @@ from PIL import Image, UnidentifiedImageError
 from diffx.data.spec import ModalitySpec
 from diffx.errors import DataError
 
-Image.MAX_IMAGE_PIXELS = 1 << 28  # real sensor frames are large; still refuse decompression bombs
+MAX_PIXELS = 1 << 28  # ingest.max_image_pixels; real sensor frames are large, a decompression bomb is larger
+
+
+def set_max_pixels(limit: int) -> None:
+    """The pixel count a source image may claim, checked from its header before any decode.
+
+    Module-wide like Pillow's own limit, so ingest's forked workers inherit it; Pillow's limit is raised above ours
+    so that its warning (an abort, not a quarantine) never fires first."""
+    global MAX_PIXELS
+    MAX_PIXELS = limit
+    Image.MAX_IMAGE_PIXELS = 2 * limit
+
+
+set_max_pixels(MAX_PIXELS)
 
 
 @dataclass(frozen=True)
@@ -42,7 +55,16 @@ def _open(data: bytes, source: str) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
+            if image.width * image.height > MAX_PIXELS:
+                raise DataError(
+                    source,
+                    f"the image claims {image.width} x {image.height} pixels, over ingest.max_image_pixels "
+                    f"({MAX_PIXELS}): a decompression bomb, or a frame far larger than expected (raise the limit if "
+                    "it is real)",
+                )
             image.load()  # force a full decode: truncated files fail here, not later in training
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise DataError(source, f"refused as a decompression bomb ({err})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(source, f"cannot decode image ({err}); expected a complete PNG/JPEG/TIFF file") from None
     return image
@@ -77,8 +99,10 @@ def pil_to_array(image: Image.Image, source: str) -> np.ndarray:
         return arr.astype(np.uint16)
     if mode in ("L", "RGB", "RGBA"):
         return np.asarray(image)
-    if mode in ("P", "LA", "CMYK", "YCbCr", "1"):
-        converted = image.convert("RGBA" if mode in ("P", "LA") else "RGB" if mode != "1" else "L")
+    if mode == "P":  # a palette: its colours, with an alpha channel only when the file declares transparency
+        return np.asarray(image.convert("RGBA" if "transparency" in image.info else "RGB"))
+    if mode in ("LA", "CMYK", "YCbCr", "1"):
+        converted = image.convert("RGBA" if mode == "LA" else "RGB" if mode != "1" else "L")
         return np.asarray(converted)
     raise DataError(source, f"unsupported image mode {mode!r}; expected L, I;16, RGB or RGBA")
 
@@ -138,6 +162,8 @@ def load_modality_file(path: str, spec: ModalitySpec, compress_level: int = 6) -
     """Read a file from disk as a canonical image of ``spec``, reusing its bytes when already canonical."""
     data = read_file_bytes(path)
     image = _open(data, path)
+    if image.mode == "1":
+        raise DataError(path, f"modality {spec.name!r}: a 1-bit (black and white) image; expected {spec.bit_depth}-bit")
     array = to_modality(pil_to_array(image, path), spec, path)
     if image.format == "PNG" and image.mode == spec.pil_mode:
         return EncodedImage(data, path, image.width, image.height, image.mode)

@@ -17,7 +17,7 @@ from typing import Any
 
 from diffx import fsio
 from diffx.config import DataConfig, IngestConfig, ShardsConfig, section_hash
-from diffx.data.images import encode_png
+from diffx.data.images import encode_png, set_max_pixels
 from diffx.data.layouts import sobel_edges
 from diffx.data.parallel import resolve_workers, resolved
 from diffx.data.readers import ReadContext, list_source
@@ -123,6 +123,7 @@ class EdgesFromRgb:
 def read_context(data: DataConfig, options: IngestConfig, shards: ShardsConfig) -> ReadContext:
     """The reader's context; a channel rule for a modality that is not a 1-channel one is a config error."""
     spec = data.spec()
+    set_max_pixels(options.max_image_pixels)  # before the workers fork: they inherit it
     channels = options.source.channels
     for name, rule in channels.items():
         if name not in spec.modality_names:

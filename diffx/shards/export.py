@@ -16,9 +16,12 @@ from diffx.errors import DataError
 from diffx.shards.reader import ShardSet
 
 
-def prepare_destination(out: str, overwrite: bool) -> None:
+def prepare_destination(out: str, overwrite: bool, sources: dict[str, str | None]) -> None:
     """An export into a folder that already holds files would mix two datasets without a word: refuse it,
-    or with ``overwrite`` clear the folder first."""
+    or with ``overwrite`` clear the folder first. Never when the folder is, holds or lies inside a source:
+    clearing it would delete the set being exported."""
+    if problems := fsio.overlaps({"OUT": out}, sources):
+        raise DataError(out, "; ".join(problems) + "; export to a folder apart from the shard sets it reads")
     fs, path = fsio.get_fs(out)
     if not fs.exists(path):
         return
@@ -35,7 +38,7 @@ def export_coco(
     root: str, out: str, split: str | None = None, *, overwrite: bool = False, **storage_options: Any
 ) -> dict[str, int]:
     shard_set = ShardSet(root, **storage_options)
-    prepare_destination(out, overwrite)
+    prepare_destination(out, overwrite, {"ROOT": root})
     spec = shard_set.spec
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(spec.classes)]
     per_split: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: {"images": [], "annotations": []})
@@ -111,7 +114,9 @@ def export_yolo(
     """``<out>/<modality>/{images,labels}/<split>/`` + ``data.yaml`` per modality (Ultralytics layout).
 
     Ultralytics needs a ``val`` split, which a synthetic-only set lacks: ``val_from`` takes it from another
-    shard set (the real data's ``val_split``), which must have the same classes and every modality.
+    shard set (the real data's ``val_split``), which must have the same classes and every modality. Without
+    ``val_from``, a ``val_split`` other than val names this set's own held-out split (LLVIP and KAIST release
+    train and test only): data.yaml's ``val:`` points at that split's folder.
     """
     shard_set = ShardSet(root, **storage_options)
     spec = shard_set.spec
@@ -119,8 +124,15 @@ def export_yolo(
     if val_set is not None:
         require_compatible(val_set.spec, spec, found_in=str(val_from), needed_by=f"the export of {root}")
         if not val_set.manifest.total_rows(val_split):
-            raise DataError(val_from, f"--val-from has no rows in split {val_split!r}")
-    prepare_destination(out, overwrite)
+            raise DataError(val_from, f"--val-from has no rows in split {val_split!r}{_held_out_hint(val_set)}")
+    elif val_split != "val":
+        if not shard_set.manifest.total_rows(val_split):
+            raise DataError(
+                root, f"--val-split {val_split!r}: the set has no rows in that split{_held_out_hint(shard_set)}"
+            )
+        if split not in (None, val_split):
+            raise DataError(root, f"--val-split {val_split!r} is not exported with --split {split!r}; drop one")
+    prepare_destination(out, overwrite, {"ROOT": root, "--val-from": val_from})
     counts: dict[str, int] = defaultdict(int)
     for sample in shard_set.iter_samples(split):
         if val_set is not None and sample.split == "val":
@@ -131,9 +143,45 @@ def export_yolo(
         for sample in val_set.iter_samples(val_split):
             _write_yolo_sample(out, sample, "val", spec.modality_names)
             counts["val"] += 1
+    roles = {s: s for s in counts}
+    if val_set is None and val_split != "val":
+        roles["val"] = val_split
     for name in spec.modality_names:
-        yaml_lines = [f"path: {fsio.join(out, name)}"]
-        yaml_lines += [f"{s}: images/{s}" for s in sorted(counts)]
-        yaml_lines += ["names:"] + [f"  {i}: {c}" for i, c in enumerate(spec.classes)]
-        fsio.write_bytes_atomic(fsio.join(out, name, "data.yaml"), ("\n".join(yaml_lines) + "\n").encode())
+        fsio.write_bytes_atomic(fsio.join(out, name, "data.yaml"), _data_yaml(roles, spec.classes).encode())
     return dict(counts)
+
+
+def _data_yaml(roles: dict[str, str], classes: tuple[str, ...] | list[str]) -> str:
+    """No ``path:`` key: Ultralytics then resolves the splits against the folder holding this file, so the export
+    trains from any working directory and after it is moved (a relative ``path:`` is read against Ultralytics'
+    own datasets folder, an absolute one breaks when the folder moves)."""
+    lines = ["# Ultralytics dataset; the split folders are relative to this file's folder"]
+    lines += [f"{role}: images/{folder}" for role, folder in sorted(roles.items())]
+    lines += ["names:"] + [f"  {i}: {c}" for i, c in enumerate(classes)]
+    return "\n".join(lines) + "\n"
+
+
+def _held_out_hint(shard_set: ShardSet) -> str:
+    held_out = [s for s in shard_set.manifest.splits if s != "train" and shard_set.manifest.total_rows(s)]
+    return f" (it has {', '.join(held_out)}: --val-split {held_out[0]})" if held_out else ""
+
+
+def yolo_warnings(root: str, counts: dict[str, int], val_split: str, val_from: str | None) -> list[str]:
+    """What Ultralytics will refuse in this export, and how to fix it, said at export time."""
+    warnings = []
+    has_val = "val" in counts or (val_from is None and val_split in counts)
+    if not has_val:
+        splits = ShardSet(root).manifest.splits
+        held_out = [s for s in splits if s not in ("train", "val")]
+        fix = (
+            f"--val-split {held_out[0]} validates on this set's {held_out[0]} split"
+            if held_out
+            else "--val-from <a real shard set, e.g. data/canonical> adds its val split"
+        )
+        warnings.append(f"the export has no val split, which Ultralytics requires; {fix}")
+    if "train" not in counts:
+        warnings.append(
+            "the export has no train split: Ultralytics rejects a data.yaml without train: for training "
+            "(export the train split too, or use these folders for prediction only)"
+        )
+    return warnings

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from diffx import fsio
 from diffx.errors import DiffxError
 
 STATE_NAME = "state.json"
@@ -140,11 +141,6 @@ def latest_checkpoint(root: str | Path) -> Checkpoint | None:
 
 
 def save_model_atomic(model: Any, output: str) -> None:
-    """save_pretrained into a sibling folder, then swap it in: a killed run never leaves half a model."""
-    final = Path(output)
-    staging = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-    model.save_pretrained(str(staging), safe_serialization=True)
-    if final.exists():
-        shutil.rmtree(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, final)
+    """save_pretrained into a staging folder, then swap it in: a killed run never leaves half a model."""
+    with fsio.staged_folder(output) as staging:
+        model.save_pretrained(staging, safe_serialization=True)

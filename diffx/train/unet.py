@@ -9,10 +9,8 @@ like one. Frozen: the MP-VAE, the text encoder, and (with ``init_from_sd``) the 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,27 +382,22 @@ class UnetTrainer(Trainer):
         if self.ema is not None:
             self.ema.copy_to(self.model)
         self.model.eval()
-        final = Path(self.options.output)
-        staging = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-        self.model.save_pretrained(str(staging), safe_serialization=True)
-        write_model_folder(
-            staging,
-            vae=self.options.vae,
-            scheduler=self.noise_scheduler,
-            card=ModelCard(
-                dataset=self.spec,
-                text_encoder=self.conditioning.text_encoder,
-                text_tokenizer=self.conditioning.text_tokenizer,
-                max_tokens=self.text.max_tokens,
-                mask_caption_padding=self.text.mask_padding,
-                max_objects=self.conditioning.max_objects,
-                steps=self.step,
-            ),
-        )
-        if final.exists():
-            shutil.rmtree(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, final)
+        with fsio.staged_folder(self.options.output) as staging:  # a killed run never leaves half a model
+            self.model.save_pretrained(staging, safe_serialization=True)
+            write_model_folder(
+                Path(staging),
+                vae=self.options.vae,
+                scheduler=self.noise_scheduler,
+                card=ModelCard(
+                    dataset=self.spec,
+                    text_encoder=self.conditioning.text_encoder,
+                    text_tokenizer=self.conditioning.text_tokenizer,
+                    max_tokens=self.text.max_tokens,
+                    mask_caption_padding=self.text.mask_padding,
+                    max_objects=self.conditioning.max_objects,
+                    steps=self.step,
+                ),
+            )
         fsio.write_bytes_atomic(self.options.grid, self.preview())
         total = sum(p.numel() for p in self.model.parameters())
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
