@@ -135,6 +135,9 @@ def ingest(
         for line in summary_lines(report):
             typer.echo(line, err=True)
         typer.echo(json.dumps(report))
+        if report["would_fail"]:  # exit as the ingest would, so the dry run works as a pre-check in scripts
+            typer.secho(f"error: ingest would fail: {report['would_fail']}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(EXIT_INPUT)
         return
     result = _run(lambda: stages.ingest(config, progress=progress))
     summary = {k: v for k, v in result.report().items() if k != "quarantine"}
@@ -260,6 +263,15 @@ def generate_cmd(
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
     result = _run(lambda: stages.generate(config, rank=rank, world_size=world_size, progress=progress))
     typer.echo(json.dumps(result.report()))
+    if result.shards_busy or (world_size == 1 and not result.complete):
+        typer.secho(
+            f"incomplete: {result.shards_busy} shard(s) are leased by another live worker and were left to it; "
+            f"{config.generate.output} is not complete yet (rerun when that worker is done, or once its lease of "
+            f"{config.generate.lease_seconds} s expires)",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+        raise typer.Exit(EXIT_INCOMPLETE)
 
 
 @app.command("curate")
@@ -310,6 +322,9 @@ def params_check(
     """Validate a params file (with overlays and --set overrides) without running anything; exit 2 on error."""
     config = _load(file, overrides, overlays=tuple(overlay or ()))
     _run(config.conditioning.token_limit)  # cross-section facts: the text encoder must be readable
+    if conflicts := stages.output_conflicts(config):  # two stages writing one path: a run would eat the other's
+        typer.secho("error: outputs collide: " + "; ".join(conflicts), fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_INPUT)
     typer.echo(f"ok: {file}" + "".join(f" + {o}" for o in overlay or ()))
 
 
@@ -429,6 +444,7 @@ def shards_export(
 # ------------------------------------------------------------------------------------------ error boundary
 EXIT_INPUT = 2  # bad input or environment: the message says what to fix
 EXIT_BUG = 1  # unexpected: rerun with --debug and report it
+EXIT_INCOMPLETE = 3  # generate: this worker stopped with shards of the set left to another worker's live lease
 
 CREDENTIAL_ERRORS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}
 

@@ -27,7 +27,7 @@ from diffx.data.readers.sunrgbd import SunRgbdSource
 from diffx.data.readers.voc_pairs import VocPairsSource
 from diffx.data.spec import DatasetSpec, FrameSpec, LayoutKind, ModalitySpec
 from diffx.errors import ConfigError
-from diffx.section import RECORDER, Section, guessed_scalars
+from diffx.section import RECORDER, Section, guessed_scalars, sections_in
 
 OUTPUT_KEYS = frozenset(
     {"output", "report", "queue", "cache", "reports", "docs", "checkpoints", "metrics", "plots", "grid"}
@@ -819,6 +819,19 @@ class ImageGateConfig(Section):
         "5-95% band: BGR stored as RGB lands far outside it in sets with a consistent colour cast",
     )
     min_colour_range: float = Field(default=0.03, gt=0, description="floor of that band's width (uniform sets)")
+    max_channel_swap: float | None = Field(
+        default=2.0,
+        gt=0,
+        description="how many times more typical of the set an RGB frame may look with red and blue exchanged "
+        "(one frame stored as BGR); judged in sets of 20 frames or more; null = not judged",
+    )
+    max_impulse_fraction: float | None = Field(
+        default=0.03,
+        ge=0,
+        le=1,
+        description="share of pixels at full or zero that jump from their 3x3 neighbourhood's median by a quarter "
+        "of the range (salt-and-pepper noise from a failing sensor or transfer); null = not judged",
+    )
     min_box_content: float = Field(
         default=0.3,
         description="box-vs-surroundings contrast as a share of the reference set's typical one (1 = typical, "
@@ -854,6 +867,12 @@ class GeneratedGateConfig(ImageGateConfig):
     )
     min_contrast: float = Field(default=0.01, ge=0)
     min_honoured_share: float = Field(default=0.5, ge=0, le=1)
+    max_impulse_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="as at ingest; null here: a briefly trained model's frames are grainy without any defect",
+    )
 
 
 class CaptionGateConfig(Section):
@@ -958,14 +977,21 @@ def _where(loc: str, lines: dict[str, str]) -> str:
 
 def _format_validation_error(source: str, err: ValidationError, lines: dict[str, str]) -> str:
     out = [f"{source}: invalid configuration"]
+    formats = {
+        c.model_fields["format"].default for c in sections_in(IngestConfig.model_fields["source"].annotation, {})
+    }
     for item in err.errors():
-        loc = ".".join(str(p) for p in item["loc"])
+        parts = [str(p) for p in item["loc"]]
+        # the reader union adds its tag to the path (ingest.source.voc_pairs.extension): say it as it is written
+        parts = [p for i, p in enumerate(parts) if not (i and parts[i - 1] == "source" and p in formats)]
+        loc = ".".join(parts)
         if item["type"] == "extra_forbidden":
             out.append(f"  {loc}: unknown key{_where(loc, lines)}")
         else:
             got = item.get("input")
             shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-            out.append(f"  {loc}: {item['msg']}{shown}{_where(loc, lines)}")
+            message = item["msg"].removeprefix("Value error, ")
+            out.append(f"  {loc}: {message}{shown}{_where(loc, lines)}")
     return "\n".join(out)
 
 

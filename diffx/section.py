@@ -92,11 +92,11 @@ def _scalar_kinds(annotation: Any) -> set[type]:
     return set()
 
 
-def _sections_in(annotation: Any, value: dict[str, Any]) -> list[type[BaseModel]]:
+def sections_in(annotation: Any, value: dict[str, Any]) -> list[type[BaseModel]]:
     """The section classes a mapping may be validated as; for a union of readers, the one its ``format`` names."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
-    found = [c for arg in typing.get_args(annotation) for c in _sections_in(arg, value)]
+    found = [c for arg in typing.get_args(annotation) for c in sections_in(arg, value)]
     if len(found) > 1 and "format" in value:
         found = [c for c in found if "format" in c.model_fields and c.model_fields["format"].default == value["format"]]
     return found
@@ -121,6 +121,6 @@ def guessed_scalars(model: type[BaseModel], raw: Any, prefix: str = "") -> list[
         elif kinds == {bool} and value is not None and not isinstance(value, bool):
             found.append((prefix + key, f"expected true or false, got {value!r}"))
         elif isinstance(value, dict):
-            for section in _sections_in(field.annotation, value)[:1]:
+            for section in sections_in(field.annotation, value)[:1]:
                 found += guessed_scalars(section, value, f"{prefix}{key}.")
     return found

@@ -195,6 +195,53 @@ def _foreign_source(rows: list[dict]) -> None:
     rows[0]["source_id"] = "never-ingested-0001"
 
 
+def _bomb_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels over a few bytes of data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+def _one_bit(rel: str) -> Callable[[Path], None]:
+    def plant(d: Path) -> None:
+        from PIL import Image
+
+        Image.open(d / rel).convert("1").save(d / rel)
+
+    return plant
+
+
+def _unreadable_all(folder: str) -> Callable[[Path], None]:
+    def plant(d: Path) -> None:
+        for path in (d / folder).iterdir():
+            path.write_bytes(b"not an image")
+
+    return plant
+
+
+def _foreign_folder(rel: str) -> Callable[[Path], None]:
+    def plant(d: Path) -> None:
+        (d / rel).mkdir(parents=True)
+        (d / rel / "notes.txt").write_text("somebody's work\n")
+
+    return plant
+
+
+def _live_lease(d: Path) -> None:
+    import time
+
+    lock = d / "data/synthetic/train/.part-00000.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"owner": "x", "host": "pod-alive", "pid": 1, "expires": time.time() + 600}))
+
+
 CASES: dict[str, Case] = {
     # ---------------------------------------------------------------- params and the command line
     "params file missing": Case(["ingest", "--params", "nope.yaml"], lambda d: None, "nope.yaml"),
@@ -303,6 +350,64 @@ CASES: dict[str, Case] = {
         code=1,
     ),
     "unknown gate": Case(["check", "nope", "--params", "params.yaml"], lambda d: None, "unknown gate"),
+    # ---------------------------------------------------------------- outputs that would destroy inputs (#39)
+    "export onto the set it exports": Case(
+        ["shards", "export", "data/canonical", "data/canonical", "-f", "coco", "--overwrite"],
+        lambda d: None,
+        "OUT (data/canonical) is the same path as ROOT (data/canonical)",
+    ),
+    "export into the folder that holds its set": Case(
+        ["shards", "export", "data/canonical", "data", "-f", "yolo", "--overwrite"],
+        lambda d: None,
+        "OUT (data) contains ROOT (data/canonical)",
+    ),
+    "export inside the set it exports": Case(
+        ["shards", "export", "data/canonical", "data/canonical/coco", "--overwrite"], lambda d: None, "lies inside"
+    ),
+    "ingest output is the raw source": Case(
+        [*INGEST, "--set", "ingest.output=raw"], lambda d: None, "ingest.output (raw) is the same path as"
+    ),
+    "ingest output inside the raw source": Case(
+        [*INGEST, "--set", "ingest.output=raw/canonical"], lambda d: None, "lies inside ingest.source.root"
+    ),
+    "ingest output is another stage's output file": Case(
+        [*INGEST, "--set", "ingest.output=data/captions.parquet"],
+        lambda d: None,
+        "ingest.output (data/captions.parquet): it is a file, where a folder goes",
+    ),
+    "ingest output is somebody else's folder": Case(
+        [*INGEST, "--set", "ingest.output=mine"], _foreign_folder("mine"), "it holds notes.txt"
+    ),
+    "training checkpoints in its data": Case(
+        [*TRAIN_UNET, "--set", "unet.checkpoints=data/captioned/ckpt"], lambda d: None, "unet.checkpoints"
+    ),
+    "a report path that is another stage's output": Case(
+        [*PLAN, "--set", "plan.report=data/captions.parquet"],
+        lambda d: None,
+        "caption.output (data/captions.parquet) is the same path as plan.report",
+    ),
+    # ---------------------------------------------------------------- settings that passed silently (#39)
+    "an integer given as yes": Case(
+        INGEST, _edit_params(lambda r: r["ingest"].update(workers=True)), "ingest.workers: expected a number"
+    ),
+    "an integer given as yes names the line": Case(
+        INGEST, _edit_params(lambda r: r["ingest"].update(workers=True)), "(params.yaml:"
+    ),
+    "a boolean given as 1": Case(
+        [*INGEST, "--set", "conditioning.mask_caption_padding=1"], lambda d: None, "expected true or false"
+    ),
+    "source root is a file": Case(
+        [*INGEST, "--set", "ingest.source.root=params.yaml"],
+        lambda d: None,
+        "params.yaml: ingest.source.root: is a file",
+    ),
+    "a decompression bomb": Case(INGEST, _write("raw/thermal/demo-train-00003.png", _bomb_png()), "max_image_pixels"),
+    "a 1-bit image for an 8-bit modality": Case(INGEST, _one_bit("raw/thermal/demo-train-00004.png"), "1-bit"),
+    # ---------------------------------------------------------------- exits that say what happened (#39)
+    "generate from an empty plan": Case(GENERATE, _plan_rows(lambda rows: rows.clear()), "the plan has no rows"),
+    "dry run of an ingest that would fail": Case(
+        [*INGEST, "--dry-run"], _unreadable_all("raw/depth"), "ingest would fail"
+    ),
     "object store without credentials": Case(
         [*INGEST, "--set", "ingest.output=s3://diffx-test-no-credentials/canonical"], lambda d: None, "credentials"
     ),
@@ -365,3 +470,94 @@ def test_unexpected_errors_print_one_line_and_a_debug_hint(
     assert "unexpected ZeroDivisionError: planted" in err and "--debug" in err and "Traceback" not in err
     with pytest.raises(ZeroDivisionError):
         main([*PLAN, "--debug"])
+
+
+# ------------------------------------------------------------------------------------ #39: runs that must finish
+def _work(good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    work = tmp_path / "work"
+    shutil.copytree(good, work, symlinks=True)
+    monkeypatch.chdir(work)
+    return work
+
+
+def test_generate_that_leaves_a_shard_to_a_live_lease_exits_3(
+    good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The set is not complete, so neither a scheduler nor dvc repro may read the run as done."""
+    work = _work(good, tmp_path, monkeypatch)
+    _live_lease(work)
+    assert main(GENERATE) == 3
+    out = capsys.readouterr()
+    assert json.loads(out.out.strip().splitlines()[-1])["complete"] is False
+    assert "leased by another live worker" in out.err and "Traceback" not in out.err
+    assert not (work / "data/synthetic/_manifest.json").exists()
+
+
+def test_an_unreadable_caption_cache_is_set_aside_and_rebuilt(
+    good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    work = _work(good, tmp_path, monkeypatch)
+    cache = work / "cache" / "captions.sqlite"
+    cache.parent.mkdir(exist_ok=True)
+    cache.write_bytes(b"this is not a database, just bytes")
+    before = (work / "data/captions.parquet").read_bytes()
+    assert main(CAPTION) == 0
+    aside = list(cache.parent.glob("captions.sqlite.unreadable-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == b"this is not a database, just bytes"  # kept, not deleted
+    assert "cannot be read" in caplog.text
+    assert (work / "data/captions.parquet").read_bytes() == before  # the same captions, recomputed
+    assert main(CAPTION) == 0  # and the rebuilt cache serves the next run
+    assert json.loads((work / "reports/caption.json").read_text())["cached"] == 16
+
+
+def _mount(kind: str, target: Path, *options: str) -> bool:
+    import subprocess
+
+    target.mkdir(parents=True, exist_ok=True)
+    args = ["mount", *options, target.as_posix()] if kind == "bind" else ["mount", "-t", "tmpfs", *options, "tmpfs"]
+    if kind != "bind":
+        args.append(target.as_posix())
+    try:
+        return subprocess.run(args, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _umount(target: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", target.as_posix()], capture_output=True, timeout=10)
+
+
+def test_ingest_into_a_mount_point_swaps_its_contents(
+    good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container volume (-v /data/out) cannot be renamed away: the set is staged inside it instead."""
+    work = _work(good, tmp_path, monkeypatch)
+    target = work / "volume"
+    if not _mount("tmpfs", target):
+        pytest.skip("cannot mount a tmpfs here (needs root or a user namespace)")
+    try:
+        for _ in range(2):  # the second run replaces a complete set that lives in the mount
+            assert main([*INGEST, "--set", "ingest.output=volume"]) == 0
+            assert validate_shard_set(str(target)).ok and len(ShardSet(str(target))) == 16
+            assert sorted(p.name for p in target.iterdir() if p.name.startswith(".")) == []  # no staging left
+    finally:
+        _umount(target)
+
+
+def test_a_read_only_output_is_named_as_such(
+    good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work = _work(good, tmp_path, monkeypatch)
+    target = work / "readonly"
+    if not _mount("tmpfs", target, "-o", "ro"):
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        before = _snapshot(work / "data")
+        assert main([*INGEST, "--set", "ingest.output=readonly/canonical"]) == 2
+        err = capsys.readouterr().err
+        assert "read-only" in err and "readonly" in err and "unexpected" not in err
+        assert _snapshot(work / "data") == before
+    finally:
+        _umount(target)

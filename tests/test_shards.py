@@ -143,7 +143,12 @@ def test_huggingface_datasets_decodes_images(shard_root: Path) -> None:
     ds = datasets.load_dataset("parquet", data_files=shard_set.data_files("train"), split="train", cache_dir=cache)
     row = ds[0]
     assert row["rgb"].mode == "RGB" and row["depth"].mode == "I;16" and row["thermal"].mode == "L"
-    assert row["objects"][0] == {"bbox": [1.0, 2.0, 10.0, 12.0], "category": "car", "category_id": 2}
+    assert row["objects"][0] == {
+        "bbox": [1.0, 2.0, 10.0, 12.0],
+        "category": "car",
+        "category_id": 2,
+        **dict.fromkeys(("iscrowd", "difficult", "truncated", "occlusion")),  # the source said nothing of them
+    }
     # the shard-set folder as it is: the per-shard sidecar records next to the shards are not read as Parquet
     whole = datasets.load_dataset("parquet", data_dir=str(shard_root), cache_dir=cache)
     assert {name: len(split) for name, split in whole.items()} == {"train": 10, "validation": 3}  # val: validation

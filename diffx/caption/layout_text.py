@@ -26,7 +26,16 @@ NUMBER_WORDS = [
     "eleven",
     "twelve",
 ]
-PLURALS = {"person": "people", "bicycle": "bicycles", "car": "cars", "bus": "buses", "child": "children"}
+PLURALS = {
+    "person": "people",
+    "bicycle": "bicycles",
+    "car": "cars",
+    "bus": "buses",
+    "child": "children",
+    "mouse": "mice",
+    "knife": "knives",
+    "sheep": "sheep",
+}
 SYNONYMS = {
     "person": [
         "person",
@@ -44,6 +53,72 @@ SYNONYMS = {
     "bicycle": ["bicycle", "bicycles", "bike", "bikes", "cyclist", "cyclists"],
     "car": ["car", "cars", "automobile", "automobiles"],
 }
+
+
+# Object names a caption may count that are no class of the dataset: the COCO-80 things, which is what
+# captioning models name. "three zebras" in a street set's caption is another image's caption, or made up.
+OBJECT_NOUNS = [
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "kite",
+    "bottle",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "bed",
+    "toilet",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "toothbrush",
+]
 
 
 def plural(name: str) -> str:

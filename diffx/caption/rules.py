@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from diffx.caption.layout_text import class_counts, class_pattern, parse_number, words_for
+from diffx.caption.layout_text import OBJECT_NOUNS, class_counts, class_pattern, parse_number, plural, words_for
 from diffx.data.sample import BoxObject
 
 BOILERPLATE = re.compile(
@@ -86,6 +86,22 @@ def check_counts(text: str, objects: list[BoxObject], classes: tuple[str, ...]) 
     return flags
 
 
+def check_foreign_objects(text: str, classes: tuple[str, ...]) -> list[str]:
+    """A counted object that is no class of the dataset ('three zebras' in a street set): the boxes cannot hold
+    it, so the caption belongs to another image or was made up."""
+    own = {w.lower() for name in classes for w in words_for(name)}
+    foreign = [n for n in OBJECT_NOUNS if n not in own and plural(n) not in own]
+    if not foreign:
+        return []
+    words = "|".join(re.escape(w) for n in foreign for w in {n, plural(n)})
+    pattern = rf"\b({NUMBER})\s+(?:[a-z-]+\s+)?({words})\b"
+    return [
+        f"counts {match.group(0)!r}, which is no class of this dataset"
+        for match in re.finditer(pattern, text, re.IGNORECASE)
+        if parse_number(match.group(1))
+    ]
+
+
 def check_sides(text: str, objects: list[BoxObject], classes: tuple[str, ...], width: int) -> list[str]:
     """A sentence that places one class on the left (right) needs a box of it with its centre on that half."""
     flags = []
@@ -151,6 +167,7 @@ def refine_caption(
         result.caption, result.fixes = fixed, [note]
     result.flags += check_classes(result.caption, objects, classes)
     result.flags += check_counts(result.caption, objects, classes)
+    result.flags += check_foreign_objects(result.caption, classes)
     result.flags += check_sides(result.caption, objects, classes, width)
     tokens = count_tokens(result.caption)
     if tokens > max_tokens:

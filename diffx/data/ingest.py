@@ -143,10 +143,11 @@ def built_samples(data: DataConfig, options: IngestConfig, shards: ShardsConfig)
     return resolved(list_source(options.source, ctx), edges, resolve_workers(options.workers))
 
 
-def _refuse_too_many_rejects(options: IngestConfig, result: IngestResult) -> None:
-    """The error names the commonest reasons: a mismatch of the whole source shows in the message itself."""
-    rejected = result.quarantined
-    total = result.total_rows + len(rejected)
+def refuse_too_many_rejects(options: IngestConfig, rejected: list[Rejected], valid: int) -> None:
+    """The error names the commonest reasons: a mismatch of the whole source shows in the message itself.
+
+    The dry run calls it too, so it fails exactly where ingest would."""
+    total = valid + len(rejected)
     kinds = Counter(_reason_kind(r.reason) for r in rejected)
     example = {}
     for r in rejected:
@@ -167,7 +168,7 @@ def _refuse_too_many_rejects(options: IngestConfig, result: IngestResult) -> Non
             f"{len(rejected)} of {total} samples quarantined ({fraction:.1%}), above "
             f"ingest.max_quarantine_fraction={options.max_quarantine_fraction}; commonest reasons: {common}",
         )
-    if result.total_rows == 0:
+    if valid == 0:
         why = f"; all {len(rejected)} quarantined, commonest reasons: {common}" if rejected else ""
         raise DataError(str(getattr(options.source, "root", "source")), f"no valid sample was read{why}")
 
@@ -201,7 +202,7 @@ def ingest(data: DataConfig, options: IngestConfig, shards: ShardsConfig, *, pro
         fsio.write_json_atomic(options.metrics, result.headline())
         for item in rejected:
             log.warning("quarantined %s (%s): %s", item.id, item.split, item.reason)
-        _refuse_too_many_rejects(options, result)
+        refuse_too_many_rejects(options, rejected, result.total_rows)
         writer.finalize(records)  # last: only now does the shard set look complete
     log.info(
         "ingested %d samples into %d shards (%d quarantined) in %.1fs",

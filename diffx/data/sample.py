@@ -20,6 +20,17 @@ class BoxObject:
     bbox: tuple[float, float, float, float]
     category: str
     category_id: int
+    # What the source says about the object, kept so detector teams can filter; None = the source does not say.
+    iscrowd: bool | None = None  # COCO: the box covers a crowd (COCO mAP ignores detections on it)
+    difficult: bool | None = None  # VOC: hard to recognise (VOC mAP ignores it)
+    truncated: bool | None = None  # VOC: the object continues outside the frame
+    occlusion: int | None = None  # KAIST bbGt: 0 none, 1 partial, 2 heavy
+
+    def attributes(self) -> dict[str, bool | int | None]:
+        return {name: getattr(self, name) for name in OBJECT_ATTRIBUTES}
+
+
+OBJECT_ATTRIBUTES = ("iscrowd", "difficult", "truncated", "occlusion")
 
 
 @dataclass

@@ -14,18 +14,43 @@ from collections import Counter
 from typing import Any
 
 from diffx.config import DataConfig, IngestConfig, ShardsConfig
-from diffx.data.ingest import built_samples, quarantine_entry
+from diffx.data.ingest import built_samples, quarantine_entry, refuse_too_many_rejects
 from diffx.data.sample import Rejected, validated
+from diffx.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+ANNOTATION_EXTENSIONS = (".xml", ".txt", ".json")
 LISTED = 10  # examples shown per list; the counts are always complete
 
 
-def _image_files(root: str) -> set[str]:
-    found = set()
+def _source_files(root: str, used: set[str]) -> tuple[set[str], set[str]]:
+    """Image files under the root, and the annotation files lying next to one a sample used (a label file whose
+    image is missing is no sample at all, where a list or a README elsewhere is not an annotation)."""
+    images: set[str] = set()
+    annotations: set[str] = set()
+    if not root or not os.path.isdir(root):
+        return images, annotations
+    annotation_folders = {os.path.dirname(f) for f in used if f.lower().endswith(ANNOTATION_EXTENSIONS)}
     for folder, _, names in os.walk(root):
-        found.update(os.path.normpath(os.path.join(folder, n)) for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
-    return found
+        for name in names:
+            path = os.path.normpath(os.path.join(folder, name))
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                images.add(path)
+            elif name.lower().endswith(ANNOTATION_EXTENSIONS) and os.path.normpath(folder) in annotation_folders:
+                annotations.add(path)
+    return images, annotations
+
+
+def _of_rejected(path: str, rejected: list[Rejected]) -> bool:
+    """A file of a quarantined sample (its partner image, its label file): named by the sample id (its stem, and
+    the folders of a path id)."""
+    parts = set(os.path.normpath(path).split(os.sep))
+    stem = os.path.splitext(os.path.basename(path))[0]
+    for item in rejected:
+        *folders, last = item.id.split("/")
+        if stem == last and parts.issuperset(folders):
+            return True
+    return False
 
 
 def survey(data: DataConfig, options: IngestConfig, shards: ShardsConfig) -> dict[str, Any]:
@@ -46,9 +71,17 @@ def survey(data: DataConfig, options: IngestConfig, shards: ShardsConfig) -> dic
     for item in rejected:
         used.update(os.path.normpath(f) for f in item.files)
     root = str(getattr(options.source, "root", ""))
-    unmatched = sorted(_image_files(root) - used) if root and os.path.isdir(root) else []
+    images, annotations = _source_files(root, used)
+    unmatched = sorted(f for f in images - used if not _of_rejected(f, rejected))
+    orphans = sorted(f for f in annotations - used if not _of_rejected(f, rejected))
     total = sum(splits.values()) + len(rejected)
+    try:
+        refuse_too_many_rejects(options, rejected, sum(splits.values()))
+        would_fail = None
+    except DataError as err:
+        would_fail = str(err)
     return {
+        "would_fail": would_fail,  # what ingest would stop with; the dry run exits as it would
         "source": options.source.format,
         "root": root,
         "samples": sum(splits.values()),
@@ -62,6 +95,8 @@ def survey(data: DataConfig, options: IngestConfig, shards: ShardsConfig) -> dic
         "quarantine_examples": [quarantine_entry(r) for r in rejected[:LISTED]],
         "unmatched_image_files": len(unmatched),
         "unmatched_examples": [os.path.relpath(p, root) for p in unmatched[:LISTED]],
+        "annotations_without_sample": len(orphans),
+        "annotations_without_sample_examples": [os.path.relpath(p, root) for p in orphans[:LISTED]],
     }
 
 
@@ -84,4 +119,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if report["unmatched_image_files"]:
         lines.append(f"{report['unmatched_image_files']} image file(s) under the root used by no sample, e.g.:")
         lines += [f"  {p}" for p in report["unmatched_examples"]]
+    if report["annotations_without_sample"]:
+        lines.append(
+            f"{report['annotations_without_sample']} annotation file(s) beside the used ones that no sample read "
+            "(their images are missing?), e.g.:"
+        )
+        lines += [f"  {p}" for p in report["annotations_without_sample_examples"]]
     return lines

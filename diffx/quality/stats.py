@@ -65,6 +65,7 @@ def _image_stats(
         f"{name}_min": math.nan,
         f"{name}_max": math.nan,
         f"{name}_nonzero": math.nan,
+        f"{name}_impulse": math.nan,
     }
     if data is None:
         return out, None, b"", None
@@ -86,6 +87,7 @@ def _image_stats(
             f"{name}_min": float(values.min()),
             f"{name}_max": float(values.max()),
             f"{name}_nonzero": float(np.count_nonzero(array) / array.size),
+            f"{name}_impulse": consistency.impulse_fraction(values if values.ndim == 2 else values.mean(axis=2)),
         }
     )
     grey = values if values.ndim == 2 else None
@@ -245,6 +247,7 @@ def _cross_modal(
         if m.channels == 3 and m.name in decoded:
             values = decoded[m.name]
             out[f"{m.name}_red_minus_blue"] = float(values[..., 0].mean() - values[..., 2].mean())
+            out[f"{m.name}_colour_print"] = consistency.colour_print(values)
     if objects:
         for m in spec.modalities:
             if m.channels == 1 and m.name in decoded:
@@ -264,6 +267,17 @@ def _rows(shard_set: ShardSet, columns: list[str]) -> Iterator[tuple[str, int, d
             for row in batch.to_pylist():
                 yield record.path, index, row
                 index += 1
+
+
+def split_named_by(sample_id: str, split: str, splits: list[str] | tuple[str, ...]) -> str | None:
+    """Another split of the set that a word of the id names ('demo-test-00003' in train), or None.
+
+    Only ids that carry their split say anything here: LLVIP's numbers or KAIST's set/video/frame names do not,
+    so a row moved between splits of such a set cannot be told from a genuine one."""
+    words = set(re.split(r"[^a-z0-9]+", sample_id.lower()))
+    if split.lower() in words:
+        return None
+    return next((s for s in splits if s != split and s.lower() in words), None)
 
 
 def sample_table(
@@ -290,6 +304,11 @@ def sample_table(
     finally:
         pool.shutdown()
     table = pd.DataFrame([r[0] for r in results])
+    if len(table):
+        table["id_names_split"] = [
+            split_named_by(i, own, shard_set.manifest.splits)
+            for i, own in zip(table["id"], table["split"], strict=True)
+        ]
     chosen: dict[str, Any] = {"histograms": {}, "colour": {}, "box_contrast": {}, "registration": {}}
     # peaks within one work-resolution pixel agree; the coarsest frame of the set sets that pixel
     step = max(
@@ -332,6 +351,16 @@ def sample_table(
         chosen["colour"][m.name] = {"q05": round(low, 6), "q95": round(high, 6)}
         width = max(high - low, cfg.min_colour_range)
         table[f"{m.name}_colour_outlier"] = np.maximum(0.0, np.maximum(low - values, values - high)) / width
+    for m in spec.modalities:
+        column = f"{m.name}_colour_print"
+        if column not in table:
+            continue
+        valid = table[column].map(lambda v: isinstance(v, np.ndarray)).to_numpy(dtype=bool)
+        scores = np.full(len(table), np.nan)
+        if valid.any():
+            scores[valid] = consistency.channel_swap_scores(np.stack(table.loc[valid, column].to_list()))
+        table[f"{m.name}_channel_swap"] = scores
+        table = table.drop(columns=[column])
     for m in spec.modalities:
         column = f"{m.name}_box_signed"
         if column not in table or not table[column].notna().any():
@@ -385,7 +414,7 @@ def caption_table(shard_set: ShardSet, count_tokens: Callable[[str], int]) -> pd
     or side that disagrees: refine's own rules), so a caption of another sample or a wrong count is caught;
     ``tokens_per_word`` is high for garbage text, which the tokenizer splits into many pieces per word.
     """
-    from diffx.caption.rules import check_classes, check_counts, check_sides
+    from diffx.caption.rules import check_classes, check_counts, check_foreign_objects, check_sides
     from diffx.data.sample import BoxObject
 
     classes = shard_set.spec.classes
@@ -402,6 +431,7 @@ def caption_table(shard_set: ShardSet, count_tokens: Callable[[str], int]) -> pd
         if caption and caption.strip():
             conflicts = [f for f in check_classes(caption, objects, classes) if f.startswith("mentions")]
             conflicts += check_counts(caption, objects, classes) + check_sides(caption, objects, classes, row["width"])
+            conflicts += check_foreign_objects(caption, classes)
             words = len(re.findall(r"[A-Za-z]+", caption))
         tokens = count_tokens(caption) if caption else None
         rows.append(

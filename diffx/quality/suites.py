@@ -33,7 +33,7 @@ def sample_suite(
     max_objects: int,
     histogram_columns: list[str],
     histogram_mostly: float = 1.0,
-    judge_box_content: bool = True,
+    real_data: bool = True,
 ) -> list[Expectation]:
     """Per-sample checks on image content, alignment, boxes and identity.
 
@@ -63,6 +63,15 @@ def sample_suite(
                 f"{m}: (almost) all zeros, e.g. a failed depth capture",
             ),
         ]
+        if cfg.max_impulse_fraction is not None:
+            out.append(
+                _why(
+                    E.ExpectColumnValuesToBeBetween(
+                        column=f"{m}_impulse", max_value=cfg.max_impulse_fraction, mostly=histogram_mostly
+                    ),
+                    f"{m}: salt-and-pepper noise (isolated pixels far from their neighbours)",
+                )
+            )
     for column in histogram_columns:
         out.append(
             _why(
@@ -98,12 +107,19 @@ def sample_suite(
             "box with an extreme aspect ratio",
         ),
     ]
-    out += cross_modal_suite(spec, cfg, histogram_mostly, judge_box_content)
+    if real_data:  # a generated row's id carries its source's, which may name the split it was planned from
+        out.append(
+            _why(
+                E.ExpectColumnValuesToBeNull(column="id_names_split"),
+                "the id names another split than the row's (a test row relabelled as train?); observed = that split",
+            )
+        )
+    out += cross_modal_suite(spec, cfg, histogram_mostly, real_data)
     return out
 
 
 def cross_modal_suite(
-    spec: DatasetSpec, cfg: ImageGateConfig, mostly: float = 1.0, judge_box_content: bool = True
+    spec: DatasetSpec, cfg: ImageGateConfig, mostly: float = 1.0, real_data: bool = True
 ) -> list[Expectation]:
     """Checks that compare modalities with each other and with the boxes (diffx/quality/consistency.py).
 
@@ -149,7 +165,17 @@ def cross_modal_suite(
                     "(channels stored as BGR?)",
                 )
             )
-    if judge_box_content:
+            if cfg.max_channel_swap is not None:
+                out.append(
+                    _why(
+                        E.ExpectColumnValuesToBeBetween(
+                            column=f"{m.name}_channel_swap", max_value=cfg.max_channel_swap, mostly=mostly
+                        ),
+                        f"{m.name}: the frame looks like the rest of the set only with red and blue exchanged "
+                        "(stored as BGR)",
+                    )
+                )
+    if real_data:
         out.append(
             _why(
                 E.ExpectColumnValuesToBeBetween(column="box_content", min_value=cfg.min_box_content),
@@ -269,7 +295,7 @@ def generated_suite(
         max_objects,
         histogram_columns,
         histogram_mostly=1.0 - cfg.max_outlier_share,
-        judge_box_content=False,
+        real_data=False,
     )
     for name, mean in sorted(real_means.items()):
         out.append(

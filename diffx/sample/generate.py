@@ -245,6 +245,8 @@ def generate(options: GenerateConfig, *, rank: int = 0, world_size: int = 1, pro
     if not 0 <= rank < world_size:
         raise ConfigError(f"--rank {rank} is outside --world-size {world_size}")
     by_shard, spec = planned_shards(options)
+    if not by_shard:  # an empty set would look complete and feed nothing downstream
+        raise DataError(options.plan, "the plan has no rows; nothing to generate (see plan.num_samples / plan.mode)")
     executor = PlanExecutor(options, spec)  # refuses a model/plan mismatch before any work
     crowded = next(
         (r for rows in by_shard.values() for r in rows if len(r["objects"] or []) > executor.max_objects), None

@@ -66,7 +66,8 @@ def export_coco(
                     "category_id": obj.category_id + 1,
                     "bbox": [x0, y0, x1 - x0, y1 - y0],
                     "area": (x1 - x0) * (y1 - y0),
-                    "iscrowd": 0,
+                    "iscrowd": int(bool(obj.iscrowd)),
+                    **{k: v for k, v in obj.attributes().items() if k != "iscrowd" and v is not None},
                 }
             )
     counts = {}

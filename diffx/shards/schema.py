@@ -13,15 +13,25 @@ import pyarrow as pa
 
 from diffx import __version__
 from diffx.data.images import EncodedImage
-from diffx.data.sample import BoxObject, Sample
+from diffx.data.sample import OBJECT_ATTRIBUTES, BoxObject, Sample
 from diffx.data.spec import DatasetSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: object attributes (iscrowd, difficult, truncated, occlusion)
 DIFFX_META_KEY = b"diffx"
 HF_META_KEY = b"huggingface"
 
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-OBJECT_STRUCT = pa.struct([("bbox", pa.list_(pa.float32(), 4)), ("category", pa.string()), ("category_id", pa.int32())])
+OBJECT_STRUCT = pa.struct(
+    [
+        ("bbox", pa.list_(pa.float32(), 4)),
+        ("category", pa.string()),
+        ("category_id", pa.int32()),
+        ("iscrowd", pa.bool_()),  # the source's object attributes; null where it does not say (BoxObject)
+        ("difficult", pa.bool_()),
+        ("truncated", pa.bool_()),
+        ("occlusion", pa.int8()),
+    ]
+)
 PROVENANCE_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("seed", pa.int64()),
     ("source_id", pa.string()),
@@ -47,6 +57,10 @@ def _hf_features(schema_fields: list[pa.Field], spec: DatasetSpec) -> dict[str, 
                     "bbox": {"_type": "List", "length": 4, "feature": {"_type": "Value", "dtype": "float32"}},
                     "category": {"_type": "Value", "dtype": "string"},
                     "category_id": {"_type": "Value", "dtype": "int32"},
+                    "iscrowd": {"_type": "Value", "dtype": "bool"},
+                    "difficult": {"_type": "Value", "dtype": "bool"},
+                    "truncated": {"_type": "Value", "dtype": "bool"},
+                    "occlusion": {"_type": "Value", "dtype": "int8"},
                 },
             }
         else:
@@ -105,7 +119,8 @@ def sample_to_row(sample: Sample, spec: DatasetSpec, generated: bool = False) ->
     for name in spec.modality_names:
         row[name] = _image_cell(sample.images[name])
     row["objects"] = [
-        {"bbox": list(o.bbox), "category": o.category, "category_id": o.category_id} for o in sample.objects
+        {"bbox": list(o.bbox), "category": o.category, "category_id": o.category_id, **o.attributes()}
+        for o in sample.objects
     ]
     if spec.layout_kind is not None:
         row["layout"] = _image_cell(sample.layout)
@@ -123,6 +138,16 @@ def _image_from_cell(cell: dict[str, Any] | None, spec_mode: str, width: int, he
     return EncodedImage(cell["bytes"], cell.get("path") or "", width, height, spec_mode)
 
 
+def object_from_cell(cell: dict[str, Any]) -> BoxObject:
+    """One ``objects`` entry back as a BoxObject, its attributes included where the row has them."""
+    return BoxObject(
+        tuple(cell["bbox"]),  # type: ignore[arg-type]
+        cell["category"],
+        int(cell["category_id"]),
+        **{name: cell.get(name) for name in OBJECT_ATTRIBUTES},
+    )
+
+
 def row_to_sample(row: dict[str, Any], spec: DatasetSpec) -> Sample:
     """Rebuild a Sample from a row (modes are taken from the spec; validators re-probe when it matters)."""
     width, height = int(row["width"]), int(row["height"])
@@ -138,10 +163,7 @@ def row_to_sample(row: dict[str, Any], spec: DatasetSpec) -> Sample:
         width=width,
         height=height,
         images=images,  # type: ignore[arg-type]
-        objects=[
-            BoxObject(tuple(o["bbox"]), o["category"], int(o["category_id"]))  # type: ignore[arg-type]
-            for o in row["objects"]
-        ],
+        objects=[object_from_cell(o) for o in row["objects"]],
         layout=_image_from_cell(layout, "L", width, height) if layout else None,
         caption=row.get("caption"),
         caption_source=row.get("caption_source"),

@@ -35,6 +35,9 @@ from diffx.data.spec import DatasetSpec
 from diffx.errors import DataError
 
 Box = tuple[float, float, float, float]
+# A box as a source states it: (class name, xyxy), with what the source says of the object when it says anything
+# (iscrowd, difficult, truncated, occlusion: the BoxObject attributes).
+SourceBox = tuple[str, Box] | tuple[str, Box, dict[str, bool | int]]
 
 
 @dataclass(frozen=True)
@@ -93,12 +96,15 @@ class CategoryMapper:
             )
         return mapped
 
-    def objects(self, boxes: list[tuple[str, Box]], source: str) -> list[BoxObject]:
+    def objects(self, boxes: list[SourceBox], source: str) -> list[BoxObject]:
+        """(name, xyxy) or (name, xyxy, attributes) per box -> our objects; ignored classes are counted."""
         out = []
-        for index, (name, box) in enumerate(boxes):
+        for index, (name, box, *attributes) in enumerate(boxes):
             mapped = self(name, source, field=f"object {index}")
             if mapped is not None:
-                out.append(BoxObject(tuple(float(v) for v in box), mapped, self.spec.class_id(mapped)))  # type: ignore[arg-type]
+                xyxy = tuple(float(v) for v in box)
+                extra = attributes[0] if attributes else {}
+                out.append(BoxObject(xyxy, mapped, self.spec.class_id(mapped), **extra))  # type: ignore[arg-type]
         return out
 
 
@@ -180,7 +186,7 @@ def read_id_list(path: str) -> list[str]:
 @dataclass
 class CocoIndex:
     images: list[dict[str, Any]]
-    boxes: dict[Any, list[tuple[str, Box]]]  # image id -> (category name, xyxy)
+    boxes: dict[Any, list[SourceBox]]  # image id -> (category name, xyxy, attributes)
 
 
 def load_coco(path: str, file_key: str = "file_name") -> CocoIndex:
@@ -215,7 +221,7 @@ def load_coco(path: str, file_key: str = "file_name") -> CocoIndex:
                 "holds the file name)",
                 field=f"images[{index}]",
             )
-    boxes: dict[Any, list[tuple[str, Box]]] = {img.get("id"): [] for img in data["images"]}
+    boxes: dict[Any, list[SourceBox]] = {img.get("id"): [] for img in data["images"]}
     for index, ann in enumerate(data["annotations"]):
         where = f"annotations[{index}]"
         if not isinstance(ann, dict):
@@ -230,12 +236,13 @@ def load_coco(path: str, file_key: str = "file_name") -> CocoIndex:
         if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in bbox):
             raise DataError(path, f"bbox must hold 4 finite numbers [x, y, w, h], got {bbox!r}", field=where)
         x, y, w, h = (float(v) for v in bbox)
-        boxes[ann["image_id"]].append((names[ann["category_id"]], (x, y, x + w, y + h)))
+        said = {"iscrowd": bool(ann["iscrowd"])} if isinstance(ann.get("iscrowd"), int | bool) else {}
+        boxes[ann["image_id"]].append((names[ann["category_id"]], (x, y, x + w, y + h), said))
     return CocoIndex(data["images"], boxes)
 
 
 # -------------------------------------------------------------------------------------- VOC XML
-def parse_voc(path: str, one_based: bool = True) -> tuple[tuple[int, int] | None, list[tuple[str, Box]]]:
+def parse_voc(path: str, one_based: bool = True) -> tuple[tuple[int, int] | None, list[SourceBox]]:
     """(width, height) from <size> when present, and (name, xyxy) per <object>."""
     if not os.path.isfile(path):
         raise DataError(path, "VOC annotation file not found")
@@ -251,7 +258,7 @@ def parse_voc(path: str, one_based: bool = True) -> tuple[tuple[int, int] | None
         except ValueError:
             raise DataError(path, "size/width and size/height must be integers", field="size") from None
     shift = 1.0 if one_based else 0.0
-    objects: list[tuple[str, Box]] = []
+    objects: list[SourceBox] = []
     for index, obj in enumerate(root.findall("object")):
         where = f"object[{index}]"
         name = (obj.findtext("name") or "").strip()
@@ -264,8 +271,16 @@ def parse_voc(path: str, one_based: bool = True) -> tuple[tuple[int, int] | None
             x0, y0, x1, y1 = (float(bnd.findtext(k, "")) for k in ("xmin", "ymin", "xmax", "ymax"))
         except ValueError:
             raise DataError(path, "bndbox needs numeric xmin, ymin, xmax, ymax", field=where) from None
-        objects.append((name, (x0 - shift, y0 - shift, x1, y1)))
+        said = {k: _voc_flag(obj, k, path, where) for k in ("difficult", "truncated") if obj.find(k) is not None}
+        objects.append((name, (x0 - shift, y0 - shift, x1, y1), said))
     return size, objects
+
+
+def _voc_flag(obj: ET.Element, tag: str, path: str, where: str) -> bool:
+    text = (obj.findtext(tag) or "").strip()
+    if text not in ("0", "1"):
+        raise DataError(path, f"<{tag}> must be 0 or 1, got {text!r}", field=where)
+    return text == "1"
 
 
 # ------------------------------------------------------------------------------------- YOLO txt

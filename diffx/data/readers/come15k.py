@@ -20,7 +20,7 @@ from diffx.data.readers.base import (
     load_coco,
     load_modalities,
 )
-from diffx.data.readers.options import ReaderOptions
+from diffx.data.readers.options import Extension, ReaderOptions
 from diffx.data.sample import Rejected, Sample
 from diffx.errors import ConfigError, DataError
 
@@ -40,8 +40,8 @@ class Come15kSource(ReaderOptions):
             },
         }
     )
-    depth_extension: str = ".png"
-    saliency_extension: str = ".png"
+    depth_extension: Extension = ".png"
+    saliency_extension: Extension = ".png"
     category_map: dict[str, str] = Field(default_factory=dict)
     ignore_categories: list[str] = Field(default_factory=list)
 

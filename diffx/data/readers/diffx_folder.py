@@ -26,7 +26,7 @@ from diffx.data.readers.base import (
     parse_yolo,
     read_id_list,
 )
-from diffx.data.readers.options import ReaderOptions, check_templates, per_modality
+from diffx.data.readers.options import Extension, ReaderOptions, check_templates, per_modality
 from diffx.data.sample import Rejected, Sample
 from diffx.errors import DataError
 
@@ -38,7 +38,7 @@ class DiffxFolderSource(ReaderOptions):
     root: str
     modalities: dict[str, str] = Field(description="modality -> the <MOD> suffix of JPEGImages_<MOD>")
     splits: list[str] = Field(default_factory=lambda: ["train", "val"])
-    extension: str = ".jpg"
+    extension: Extension = ".jpg"
     filename_template: str | dict[str, str] | None = Field(
         default=None,
         description="file name of an id's image in JPEGImages_<MOD>, one for all modalities or one per modality; "

@@ -19,17 +19,17 @@ from pydantic import Field
 
 from diffx.data.boxes import clip_box
 from diffx.data.readers.base import (
-    Box,
     CategoryMapper,
     Pending,
     ReadContext,
+    SourceBox,
     assemble,
     guarded,
     load_modalities,
     read_id_list,
     require_dir,
 )
-from diffx.data.readers.options import ReaderOptions
+from diffx.data.readers.options import Extension, ReaderOptions
 from diffx.data.sample import Rejected, Sample
 from diffx.errors import DataError
 
@@ -50,7 +50,7 @@ class KaistSource(ReaderOptions):
         description="split -> image-set file of 'setXX/VYYY/IZZZZZ' lines (e.g. {train: imageSets/train-all-02.txt,"
         " test: imageSets/test-all-20.txt}); empty = every frame under images/, as split 'train'",
     )
-    extension: str = ".jpg"
+    extension: Extension = ".jpg"
     drop_ignored: bool = Field(default=False, description="leave out boxes whose bbGt 'ign' flag is 1")
     clip_boxes: bool = Field(
         default=True, description="clip boxes to the frame (a few KAIST boxes run past the edge); empty ones drop"
@@ -61,11 +61,11 @@ class KaistSource(ReaderOptions):
     )
 
 
-def parse_bbgt(path: str, drop_ignored: bool) -> list[tuple[str, Box]]:
+def parse_bbgt(path: str, drop_ignored: bool) -> list[SourceBox]:
     """(label, xyxy) per bbGt line; the header and blank lines are skipped, errors name the line."""
     if not os.path.isfile(path):
         raise DataError(path, "KAIST annotation file not found (every frame has one, if only with the header)")
-    objects: list[tuple[str, Box]] = []
+    objects: list[SourceBox] = []
     with open(path, encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
             parts = line.split()
@@ -82,13 +82,23 @@ def parse_bbgt(path: str, drop_ignored: bool) -> list[tuple[str, Box]]:
                 raise DataError(path, "box values must be finite", line=lineno)
             if drop_ignored and ignored:
                 continue
-            objects.append((parts[0], (x, y, x + w, y + h)))
+            said = {}
+            if len(parts) > 5:
+                try:
+                    said["occlusion"] = int(float(parts[5]))
+                except ValueError:
+                    raise DataError(path, f"occ must be a number, got {parts[5]!r}", line=lineno) from None
+            objects.append((parts[0], (x, y, x + w, y + h), said))
     return objects
 
 
-def _clipped(boxes: list[tuple[str, Box]], width: int, height: int) -> list[tuple[str, Box]]:
-    clipped = ((name, clip_box(box, width, height)) for name, box in boxes)
-    return [(name, box) for name, box in clipped if box is not None]
+def _clipped(boxes: list[SourceBox], width: int, height: int) -> list[SourceBox]:
+    out: list[SourceBox] = []
+    for name, box, *said in boxes:
+        inside = clip_box(box, width, height)
+        if inside is not None:
+            out.append((name, inside, *said))  # type: ignore[arg-type]
+    return out
 
 
 def _all_frames(options: KaistSource) -> list[str]:

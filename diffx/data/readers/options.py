@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import string
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from diffx.errors import DataError
 from diffx.section import Section
@@ -25,6 +25,15 @@ class PickChannel(Section):
 
 
 ChannelRule = Literal["strict", "mean"] | PickChannel
+
+
+def _dotted(value: str) -> str:
+    if not value.startswith(".") or len(value) < 2:
+        raise ValueError(f"expected a file extension with its dot, e.g. '.{value.lstrip('.') or 'png'}'")
+    return value
+
+
+Extension = Annotated[str, AfterValidator(_dotted)]  # '.png': file names are id + extension, so 'png' finds 'I0png'
 
 
 class ReaderOptions(Section):

@@ -18,7 +18,7 @@ from diffx.data.readers.base import (
     parse_voc,
     require_dir,
 )
-from diffx.data.readers.options import ReaderOptions, check_templates, id_from_file_name, per_modality
+from diffx.data.readers.options import Extension, ReaderOptions, check_templates, id_from_file_name, per_modality
 from diffx.data.sample import Rejected, Sample
 from diffx.errors import DataError
 
@@ -31,7 +31,7 @@ class VocPairsSource(ReaderOptions):
     modalities: dict[str, str] = Field(description="modality -> folder; '{split}' is substituted")
     annotations: str = "Annotations"
     splits: list[str] = Field(default_factory=lambda: ["train"])
-    extension: str = ".jpg"
+    extension: Extension = ".jpg"
     filename_template: str | dict[str, str] | None = Field(
         default=None,
         description="file name of a pair's image from its {id}, one for all modalities or one per modality "
