@@ -398,6 +398,11 @@ class UnetModelConfig(Section):
         "1,500 steps)",
     )
 
+    @property
+    def painted_box_channels(self) -> int:
+        """The raster channels the model gets: painted boxes exist for box layouts only."""
+        return self.box_raster_channels if self.layout == "boxes" else 0
+
     @model_validator(mode="after")
     def _blocks_match(self) -> UnetModelConfig:
         if not len(self.block_out_channels) == len(self.down_block_types) == len(self.up_block_types):

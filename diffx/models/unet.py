@@ -12,7 +12,7 @@ exactly what its base UNet computes, for any layout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -36,11 +36,16 @@ class LayoutConditioning:
     tokens: torch.Tensor
     dense_channels: torch.Tensor | None = None
     box_paint: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    painted: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def extra_channels(self, size: tuple[int, int]) -> torch.Tensor | None:
-        """The input channels concatenated to a latent of ``size`` (h, w), or None for a tokens-only layout."""
+        """The input channels concatenated to a latent of ``size`` (h, w), or None for a tokens-only layout.
+
+        Painted once per size: a sampler asks every step for the same latent size."""
         if self.box_paint is not None:
-            return BoxRaster.paint(*self.box_paint, size)
+            if size not in self.painted:
+                self.painted[size] = BoxRaster.paint(*self.box_paint, size)
+            return self.painted[size]
         return self.dense_channels
 
 

@@ -83,7 +83,7 @@ def build_unet(
             layout=m.layout,
             phrase_dim=phrase_dim,
             dense_channels=dense_channels,
-            box_raster_channels=m.box_raster_channels if m.layout == "boxes" else 0,
+            box_raster_channels=m.painted_box_channels,
             freeze=m.freeze_base,
         )
         if model.config.cross_attention_dim != text_dim:
@@ -126,7 +126,7 @@ def _from_scratch(
         max_objects=max_objects,
         dense_channels=dense_channels,
         dense_factor=dense_factor,
-        box_raster_channels=m.box_raster_channels if m.layout == "boxes" else 0,
+        box_raster_channels=m.painted_box_channels,
     )
 
 
