@@ -79,6 +79,14 @@ def test_voc_difficult_and_truncated_are_kept_and_survive_the_shards(tmp_path: P
     assert (second.difficult, second.truncated) == (None, None)  # the source says nothing: null, not False
     back = row_to_sample(sample_to_row(sample, RT), RT)
     assert back.objects == sample.objects
+    from diffx.shards.writer import ShardSetWriter
+
+    writer = ShardSetWriter(str(tmp_path / "shards"), RT)
+    writer.finalize(writer.write_split("train", iter([sample]), 1))
+    export_coco(str(tmp_path / "shards"), str(tmp_path / "coco"))
+    first, second = json.loads((tmp_path / "coco" / "annotations" / "train.json").read_text())["annotations"]
+    assert first["difficult"] is True and first["truncated"] is False and first["ignore"] == 1
+    assert "ignore" not in second and "difficult" not in second and first["iscrowd"] == second["iscrowd"] == 0
 
 
 def test_a_voc_flag_that_is_not_0_or_1_names_the_object(tmp_path: Path) -> None:

@@ -67,6 +67,8 @@ def export_coco(
                     "bbox": [x0, y0, x1 - x0, y1 - y0],
                     "area": (x1 - x0) * (y1 - y0),
                     "iscrowd": int(bool(obj.iscrowd)),
+                    # CityPersons-style evaluators skip 'ignore' boxes: VOC's difficult ones are meant that way
+                    **({"ignore": 1} if obj.difficult else {}),
                     **{k: v for k, v in obj.attributes().items() if k != "iscrowd" and v is not None},
                 }
             )
