@@ -290,6 +290,8 @@ def foreign_content(url: str, kind: str, *, limit: int = 10_000) -> str | None:
         return "it is a folder, where a file goes" if fs.isdir(path) else None
     if not fs.isdir(path):
         return "it is a file, where a folder goes"
+    if kind not in OWN_SUFFIXES:  # a folder another tool fills (great_expectations' data docs)
+        return None
     suffixes = OWN_SUFFIXES[kind]
     for seen, entry in enumerate(fs.find(path)):
         relative = entry[len(path.rstrip("/")) + 1 :]

@@ -24,7 +24,7 @@ GATE_INPUTS = {
 
 # What each stage reads and writes, by setting: the guard below refuses a run whose output would replace, delete or
 # mix into an input, another stage's output, or a folder diffx did not write. Kinds: file, folder (of our files),
-# shards (a shard set), model (a save_pretrained folder).
+# shards (a shard set), model (a save_pretrained folder), site (a folder another tool fills: overlaps only).
 Paths = dict[str, str | None]
 Outputs = dict[str, tuple[str | None, str]]
 GATES = ("ingest", "captions", "vae", "generated")
@@ -35,7 +35,7 @@ def _gate_outputs(c: DiffxConfig, gate: str) -> Outputs:
     return {
         f"quality.reports ({gate})": (fsio.join(q.reports, f"{gate}.json"), "file"),
         f"quality.metrics ({gate})": (fsio.join(q.metrics, f"{gate}.json"), "file"),
-        "quality.docs": (q.docs, "folder"),
+        "quality.docs": (q.docs, "site"),  # great_expectations' data docs: its fonts, scripts and pages
     }
 
 

@@ -374,3 +374,17 @@ def test_the_captions_gate_fails_on_a_caption_of_another_world(tmp_path: Path) -
     table = caption_table(ShardSet(str(tmp_path / "captioned")), lambda text: len(text.split()) + 2)
     assert table["layout_conflicts"].tolist() == [0, 0, 1, 0]
     assert "three zebras" in table["conflict"][2]
+
+
+def test_a_folder_another_tool_fills_is_checked_for_overlaps_only(tmp_path: Path) -> None:
+    """great_expectations writes fonts and scripts into the data docs: the second gate run must not refuse them."""
+    from diffx.stages import refuse_unsafe_outputs
+
+    docs = tmp_path / "docs" / "static" / "fonts"
+    docs.mkdir(parents=True)
+    (docs / "HKGrotesk-Bold.otf").write_bytes(b"font")
+    refuse_unsafe_outputs("check", {"data": str(tmp_path / "data")}, {"quality.docs": (str(tmp_path / "docs"), "site")})
+    with pytest.raises(ConfigError, match=r"HKGrotesk-Bold.otf, which diffx does not write there"):
+        refuse_unsafe_outputs("check", {}, {"evaluate.plots": (str(tmp_path / "docs"), "folder")})
+    with pytest.raises(ConfigError, match=r"quality.docs .* lies inside data"):
+        refuse_unsafe_outputs("check", {"data": str(tmp_path)}, {"quality.docs": (str(tmp_path / "docs"), "site")})
