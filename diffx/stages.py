@@ -13,6 +13,7 @@ from typing import Any
 from diffx import fsio
 from diffx.config import DiffxConfig
 from diffx.errors import ConfigError
+from diffx.section import RECORDER
 
 GATE_INPUTS = {
     "ingest": lambda c: c.ingest.output,
@@ -151,8 +152,10 @@ def refuse_unsafe_outputs(stage: str, inputs: Paths, outputs: Outputs, config: D
 
 
 def _guard(stage: str, config: DiffxConfig) -> None:
-    inputs, outputs = STAGE_PATHS[stage](config)
-    refuse_unsafe_outputs(stage, inputs, outputs, config)
+    # paths of every stage are read to compare them, not to compute anything: not the stage's params (dvc.yaml)
+    with RECORDER.pause():
+        inputs, outputs = STAGE_PATHS[stage](config)
+        refuse_unsafe_outputs(stage, inputs, outputs, config)
 
 
 def ingest(config: DiffxConfig, *, progress: bool = True) -> Any:
@@ -224,7 +227,9 @@ def check(gate: str, config: DiffxConfig, data: str | None = None) -> Any:
 
     default = GATE_INPUTS.get(gate)  # an unknown gate is named by run_gate
     if gate in GATES:
-        refuse_unsafe_outputs(f"check {gate}", {"data": data or default(config)}, _gate_outputs(config, gate), config)
+        with RECORDER.pause():
+            inputs, outputs = {"data": data or default(config)}, _gate_outputs(config, gate)
+            refuse_unsafe_outputs(f"check {gate}", inputs, outputs, config)
     return run_gate(
         gate,
         config.quality,
