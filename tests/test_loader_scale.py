@@ -1,0 +1,143 @@
+"""The shard reader at real scale (issue #38): row groups sized to the access pattern, a shard-aware epoch order
+that keeps positions, resume and the 1 == N processes contract, and integrity checked once per node."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from diffx import fsio
+from diffx.data.images import encode_png
+from diffx.data.sample import Sample
+from diffx.errors import ShardError
+from diffx.shards import reader as reader_module
+from diffx.shards.dataset import ShardDataset
+from diffx.shards.reader import ShardSet
+from diffx.shards.writer import ShardSetWriter
+from diffx.train.data import BatchPlan, shard_order
+
+from .conftest import DEMO_SPEC
+
+
+def _noisy_sample(index: int, split: str = "train", size: int = 48) -> Sample:
+    """Incompressible pixels, so every row stores about the same bytes."""
+    rng = np.random.default_rng(index)
+    images = {
+        "rgb": encode_png(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), f"{index}-rgb", 1),
+        "thermal": encode_png(rng.integers(0, 256, (size, size), dtype=np.uint8), f"{index}-t", 1),
+        "depth": encode_png(rng.integers(0, 65536, (size, size), dtype=np.uint16), f"{index}-d", 1),
+    }
+    return Sample(f"r{index:05d}", split, size, size, images, [])
+
+
+def _write(root: Path, rows: int, rows_per_shard: int, row_group_bytes: int) -> None:
+    writer = ShardSetWriter(str(root), DEMO_SPEC, row_group_bytes=row_group_bytes)
+    writer.finalize(writer.write_split("train", (_noisy_sample(i) for i in range(rows)), rows_per_shard))
+
+
+def test_a_row_group_never_grows_past_its_target(tmp_path: Path) -> None:
+    row_bytes = sum(len(i.data) for i in _noisy_sample(0).images.values())
+    _write(tmp_path / "one", 12, 6, row_group_bytes=row_bytes)  # one row reaches the target: a group each
+    _write(tmp_path / "three", 12, 6, row_group_bytes=int(3.5 * row_bytes))
+    for name, per_group in (("one", 1), ("three", 3)):
+        for shard in sorted((tmp_path / name / "train").glob("*.parquet")):
+            meta = pq.ParquetFile(shard).metadata
+            assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [per_group] * (6 // per_group)
+
+
+def test_a_shuffled_epoch_reads_about_the_bytes_it_uses(tmp_path: Path) -> None:
+    row_bytes = sum(len(i.data) for i in _noisy_sample(0).images.values())
+    _write(tmp_path / "small", 40, 10, row_group_bytes=row_bytes)
+    _write(tmp_path / "large", 40, 10, row_group_bytes=32 << 20)  # the old target: one group per shard
+    ratios = {}
+    for name in ("small", "large"):
+        dataset = ShardDataset(str(tmp_path / name), "train", decode_cache_bytes=0)
+        for index in torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist():
+            dataset.item(index)
+        ratios[name] = dataset.bytes_read / dataset.bytes_used
+    assert ratios["small"] <= 1.25 < 5 < ratios["large"], ratios
+
+
+def test_the_shard_order_is_a_permutation_that_reads_few_shards_at_a_time() -> None:
+    rows = (50, 30, 80, 40)
+    order = shard_order(rows, 20, torch.Generator().manual_seed(1))
+    assert sorted(order.tolist()) == list(range(200))
+    again = shard_order(rows, 20, torch.Generator().manual_seed(1))
+    assert torch.equal(order, again)  # a pure function of the generator's seed
+    starts = np.cumsum([0, *rows])
+    shard_of = np.searchsorted(starts, order.numpy(), side="right") - 1
+    for window in range(0, 200, 20):
+        assert len(set(shard_of[window : window + 20])) <= 2  # 20 rows never span more than two shards here
+    assert not torch.equal(order, torch.arange(200))
+
+
+def test_shard_aware_plans_keep_positions_resume_and_any_process_count() -> None:
+    """Each rank's positions map to the same rows whatever the world size, and step k onward is the same
+    stream whether the run started at 0 or resumed at k: the contract global shuffling has."""
+    rows = (16, 16, 16, 16)
+    plans = {w: BatchPlan(64, 8, 1, w, seed=5, shard_rows=rows, shuffle_buffer=8) for w in (1, 2, 4)}
+    one = plans[1]
+    for world, plan in plans.items():
+        for step in range(20):  # past one epoch (8 steps)
+            gathered = [p for rank in range(world) for p in plan.positions(step, 0, rank)]
+            assert gathered == one.positions(step, 0, 0)
+    assert torch.equal(one.permutation(3), BatchPlan(64, 8, 1, 1, 5, rows, 8).permutation(3))
+    assert not torch.equal(one.permutation(3), one.permutation(4))  # a new order every epoch
+
+
+# ------------------------------------------------------------------------------------ integrity once per node
+def _aged(root: Path, seconds: float = 60.0) -> None:
+    old = time.time() - seconds
+    for path in root.rglob("*.parquet"):
+        os.utime(path, (old, old))
+
+
+def test_a_shard_verified_on_this_node_is_not_hashed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIFFX_VERIFIED_CACHE", str(tmp_path / "stamps"))
+    _write(tmp_path / "set", 8, 4, row_group_bytes=1 << 20)
+    _aged(tmp_path / "set")
+    first = ShardSet(str(tmp_path / "set"))
+    assert len(first.read_table("train")) == 8  # hashed, then stamped
+    assert len(list((tmp_path / "stamps").iterdir())) == 2
+
+    def no_hashing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("hashed a shard this node already verified")
+
+    monkeypatch.setattr(fsio, "read_hashed", no_hashing)
+    assert len(ShardSet(str(tmp_path / "set")).read_table("train")) == 8  # another process: footer only
+    monkeypatch.undo()
+    monkeypatch.setenv("DIFFX_VERIFIED_CACHE", str(tmp_path / "stamps"))
+    shard = tmp_path / "set" / "train" / "part-00000.parquet"
+    data = bytearray(shard.read_bytes())
+    data[100:164] = bytes(255 - b for b in data[100:164])
+    shard.write_bytes(bytes(data))  # same size, new mtime: another key, so hashed again and caught
+    with pytest.raises(ShardError, match="sha256"):
+        ShardSet(str(tmp_path / "set")).read_table("train")
+
+
+def test_a_file_written_seconds_ago_is_never_stamped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its mtime may not move on a same-size rewrite within the clock's granularity (git's racily clean case)."""
+    monkeypatch.setenv("DIFFX_VERIFIED_CACHE", str(tmp_path / "stamps"))
+    _write(tmp_path / "set", 4, 4, row_group_bytes=1 << 20)
+    ShardSet(str(tmp_path / "set")).read_table("train")
+    assert not (tmp_path / "stamps").exists()
+    monkeypatch.setenv("DIFFX_VERIFIED_CACHE", "")  # switched off
+    _aged(tmp_path / "set")
+    ShardSet(str(tmp_path / "set")).read_table("train")
+    assert not (tmp_path / "stamps").exists() and reader_module.verified_cache() is None
+
+
+def test_shuffle_shards_reads_the_rows_per_shard_of_the_training_set(tmp_path: Path) -> None:
+    from diffx.errors import ConfigError
+    from diffx.train.data import shard_rows_of
+
+    _write(tmp_path / "set", 10, 4, row_group_bytes=1 << 20)
+    assert shard_rows_of(ShardDataset(str(tmp_path / "set"), "train")) == (4, 4, 2)
+    with pytest.raises(ConfigError, match="shuffle: shards needs a dataset read from a shard set"):
+        shard_rows_of(list(range(10)))
