@@ -90,7 +90,12 @@ class DataConfig(Section):
 
 class ShardsConfig(Section):
     rows_per_shard: int = Field(default=32, ge=1, description="demo-sized; use ~1000 for real data")
-    row_group_bytes: int = Field(default=32 << 20, ge=1 << 16, description="target row-group size (streaming reads)")
+    row_group_bytes: int = Field(
+        default=1 << 20,
+        ge=1 << 10,
+        description="image bytes a row group may hold before the next row starts a new one (a row larger than it "
+        "is a group of its own): a shuffled reader fetches a whole group for one row",
+    )
     png_compress_level: int = Field(default=6, ge=0, le=9)
     compression: Literal["none", "snappy", "zstd"] = Field(default="none", description="PNG bytes are compressed")
 
@@ -218,6 +223,13 @@ class TrainLoopConfig(Section):
     seed: int = 0
     steps: int = Field(ge=1)
     batch_size: int = Field(ge=1, description="global batch: all processes and accumulation steps")
+    shuffle: Literal["global", "shards"] = Field(
+        default="global",
+        description="data order of an epoch: global (any row after any other) or shards (shards in a seeded "
+        "order, rows shuffled within windows of shuffle_buffer: a set larger than memory is read a few row groups "
+        "at a time instead of one random row group per item); either is a pure function of (seed, epoch)",
+    )
+    shuffle_buffer: int = Field(default=2048, ge=1, description="rows per shuffle window (shuffle: shards)")
     grad_accum: int = Field(default=1, ge=1)
     lr: float = Field(gt=0)
     warmup_steps: int = Field(default=50, ge=0)

@@ -56,6 +56,21 @@ def _untracked_in_repo() -> set[str] | None:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _verification_stamps_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Shard verification stamps (diffx/shards/reader.py) go to a session folder, not the user's cache; the
+    subprocesses the tests start inherit it."""
+    import os
+
+    before = os.environ.get("DIFFX_VERIFIED_CACHE")
+    os.environ["DIFFX_VERIFIED_CACHE"] = str(tmp_path_factory.mktemp("verified"))
+    yield
+    if before is None:
+        os.environ.pop("DIFFX_VERIFIED_CACHE", None)
+    else:
+        os.environ["DIFFX_VERIFIED_CACHE"] = before
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _tests_write_nothing_into_the_repo() -> Any:
     """Every test writes under tmp: a default output path (e.g. ``metrics/...``) left in a test's config would
     otherwise land in the checkout, and in the worst case overwrite the committed metrics."""

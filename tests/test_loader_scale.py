@@ -57,7 +57,7 @@ def test_a_shuffled_epoch_reads_about_the_bytes_it_uses(tmp_path: Path) -> None:
     _write(tmp_path / "large", 40, 10, row_group_bytes=32 << 20)  # the old target: one group per shard
     ratios = {}
     for name in ("small", "large"):
-        dataset = ShardDataset(str(tmp_path / name), "train", decode_cache_bytes=0)
+        dataset = ShardDataset(str(tmp_path / name), "train", decode_cache_bytes=0, group_cache_bytes=0)
         for index in torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist():
             dataset.item(index)
         ratios[name] = dataset.bytes_read / dataset.bytes_used
@@ -141,3 +141,18 @@ def test_shuffle_shards_reads_the_rows_per_shard_of_the_training_set(tmp_path: P
     assert shard_rows_of(ShardDataset(str(tmp_path / "set"), "train")) == (4, 4, 2)
     with pytest.raises(ConfigError, match="shuffle: shards needs a dataset read from a shard set"):
         shard_rows_of(list(range(10)))
+
+
+def test_a_shard_aware_window_reads_each_row_group_once(tmp_path: Path) -> None:
+    """Rows of a window arrive shuffled; the groups they sit in stay cached until the window is read."""
+    row_bytes = sum(len(i.data) for i in _noisy_sample(0).images.values())
+    _write(tmp_path / "set", 60, 20, row_group_bytes=5 * row_bytes)  # 5 rows a group, 4 groups a shard
+    order = shard_order((20, 20, 20), 20, torch.Generator().manual_seed(2)).tolist()
+    dataset = ShardDataset(str(tmp_path / "set"), "train", decode_cache_bytes=0)
+    for index in order:
+        dataset.item(index)
+    assert dataset.bytes_read / dataset.bytes_used < 1.1
+    bounded = ShardDataset(str(tmp_path / "set"), "train", decode_cache_bytes=0, group_cache_bytes=0)
+    for index in order:
+        bounded.item(index)
+    assert bounded.bytes_read / bounded.bytes_used > 2  # one group kept: a shuffled window re-reads them

@@ -15,11 +15,13 @@ scaling) up to ``decode_cache_bytes``; what an item returns is the same with or 
 from __future__ import annotations
 
 import bisect
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
@@ -30,6 +32,8 @@ from diffx.data.layouts import is_label_map
 from diffx.errors import DataError
 from diffx.shards.reader import ShardSet
 
+GROUP_CACHE_BYTES = 64 * 2**20  # per process: the row groups a shuffle window of 1 MiB groups touches
+OPEN_FILES = 16  # shards a process keeps open (footers parsed): a shard-aware order reads a few at a time
 DECODE_CACHE_BYTES = 256 * 2**20  # per process: the demo's splits fit many times; a large set caches its first rows
 
 
@@ -60,9 +64,11 @@ class ShardDataset(Dataset):
         *,
         layout: bool | None = None,
         decode_cache_bytes: int = DECODE_CACHE_BYTES,
+        group_cache_bytes: int = GROUP_CACHE_BYTES,
     ):
         """``layout``: read the dense layout column (default: when the set has one). ``decode_cache_bytes``:
-        decoded rows kept per process (0 = decode on every read); rows past the budget are decoded each time."""
+        decoded rows kept per process (0 = decode on every read); rows past the budget are decoded each time.
+        ``group_cache_bytes``: row groups kept as read (the latest one always)."""
         self.root = root
         self.split = split
         self.storage_options = storage_options or {}
@@ -85,8 +91,15 @@ class ShardDataset(Dataset):
         if self.layout:
             self._columns.append("layout")
         self._shard_set: ShardSet | None = None
-        self._cached: tuple[int, int, int, pa.Table] | None = None  # shard, row-group, first row, table
+        # the row groups read last, up to group_cache_bytes: a shard-aware order reads a window's rows from a few
+        # groups, in shuffled order; the latest group is always kept (a row group larger than the budget)
+        self._groups: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+        self._group_bytes = 0
+        self.group_cache_bytes = group_cache_bytes
         self._row_groups: dict[int, list[int]] = {}
+        self._open: OrderedDict[int, pq.ParquetFile] = OrderedDict()  # the last OPEN_FILES shards, footer parsed
+        self.bytes_read = 0  # compressed bytes of the column chunks this process read (row groups, per item)
+        self.bytes_used = 0  # stored image bytes of the rows it returned: bytes_read / bytes_used is the waste
         self.decode_cache_bytes = decode_cache_bytes
         self._decoded: dict[int, DecodedRow] = {}
         self._decoded_bytes = 0
@@ -97,7 +110,8 @@ class ShardDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_shard_set"] = None
-        state["_cached"] = None
+        state["_groups"], state["_group_bytes"] = OrderedDict(), 0
+        state["_open"] = OrderedDict()
         state["_decoded"], state["_decoded_bytes"] = {}, 0  # each worker fills its own
         return state
 
@@ -110,18 +124,45 @@ class ShardDataset(Dataset):
     def _row(self, shard: int, row: int) -> dict[str, Any]:
         if self._shard_set is None:
             self._shard_set = ShardSet(self.root, **self.storage_options)
-        cached = self._cached
-        if cached is not None and cached[0] == shard and cached[2] <= row < cached[2] + cached[3].num_rows:
-            return cached[3].slice(row - cached[2], 1).to_pylist()[0]
-        parquet = self._shard_set.open_shard(self.records[shard])
+        parquet = self._parquet(shard)
         if shard not in self._row_groups:
             sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
             self._row_groups[shard] = list(np.cumsum([0, *sizes[:-1]]))
         group = bisect.bisect_right(self._row_groups[shard], row) - 1
-        table = parquet.read_row_group(group, columns=self._columns)
         first = int(self._row_groups[shard][group])
-        self._cached = (shard, group, first, table)
+        table = self._groups.get((shard, group))
+        if table is not None:
+            self._groups.move_to_end((shard, group))
+            return table.slice(row - first, 1).to_pylist()[0]
+        table = parquet.read_row_group(group, columns=self._columns)
+        meta = parquet.metadata.row_group(group)
+        wanted = set(self._columns)
+        self.bytes_read += sum(
+            meta.column(i).total_compressed_size
+            for i in range(meta.num_columns)
+            if meta.column(i).path_in_schema.split(".")[0] in wanted
+        )
+        self._groups[(shard, group)] = table
+        self._group_bytes += table.nbytes
+        while len(self._groups) > 1 and self._group_bytes > self.group_cache_bytes:
+            self._group_bytes -= self._groups.popitem(last=False)[1].nbytes
         return table.slice(row - first, 1).to_pylist()[0]
+
+    def _parquet(self, shard: int) -> pq.ParquetFile:
+        """The shard's open file, its footer parsed once: a footer per item would cost more than a small row."""
+        found = self._open.get(shard)
+        if found is not None:
+            self._open.move_to_end(shard)
+            return found
+        assert self._shard_set is not None
+        record = self.records[shard]
+        if record.path not in self._shard_set.checked:
+            self._shard_set.open_shard(record)  # verified (hashed, or stamped on this node); those bytes are let go
+        parquet = self._shard_set.open_shard(record)  # kept: a file handle, not the shard in memory
+        self._open[shard] = parquet
+        if len(self._open) > OPEN_FILES:
+            self._open.popitem(last=False)
+        return parquet
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.item(index)
@@ -167,6 +208,7 @@ class ShardDataset(Dataset):
             cell = row.get("layout")
             if cell and cell.get("bytes") is not None:
                 layout = decode_array(cell["bytes"], f"{row['id']}:layout")
+        self.bytes_used += sum(len(row[name]["bytes"]) for name in self.modalities)
         decoded = DecodedRow(
             id=row["id"],
             height=int(row["height"]),

@@ -3,13 +3,24 @@
 Every shard is checked against its manifest record (size, sha256, row count, schema) the first time a
 process opens it, from the same bytes that are then parsed: one read, hashed as it arrives, so tampered or
 truncated data stops the stage that reads it, named by shard, instead of flowing into the next set.
+
+A shard verified once is stamped in a node-local cache (``$DIFFX_VERIFIED_CACHE``, default
+``~/.cache/diffx/verified``; empty = off) under a key of its manifest digest and the file's properties (size,
+mtime, inode locally; ETag on an object store): the DataLoader workers of a node, and later runs, then check its
+footer (rows, schema) instead of reading 30 GB again each. A file that changes gets another key; a file written
+in the last seconds is never stamped, as git treats racily clean files, so a same-size rewrite within the
+clock's granularity is still hashed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -30,6 +41,18 @@ class ShardCheck:
     failed: str | None  # exists | bytes | sha256 | parquet | rows | schema, or None when verified
     problem: str | None
     rows: int = -1
+
+
+VERIFIED_CACHE_ENV = "DIFFX_VERIFIED_CACHE"
+RACY_SECONDS = 3.0  # a file younger than this is not stamped: its mtime may not move on a same-size rewrite
+
+
+def verified_cache() -> Path | None:
+    """The node-local folder of verification stamps, or None when switched off (``DIFFX_VERIFIED_CACHE=``)."""
+    value = os.environ.get(VERIFIED_CACHE_ENV)
+    if value is not None:
+        return Path(value) if value else None
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diffx" / "verified"
 
 
 class ShardSet:
@@ -55,7 +78,12 @@ class ShardSet:
         path = self.shard_path(record)
         check = self.checked.get(record.path)
         if check is None:
-            check, parquet = self._verified(record, path)
+            stamp = self._stamp(record, path)
+            check, parquet = self._footer_checked(record, path) if stamp and stamp.exists() else (None, None)
+            if check is None or check.problem is not None:
+                check, parquet = self._verified(record, path)
+                if check.problem is None and stamp is not None:
+                    self._write_stamp(stamp, path)
             self.checked[record.path] = check
         else:
             parquet = None
@@ -73,6 +101,36 @@ class ShardSet:
         with contextlib.suppress(ShardError):
             self.open_shard(record)
         return self.checked[record.path]
+
+    def _stamp(self, record: ShardRecord, path: str) -> Path | None:
+        folder = verified_cache()
+        if folder is None:
+            return None
+        try:
+            key = self.fs.ukey(path)  # the file's properties: size, mtime, inode (local); ETag (object stores)
+        except (OSError, ValueError, NotImplementedError):
+            return None
+        text = f"{self.fs.protocol}|{path}|{key}|{record.bytes}|{record.sha256}"
+        return folder / hashlib.sha256(text.encode()).hexdigest()[:40]
+
+    def _write_stamp(self, stamp: Path, path: str) -> None:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            modified = self.fs.info(path).get("mtime") or self.fs.modified(path).timestamp()
+            if time.time() - float(modified) < RACY_SECONDS:
+                return
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.touch()
+
+    def _footer_checked(self, record: ShardRecord, path: str) -> tuple[ShardCheck | None, pq.ParquetFile | None]:
+        """A stamped shard: only what the footer says (rows, schema); None when it cannot even be opened."""
+        try:
+            parquet = pq.ParquetFile(self.fs.open(path, "rb"))
+        except (OSError, ValueError, pa.ArrowException):
+            return None, None
+        rows = parquet.metadata.num_rows
+        if rows != record.rows or not schema_matches(parquet.schema_arrow, self.expected_schema()):
+            return None, None  # hash it: the full check names what differs
+        return ShardCheck(None, None, rows), parquet
 
     def _verified(self, record: ShardRecord, path: str) -> tuple[ShardCheck, pq.ParquetFile | None]:
         """Read the whole shard once, hashing as it arrives; parse the same bytes (no second read)."""

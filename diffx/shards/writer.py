@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 SMALL_COLUMNS = ("id", "split", "width", "height", "caption_source", "sampler", "model_id", "seed", "steps")
 
 
+# A shuffled reader fetches a whole row group for one row: groups of about one large frame (a 1280 x 1024 pair is
+# ~3 MB) make an item cost close to its own bytes, and the demo's 60 kB rows still share a group by the dozen.
+ROW_GROUP_BYTES = 1 << 20
+
+
 class ShardSetWriter:
     """Writes the shards of one shard set under ``root`` and, last of all, its manifest."""
 
@@ -44,7 +49,7 @@ class ShardSetWriter:
         *,
         generated: bool = False,
         params_hash: str = "",
-        row_group_bytes: int = 32 << 20,
+        row_group_bytes: int = ROW_GROUP_BYTES,
         compression: str = "none",
         storage_options: dict[str, Any] | None = None,
     ):
@@ -88,16 +93,16 @@ class ShardSetWriter:
                 for sample in samples:
                     if sample.split != split:
                         raise ValueError(f"sample {sample.id!r} has split {sample.split!r}, shard is {split!r}")
-                    buffer.append(sample_to_row(sample, self.spec, self.generated))
                     size = sum(len(img.data) for img in sample.images.values())
+                    if buffer and buffered + size > self.row_group_bytes:  # a group never grows past the target
+                        self._flush(writer, buffer)
+                        buffer, buffered = [], 0
+                    buffer.append(sample_to_row(sample, self.spec, self.generated))
                     buffered += size
                     for name, img in sample.images.items():
                         image_bytes[name] += len(img.data)
                     class_counts.update(o.category for o in sample.objects)
                     rows += 1
-                    if buffered >= self.row_group_bytes:
-                        self._flush(writer, buffer)
-                        buffer, buffered = [], 0
                 if buffer or rows == 0:
                     self._flush(writer, buffer)
             finally:

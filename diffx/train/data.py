@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from diffx.errors import ConfigError
+
 FRAME_CROP = 20  # purpose of the per-sample frame-crop generator (diffx/data/frame.py)
 
 
@@ -41,6 +43,8 @@ class BatchPlan:
     grad_accum: int
     world_size: int
     seed: int
+    shard_rows: tuple[int, ...] = ()  # rows per shard, in set order: a shard-aware order when given
+    shuffle_buffer: int = 2048
 
     def __post_init__(self) -> None:
         if self.dataset_size <= 0:
@@ -56,11 +60,41 @@ class BatchPlan:
         return self.batch_size // (self.grad_accum * self.world_size)
 
     def permutation(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(self.dataset_size, generator=torch.Generator().manual_seed(seed_for(self.seed, epoch)))
+        generator = torch.Generator().manual_seed(seed_for(self.seed, epoch))
+        if not self.shard_rows:
+            return torch.randperm(self.dataset_size, generator=generator)
+        return shard_order(self.shard_rows, self.shuffle_buffer, generator)
 
     def positions(self, step: int, micro: int, rank: int) -> list[int]:
         start = step * self.batch_size + micro * (self.batch_size // self.grad_accum) + rank * self.micro_batch
         return list(range(start, start + self.micro_batch))
+
+
+def shard_order(shard_rows: tuple[int, ...], window: int, generator: torch.Generator) -> torch.Tensor:
+    """An epoch's order that reads a set shard by shard: the shards in a random order, then the rows of each
+    ``window`` consecutive ones shuffled (webdataset's and MosaicML streaming's bounded shuffle, as a permutation).
+
+    Still one permutation of every row per epoch, so positions, resume and the 1 == N processes contract of
+    :class:`BatchPlan` hold unchanged; a window spans at most ``window / rows per shard + 1`` shards."""
+    starts = np.cumsum([0, *shard_rows[:-1]])
+    stream = torch.cat(
+        [
+            torch.arange(int(starts[s]), int(starts[s]) + shard_rows[s])
+            for s in torch.randperm(len(shard_rows), generator=generator).tolist()
+        ]
+    )
+    for start in range(0, len(stream), window):
+        chunk = stream[start : start + window]
+        stream[start : start + window] = chunk[torch.randperm(len(chunk), generator=generator)]
+    return stream
+
+
+def shard_rows_of(dataset: Any) -> tuple[int, ...]:
+    """Rows per shard of a shard-set dataset (what ``shuffle: shards`` orders by)."""
+    records = getattr(dataset, "records", None)
+    if records is None:
+        raise ConfigError(f"shuffle: shards needs a dataset read from a shard set, got {type(dataset).__name__}")
+    return tuple(int(r.rows) for r in records)
 
 
 class PlanSampler(Sampler[list[int]]):

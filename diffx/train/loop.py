@@ -29,7 +29,7 @@ from diffx.errors import ConfigError, DiffxError
 from diffx.progress import Progress
 from diffx.shards.dataset import detection_collate
 from diffx.train.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
-from diffx.train.data import FRAME_CROP, BatchPlan, PlanSampler, StreamDataset
+from diffx.train.data import FRAME_CROP, BatchPlan, PlanSampler, StreamDataset, shard_rows_of
 from diffx.train.distributed import DistContext
 from diffx.train.ema import EMA
 
@@ -107,7 +107,15 @@ class Trainer:
             self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.schedule)
         )
         self.ema = EMA(self.model, cfg.ema_decay, params) if cfg.ema_decay else None
-        self.plan = BatchPlan(len(dataset), cfg.batch_size, cfg.grad_accum, self.ctx.world_size, cfg.seed)  # type: ignore[arg-type]
+        self.plan = BatchPlan(
+            len(dataset),  # type: ignore[arg-type]
+            cfg.batch_size,
+            cfg.grad_accum,
+            self.ctx.world_size,
+            cfg.seed,
+            shard_rows=shard_rows_of(dataset) if cfg.shuffle == "shards" else (),
+            shuffle_buffer=cfg.shuffle_buffer,
+        )
         checkpoint = (
             load_checkpoint(resume_from) if resume_from else (latest_checkpoint(self.checkpoints) if resume else None)
         )
