@@ -40,6 +40,19 @@ def _gate_outputs(c: DiffxConfig, gate: str) -> Outputs:
     }
 
 
+def _training_outputs(name: str, section: Any) -> Outputs:
+    """A training stage writes a model folder, checkpoints (removed when done), and its metrics and reports."""
+    kinds = {
+        "output": "model",
+        "checkpoints": "folder",
+        "metrics": "file",
+        "report": "file",
+        "plots": "file",
+        "grid": "file",
+    }
+    return {f"{name}.{key}": (getattr(section, key), kind) for key, kind in kinds.items()}
+
+
 STAGE_PATHS: dict[str, Callable[[DiffxConfig], tuple[Paths, Outputs]]] = {
     "ingest": lambda c: (
         {"ingest.source.root": c.ingest.source.root},
@@ -65,28 +78,8 @@ STAGE_PATHS: dict[str, Callable[[DiffxConfig], tuple[Paths, Outputs]]] = {
             "refine.report": (c.refine.report, "file"),
         },
     ),
-    "train_vae": lambda c: (
-        {"vae.data": c.vae.data},
-        {
-            "vae.output": (c.vae.output, "model"),
-            "vae.checkpoints": (c.vae.checkpoints, "folder"),
-            "vae.metrics": (c.vae.metrics, "file"),
-            "vae.report": (c.vae.report, "file"),
-            "vae.plots": (c.vae.plots, "file"),
-            "vae.grid": (c.vae.grid, "file"),
-        },
-    ),
-    "train_unet": lambda c: (
-        {"unet.data": c.unet.data, "unet.vae": c.unet.vae},
-        {
-            "unet.output": (c.unet.output, "model"),
-            "unet.checkpoints": (c.unet.checkpoints, "folder"),
-            "unet.metrics": (c.unet.metrics, "file"),
-            "unet.report": (c.unet.report, "file"),
-            "unet.plots": (c.unet.plots, "file"),
-            "unet.grid": (c.unet.grid, "file"),
-        },
-    ),
+    "train_vae": lambda c: ({"vae.data": c.vae.data}, _training_outputs("vae", c.vae)),
+    "train_unet": lambda c: ({"unet.data": c.unet.data, "unet.vae": c.unet.vae}, _training_outputs("unet", c.unet)),
     "plan": lambda c: (
         {"plan.source": c.plan.source},
         {"plan.output": (c.plan.output, "file"), "plan.report": (c.plan.report, "file")},
