@@ -263,7 +263,7 @@ def generate_cmd(
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
     result = _run(lambda: stages.generate(config, rank=rank, world_size=world_size, progress=progress))
     typer.echo(json.dumps(result.report()))
-    if result.shards_busy or (world_size == 1 and not result.complete):
+    if not result.complete and (result.shards_busy or world_size == 1):  # ranks of a split run finish apart
         typer.secho(
             f"incomplete: {result.shards_busy} shard(s) are leased by another live worker and were left to it; "
             f"{config.generate.output} is not complete yet (rerun when that worker is done, or once its lease of "
