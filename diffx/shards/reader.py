@@ -73,23 +73,25 @@ class ShardSet:
     def shard_path(self, record: ShardRecord) -> str:
         return f"{self.root_path}/{record.path}"
 
-    def open_shard(self, record: ShardRecord) -> pq.ParquetFile:
-        """The shard's Parquet file; its first opening in this process verifies it against the manifest."""
+    def open_shard(self, record: ShardRecord, *, in_memory: bool = True) -> pq.ParquetFile:
+        """The shard's Parquet file; its first opening in this process verifies it against the manifest.
+
+        A hashing first opening parses the bytes it hashed (``in_memory``: what a stage reading the whole shard
+        wants); ``in_memory=False`` returns a file-backed handle instead, for readers that keep it open."""
         path = self.shard_path(record)
         check = self.checked.get(record.path)
+        parquet, hashed = None, False
         if check is None:
             stamp = self._stamp(record, path)
             check, parquet = self._footer_checked(record, path) if stamp and stamp.exists() else (None, None)
             if check is None or check.problem is not None:
-                check, parquet = self._verified(record, path)
+                (check, parquet), hashed = self._verified(record, path), True
                 if check.problem is None and stamp is not None:
                     self._write_stamp(stamp, path)
             self.checked[record.path] = check
-        else:
-            parquet = None
         if check.problem is not None:
             raise ShardError(f"{fsio.join(self.root, record.path)}: {check.problem}")
-        if parquet is not None:
+        if parquet is not None and (in_memory or not hashed):  # a hashed shard's handle holds its bytes
             return parquet
         try:
             return pq.ParquetFile(self.fs.open(path, "rb"))
