@@ -21,12 +21,14 @@ Prints one JSON document. Run it alone: the phases take every core they are give
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
 import platform
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -102,7 +104,7 @@ def decode_only(root: Path, count: int) -> dict[str, Any]:
     return {"samples_per_second": round(len(rows) / seconds, 2)}
 
 
-def read_epoch(root: Path, order: list[int], cache_bytes: int, epochs: int = 1, **storage: Any) -> dict[str, Any]:
+def read_epoch(root: Path | str, order: list[int], cache_bytes: int, epochs: int = 1, **storage: Any) -> dict[str, Any]:
     dataset = ShardDataset(str(root), "train", decode_cache_bytes=cache_bytes, storage_options=storage or None)
     timings = []
     for _ in range(epochs):
@@ -131,7 +133,8 @@ def s3_read(root: Path, order: list[int]) -> dict[str, Any]:
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(port=0)
-    server.start()
+    with contextlib.redirect_stdout(sys.stderr):  # moto announces itself on stdout, where the JSON goes
+        server.start()
     try:
         host, port = server.get_host_and_port()
         storage = {
@@ -146,7 +149,7 @@ def s3_read(root: Path, order: list[int]) -> dict[str, Any]:
         fs = s3fs.S3FileSystem(**storage)
         fs.mkdir("bench")
         fs.put(str(root), "bench/set", recursive=True)
-        return read_epoch(Path("s3://bench/set"), order, 0, **storage)
+        return read_epoch("s3://bench/set", order, 0, **storage)  # a str: Path would fold the '//'
     finally:
         server.stop()
 
