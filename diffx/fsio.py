@@ -146,6 +146,11 @@ def local_path(url: str) -> str | None:
 
 
 STAGING_MARK = ".staging-"
+RETIRED_MARK = ".old-"  # the previous output, moved aside while the new one is swapped in
+
+
+def _retired_name(name: str) -> str:
+    return f".{name}{RETIRED_MARK}{uuid.uuid4().hex[:8]}"
 
 
 @contextlib.contextmanager
@@ -188,7 +193,7 @@ def staged_folder(url: str, **storage_options: Any) -> Iterator[str]:
 def _sweep_staging(fs: fsspec.AbstractFileSystem, folder: str, name: str) -> None:
     """Remove the staging folders a killed run left in ``folder``."""
     for stale in fs.ls(folder, detail=False):
-        if stale.rstrip("/").rsplit("/", 1)[-1].startswith((f".{name}{STAGING_MARK}", f".{name}.old-")):
+        if stale.rstrip("/").rsplit("/", 1)[-1].startswith((f".{name}{STAGING_MARK}", f".{name}{RETIRED_MARK}")):
             fs.rm(stale, recursive=True)
 
 
@@ -203,7 +208,7 @@ def _swap_contents(staging: str, final: str) -> None:
     Not one rename, so the order carries the guarantee: the old manifest leaves first (the old set stops
     looking complete before it changes) and the new manifest arrives last."""
     name = os.path.basename(final.rstrip("/"))
-    retired = os.path.join(final, f".{name}.old-{uuid.uuid4().hex[:8]}")
+    retired = os.path.join(final, _retired_name(name))
     os.mkdir(retired)
     keep = {os.path.basename(staging), os.path.basename(retired)}
     old = [e for e in os.listdir(final) if e not in keep]
@@ -217,7 +222,7 @@ def _swap_contents(staging: str, final: str) -> None:
 
 def _swap_in(fs: fsspec.AbstractFileSystem, staging: str, final: str, *, local: bool) -> None:
     if local:
-        retired = f"{os.path.dirname(final)}/.{os.path.basename(final)}.old-{uuid.uuid4().hex[:8]}"
+        retired = f"{os.path.dirname(final)}/{_retired_name(os.path.basename(final))}"
         if os.path.exists(final):
             os.rename(final, retired)
         os.rename(staging, final)
@@ -243,9 +248,9 @@ def _location(url: str) -> tuple[str, tuple[str, ...]]:
     return protocol, tuple(p for p in path.split("/") if p and p != ".")
 
 
-def path_relation(a: str, b: str) -> str | None:
-    """How path ``a`` lies relative to path ``b``: 'is', 'inside', 'contains', or None when apart."""
-    (fs_a, parts_a), (fs_b, parts_b) = _location(a), _location(b)
+def _relation(a: tuple[str, tuple[str, ...]], b: tuple[str, tuple[str, ...]]) -> str | None:
+    """How location ``a`` lies relative to location ``b``: 'is', 'inside', 'contains', or None when apart."""
+    (fs_a, parts_a), (fs_b, parts_b) = a, b
     if fs_a != fs_b:
         return None
     if parts_a == parts_b:
@@ -260,16 +265,33 @@ def path_relation(a: str, b: str) -> str | None:
 RELATION_WORDS = {"is": "is the same path as", "inside": "lies inside", "contains": "contains"}
 
 
+def _located(paths: dict[str, str | None]) -> list[tuple[str, str, tuple[str, tuple[str, ...]]]]:
+    """(setting, path, location) for the paths that are set, each resolved once."""
+    return [(key, url, _location(url)) for key, url in paths.items() if url]
+
+
 def overlaps(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> list[str]:
     """Every output that is, contains or lies inside an input, as a sentence naming both settings.
 
     Writing such an output would replace, delete or mix into what the run reads."""
-    found = []
-    for out_key, out in outputs.items():
-        for in_key, src in inputs.items():
-            if out and src and (relation := path_relation(out, src)):
-                found.append(f"{out_key} ({out}) {RELATION_WORDS[relation]} {in_key} ({src})")
-    return found
+    sources = _located(inputs)
+    return [
+        f"{out_key} ({out}) {RELATION_WORDS[relation]} {in_key} ({src})"
+        for out_key, out, out_at in _located(outputs)
+        for in_key, src, src_at in sources
+        if (relation := _relation(out_at, src_at))
+    ]
+
+
+def collisions(paths: dict[str, str | None]) -> list[str]:
+    """Every pair of these paths (in key order) that is the same path or nests, as a sentence naming both."""
+    located = _located(dict(sorted(paths.items())))
+    return [
+        f"{a_key} ({a}) {RELATION_WORDS[relation]} {b_key} ({b})"
+        for i, (a_key, a, a_at) in enumerate(located)
+        for b_key, b, b_at in located[i + 1 :]
+        if (relation := _relation(a_at, b_at))
+    ]
 
 
 # What diffx writes into an output folder: a folder holding anything else is somebody's data, not a rerun's.

@@ -28,7 +28,7 @@ GATE_INPUTS = {
 # shards (a shard set), model (a save_pretrained folder), site (a folder another tool fills: overlaps only).
 Paths = dict[str, str | None]
 Outputs = dict[str, tuple[str | None, str]]
-GATES = ("ingest", "captions", "vae", "generated")
+GATES = tuple(GATE_INPUTS)
 
 
 def _gate_outputs(c: DiffxConfig, gate: str) -> Outputs:
@@ -119,18 +119,12 @@ STAGE_PATHS: dict[str, Callable[[DiffxConfig], tuple[Paths, Outputs]]] = {
 
 def output_conflicts(config: DiffxConfig) -> list[str]:
     """Outputs of two settings that are the same path or nest: one stage's run would replace the other's output."""
-    every: dict[str, str] = {}
+    every: dict[str, str | None] = {}
     for paths in STAGE_PATHS.values():
-        every.update({key: url for key, (url, _) in paths(config)[1].items() if url})
+        every.update({key: url for key, (url, _) in paths(config)[1].items()})
     for gate in GATES:
-        every.update({key: url for key, (url, _) in _gate_outputs(config, gate).items() if url})
-    keys = sorted(every)
-    found = []
-    for i, a in enumerate(keys):
-        for b in keys[i + 1 :]:
-            if relation := fsio.path_relation(every[a], every[b]):
-                found.append(f"{a} ({every[a]}) {fsio.RELATION_WORDS[relation]} {b} ({every[b]})")
-    return found
+        every.update({key: url for key, (url, _) in _gate_outputs(config, gate).items()})
+    return fsio.collisions(every)
 
 
 def refuse_unsafe_outputs(stage: str, inputs: Paths, outputs: Outputs, config: DiffxConfig | None = None) -> None:

@@ -164,8 +164,13 @@ def _data_yaml(roles: dict[str, str], classes: tuple[str, ...] | list[str]) -> s
     return "\n".join(lines) + "\n"
 
 
+def _held_out(shard_set: ShardSet, *, besides: tuple[str, ...] = ("train",)) -> list[str]:
+    """The set's splits with rows, other than ``besides``: what could serve Ultralytics as val."""
+    return [s for s in shard_set.manifest.splits if s not in besides and shard_set.manifest.total_rows(s)]
+
+
 def _held_out_hint(shard_set: ShardSet) -> str:
-    held_out = [s for s in shard_set.manifest.splits if s != "train" and shard_set.manifest.total_rows(s)]
+    held_out = _held_out(shard_set)
     return f" (it has {', '.join(held_out)}: --val-split {held_out[0]})" if held_out else ""
 
 
@@ -174,8 +179,7 @@ def yolo_warnings(root: str, counts: dict[str, int], val_split: str, val_from: s
     warnings = []
     has_val = "val" in counts or (val_from is None and val_split in counts)
     if not has_val:
-        splits = ShardSet(root).manifest.splits
-        held_out = [s for s in splits if s not in ("train", "val")]
+        held_out = _held_out(ShardSet(root), besides=("train", "val"))
         fix = (
             f"--val-split {held_out[0]} validates on this set's {held_out[0]} split"
             if held_out
