@@ -441,6 +441,12 @@ class UnetTrainConfig(TrainLoopConfig):
     checkpoint_every: int = Field(default=100, ge=1)
     caption_dropout: float = Field(default=0.5, ge=0, le=1, description="per sample: the caption becomes ''")
     layout_dropout: float = Field(default=0.1, ge=0, le=1, description="per sample: every layout slot is null")
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(
+        default="v_prediction",
+        description="what the UNet predicts: epsilon (the noise; SD v1.x and the paper, so any init_from_sd) or "
+        "v_prediction (the velocity; the clean image at high noise, which a UNet trained from scratch learns far "
+        "sooner than passing its input through). Saved with the model: sampling follows it",
+    )
     min_snr_gamma: float | None = Field(default=5.0, gt=0, description="min-SNR loss weighting; null = off")
     box_loss_weight: float = Field(
         default=1.0,
@@ -502,6 +508,16 @@ class UnetConfig(Section):
     report: str = Field(default="reports/unet/run.json", description="run report: speed, processes, resume")
     plots: str = "metrics/unet_loss.csv"
     grid: str = "reports/unet/preview.png"
+
+    @model_validator(mode="after")
+    def _sd_predicts_noise(self) -> UnetConfig:
+        # SD v1.x was trained to predict the noise; asking its weights for the velocity starts from a wrong model
+        if self.model.init_from_sd is not None and self.train.prediction_type != "epsilon":
+            raise ValueError(
+                f"unet.train.prediction_type={self.train.prediction_type} with unet.model.init_from_sd: SD v1.x "
+                "UNets predict the noise, so an SD-initialised UNet trains with prediction_type: epsilon"
+            )
+        return self
 
 
 class PlanConfig(Section):

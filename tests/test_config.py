@@ -124,6 +124,9 @@ def test_an_sd_initialised_unet_must_start_with_closed_gates() -> None:
     with pytest.raises(ConfigError, match=r"unet\.model.*fuser_gate_init=1\.0 with init_from_sd"):
         parse_config(raw)
     raw["unet"]["model"]["fuser_gate_init"] = 0.0
+    with pytest.raises(ConfigError, match=r"prediction_type=v_prediction with unet.model.init_from_sd"):
+        parse_config(raw)  # and it predicts the noise, as SD does
+    raw["unet"]["train"]["prediction_type"] = "epsilon"
     assert parse_config(raw).unet.model.fuser_gate_init == 0.0
 
 

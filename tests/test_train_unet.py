@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from diffx.config import parse_config
 from diffx.models.folder import MODEL_CARD
 from diffx.models.unet import DiffXUNet
+from diffx.shards.dataset import ShardDataset, detection_collate
 from diffx.shards.writer import ShardSetWriter
 from diffx.stages import train_unet
 
@@ -188,3 +189,61 @@ def test_the_box_loss_weight_covers_live_boxes_only() -> None:
     assert weight.shape == (2, 1, 4, 4)
     assert weight[0, 0, :2, :2].eq(3.0).all() and weight[0, 0].eq(3.0).sum() == 4
     assert weight[1].eq(1.0).all()  # no live box: the plain mean, as with box_loss_weight 0
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_the_loss_is_zero_only_for_the_configured_target(
+    tmp_path: Path, inputs: Path, prediction_type: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model that returns exactly the noise (or exactly the velocity) has zero loss under its own prediction
+    type and a positive one under the other: the target follows ``unet.train.prediction_type``."""
+    from diffx.train.distributed import init_distributed
+    from diffx.train.unet import UnetTrainer
+
+    config = parse_config(_params(tmp_path, inputs, prediction_type=prediction_type, box_loss_weight=0.0))
+    trainer = UnetTrainer(config.unet, config.conditioning, init_distributed("cpu"), resume=False, progress=False)
+    assert trainer.noise_scheduler.config.prediction_type == prediction_type
+    seen: dict[str, torch.Tensor] = {}
+    add_noise = trainer.noise_scheduler.add_noise
+
+    def spy(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        seen.update(latents=latents, noise=noise, timesteps=timesteps)
+        return add_noise(latents, noise, timesteps)
+
+    monkeypatch.setattr(trainer.noise_scheduler, "add_noise", spy)
+    velocity = trainer.noise_scheduler.get_velocity
+
+    def oracle(target: str) -> Any:
+        def module(*_: Any, **__: Any) -> torch.Tensor:
+            if target == "epsilon":
+                return seen["noise"]
+            return velocity(seen["latents"], seen["noise"], seen["timesteps"])
+
+        return module
+
+    data = ShardDataset(str(inputs / "captioned"), "train", list(DEMO_SPEC.modality_names))
+    batch = detection_collate([data[i] for i in range(4)])
+    own, _ = trainer.loss(oracle(prediction_type), batch, [0, 1, 2, 3])
+    other, _ = trainer.loss(oracle("v_prediction" if prediction_type == "epsilon" else "epsilon"), batch, [0, 1, 2, 3])
+    assert own.item() == pytest.approx(0.0, abs=1e-10)
+    assert other.item() > 1e-3
+
+
+def test_the_model_folder_records_the_prediction_type_and_sampling_follows_it(tmp_path: Path, inputs: Path) -> None:
+    from diffx.models.folder import ModelFolder
+    from diffx.sample.schedulers import SAMPLERS, sampling_scheduler
+
+    train_unet(parse_config(_params(tmp_path, inputs, prediction_type="v_prediction")), progress=False)
+    schedule = ModelFolder(tmp_path / "unet").schedule()
+    assert schedule["prediction_type"] == "v_prediction"
+    for name in SAMPLERS:
+        assert sampling_scheduler(name, schedule).config.prediction_type == "v_prediction"
+
+
+def test_an_sd_initialised_unet_keeps_predicting_the_noise(tmp_path: Path, inputs: Path) -> None:
+    from diffx.errors import ConfigError
+
+    raw = _params(tmp_path, inputs, prediction_type="v_prediction")
+    raw["unet"]["model"]["init_from_sd"] = "weights/stable-diffusion-v1-4"
+    with pytest.raises(ConfigError, match=r"prediction_type=v_prediction with unet.model.init_from_sd"):
+        parse_config(raw)

@@ -1,7 +1,10 @@
-"""Noise schedules: DiffX's scaled-linear betas (0.00085..0.012, T = 1000, epsilon prediction), as SD v1.x.
+"""Noise schedules: DiffX's scaled-linear betas (0.00085..0.012, T = 1000), as SD v1.x.
 
-Training (DDPM) saves its schedule into the model folder; every sampler (DDIM, DPM-Solver++, UniPC, or
-PNDM = the paper's PLMS) is built from that saved config, so sampling always follows the trained schedule.
+The UNet predicts the noise (epsilon, SD v1.x and the paper) or the velocity (v, SD 2.x): a UNet trained from
+scratch on epsilon must learn to pass its input through at high noise, where the image's layout is decided, and a
+small one learns that slowly; v asks for the clean image there instead. Training (DDPM) saves its schedule,
+prediction type included, into the model folder; every sampler (DDIM, DPM-Solver++, UniPC, or PNDM = the paper's
+PLMS) is built from that saved config, so sampling always follows the trained schedule.
 """
 
 from __future__ import annotations
@@ -25,8 +28,13 @@ SAMPLERS = {
 }
 
 
-def training_scheduler() -> DDPMScheduler:
-    return DDPMScheduler(**SCHEDULE, clip_sample=False)
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def training_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+    return DDPMScheduler(**{**SCHEDULE, "prediction_type": prediction_type}, clip_sample=False)
 
 
 def sampling_scheduler(name: str, schedule: dict[str, Any]) -> Any:

@@ -191,7 +191,7 @@ class UnetTrainer(Trainer):
         ).to(ctx.device)
         if self.train_cfg.gradient_checkpointing:
             self.model.unet.enable_gradient_checkpointing()
-        self.noise_scheduler = training_scheduler()
+        self.noise_scheduler = training_scheduler(self.train_cfg.prediction_type)
         self.alphas = self.noise_scheduler.alphas_cumprod.to(ctx.device)
         self.cache: dict[str, Any] | None = self._encode_all(dataset) if self.train_cfg.cache_conditioning else None
         self.setup(
@@ -309,7 +309,11 @@ class UnetTrainer(Trainer):
                 box_mask=box_mask,
                 dense=dense,
             )
-        error = (pred.float() - noise) ** 2
+        if self.train_cfg.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        error = (pred.float() - target) ** 2
         if cfg.box_loss_weight:
             weight = box_weight_map(boxes, box_mask, tuple(error.shape[-2:]), cfg.box_loss_weight)
             per_sample = (error * weight).flatten(1).mean(dim=1) / weight.flatten(1).mean(dim=1)
@@ -317,7 +321,9 @@ class UnetTrainer(Trainer):
             per_sample = error.flatten(1).mean(dim=1)
         if cfg.min_snr_gamma:
             snr = self.alphas[timesteps] / (1 - self.alphas[timesteps])
-            per_sample = per_sample * torch.clamp(snr, max=cfg.min_snr_gamma) / snr
+            # min(SNR, gamma) / SNR on the noise is min(SNR, gamma) / (SNR + 1) on the velocity (Hang et al. 2023)
+            velocity = cfg.prediction_type == "v_prediction"
+            per_sample = per_sample * torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1 if velocity else snr)
         return per_sample.mean(), {
             "caption_dropped": float(np.mean(no_caption)),
             "layout_dropped": float(np.mean(no_layout)),
