@@ -241,6 +241,13 @@ class TrainLoopConfig(Section):
     channels_last: bool = False
     device: str = "auto"
     num_workers: int = Field(default=0, ge=0)
+    read_ahead: int = Field(
+        default=2,
+        ge=0,
+        description="micro-batches whose row groups each data process reads in the background while it decodes "
+        "the current one (the plan knows them in advance); speed only, the same samples. Pays off over object "
+        "stores; 0 = off",
+    )
     log_every: int = Field(default=10, ge=1)
     checkpoint_every: int = Field(ge=1)
     keep_checkpoints: int = Field(default=2, ge=1)

@@ -138,11 +138,15 @@ class HashingWriter:
         return self._hash.hexdigest()
 
 
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
 def local_path(url: str) -> str | None:
     """The OS path for a local URL, or None for a remote one."""
     fs, path = get_fs(url)
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return os.fspath(path) if "file" in protocols or "local" in protocols else None
+    return os.fspath(path) if is_local(fs) else None
 
 
 STAGING_MARK = ".staging-"

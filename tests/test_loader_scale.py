@@ -156,3 +156,97 @@ def test_a_shard_aware_window_reads_each_row_group_once(tmp_path: Path) -> None:
     for index in order:
         bounded.item(index)
     assert bounded.bytes_read / bounded.bytes_used > 2  # one group kept: a shuffled window re-reads them
+
+
+def test_later_positions_follow_the_samplers_order() -> None:
+    from diffx.train.data import PlanSampler
+
+    plan = BatchPlan(dataset_size=50, batch_size=8, grad_accum=2, world_size=2, seed=0)
+    for rank in (0, 1):
+        batches = list(PlanSampler(plan, rank, 0, 6))
+        for i, batch in enumerate(batches):
+            for later in range(1, len(batches) - i):
+                assert plan.later_positions(batch[0], later) == batches[i + later]
+
+
+def test_read_ahead_reads_each_group_once_and_changes_no_item(tmp_path: Path) -> None:
+    row_bytes = sum(len(i.data) for i in _noisy_sample(0).images.values())
+    _write(tmp_path / "set", 30, 10, row_group_bytes=2 * row_bytes)  # 2 rows a group
+    order = torch.randperm(30, generator=torch.Generator().manual_seed(1)).tolist()
+    plain = ShardDataset(str(tmp_path / "set"), "train", decode_cache_bytes=0)
+    ahead = ShardDataset(str(tmp_path / "set"), "train", decode_cache_bytes=0)
+    for start in range(0, 30, 5):
+        ahead.prefetch(order[start + 5 : start + 15])  # what the loop asks for: the next two batches
+        for index in order[start : start + 5]:
+            mine, theirs = ahead.item(index), plain.item(index)
+            assert mine["id"] == theirs["id"]
+            assert all(torch.equal(mine["images"][m], theirs["images"][m]) for m in mine["images"])
+    assert ahead._pending == {}
+    assert ahead.bytes_read == plain.bytes_read  # nothing fetched twice, nothing fetched for nothing
+    assert ahead._ahead is not None  # the reads did go to the background thread
+
+
+def test_a_failed_read_ahead_loses_no_item(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A background read that fails (a dropped connection) leaves nothing behind: the reader reads the group
+    itself, so the item arrives, and a fault that is real raises from that read, named by its shard."""
+    _write(tmp_path / "set", 6, 3, row_group_bytes=1)
+    dataset = ShardDataset(str(tmp_path / "set"), "train", decode_cache_bytes=0)
+    expected = ShardDataset(str(tmp_path / "set"), "train").item(1)
+    dataset.item(0)  # opens and verifies shard 0
+    failed = []
+
+    def broken(*_: object, **__: object) -> None:
+        failed.append(1)
+        raise ShardError("shard 0: unreadable Parquet (planted)")
+
+    monkeypatch.setattr(ShardSet, "reopen", broken)
+    dataset.prefetch([1])
+    assert torch.equal(dataset.item(1)["images"]["rgb"], expected["images"]["rgb"])
+    assert failed and dataset._pending == {} and not dataset._ahead_unused
+
+
+def test_training_with_read_ahead_draws_the_same_batches(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from diffx.shards.dataset import detection_collate
+    from diffx.train.data import FRAME_CROP, PlanSampler, StreamDataset, shard_rows_of
+
+    _write(tmp_path / "set", 24, 6, row_group_bytes=1)
+    batches = {}
+    for ahead, workers in ((0, 0), (2, 0), (2, 2)):
+        dataset = ShardDataset(str(tmp_path / "set"), "train", decode_cache_bytes=0)
+        plan = BatchPlan(24, 4, 1, 1, 3, shard_rows=shard_rows_of(dataset), shuffle_buffer=8)
+        loader = DataLoader(
+            StreamDataset(dataset, plan, FRAME_CROP, ahead),
+            batch_sampler=PlanSampler(plan, 0, 0, 10),
+            collate_fn=detection_collate,
+            num_workers=workers,
+        )
+        batches[(ahead, workers)] = [(b["id"], b["images"]["rgb"]) for b in loader]
+    for key in ((2, 0), (2, 2)):
+        assert [ids for ids, _ in batches[key]] == [ids for ids, _ in batches[(0, 0)]]
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(batches[key], batches[(0, 0)], strict=True))
+
+
+def test_read_ahead_groups_outlive_older_reads_until_asked_for(tmp_path: Path) -> None:
+    """The cache holds three batches of one-row groups; the reader's reads interleave with the read-ahead's, and
+    still no group read ahead is dropped before its item is read (each group is read once)."""
+    row_bytes = sum(len(i.data) for i in _noisy_sample(0).images.values())
+    _write(tmp_path / "set", 48, 12, row_group_bytes=1)
+    probe = ShardDataset(str(tmp_path / "set"), "train", decode_cache_bytes=0)
+    probe.item(0)
+    group_bytes = next(iter(probe._groups.values())).nbytes
+    assert group_bytes >= row_bytes
+    dataset = ShardDataset(str(tmp_path / "set"), "train", decode_cache_bytes=0, group_cache_bytes=13 * group_bytes)
+    order = torch.randperm(48, generator=torch.Generator().manual_seed(4)).tolist()
+    for start in range(0, 48, 4):
+        dataset.prefetch(order[start + 4 : start + 12])
+        for future in list(dataset._pending.values()):  # the read-ahead wins every race: its groups are older
+            future.result()
+        for index in order[start : start + 4]:
+            dataset.item(index)
+    once = ShardDataset(str(tmp_path / "set"), "train", decode_cache_bytes=0)
+    for index in order:
+        once.item(index)
+    assert dataset.bytes_read == once.bytes_read  # every group read once
+    assert not dataset._ahead_unused

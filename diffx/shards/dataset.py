@@ -6,6 +6,10 @@ depth), the boxes (N x 4, x_min y_min x_max y_max pixels) and the class ids, and
 (diffx/data/frame.py): centred by default, at random with a generator (training), or resized only.
 Parquet files are opened lazily per worker process, so the dataset pickles cleanly into DataLoader workers.
 
+Over an object store a row group is a request away: ``prefetch`` hands the row groups of items a reader will ask
+for next to a background thread (its own file handles), so the requests overlap the decoding of the items before
+them; the training loop calls it with the positions its plan puts next (``train.read_ahead``).
+
 Training reads every sample once per epoch, hundreds of epochs on a small set: decoding its PNGs (and
 re-reading the row group it sits in, since a shuffled order hops between shards) was a fifth of a demo
 detector step. So each process keeps the decoded rows (the stored arrays, before any crop, flip or
@@ -15,7 +19,9 @@ scaling) up to ``decode_cache_bytes``; what an item returns is the same with or 
 from __future__ import annotations
 
 import bisect
+import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +31,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
+from diffx import fsio
 from diffx.data.frame import place, place_boxes, place_image, resize_only
 from diffx.data.images import decode_array
 from diffx.data.layout_tensors import stored_to_tensor
@@ -32,6 +39,7 @@ from diffx.data.layouts import is_label_map
 from diffx.errors import DataError
 from diffx.shards.reader import ShardSet
 
+REMOTE_READ_AHEAD_THREADS = 4  # requests in flight to an object store (one per thread); local disk: 1
 GROUP_CACHE_BYTES = 64 * 2**20  # per process: the row groups a shuffle window of 1 MiB groups touches
 OPEN_FILES = 64  # shards a process keeps open, footers parsed (a 500-row footer is ~0.3 MB); 2 ms to reopen one
 DECODE_CACHE_BYTES = 256 * 2**20  # per process: the demo's splits fit many times; a large set caches its first rows
@@ -103,6 +111,12 @@ class ShardDataset(Dataset):
         self.decode_cache_bytes = decode_cache_bytes
         self._decoded: dict[int, DecodedRow] = {}
         self._decoded_bytes = 0
+        self._lock = threading.Lock()  # the group cache and counters, shared with the read-ahead thread
+        self._pending: dict[tuple[int, int], Future[pa.Table]] = {}
+        self._ahead_unused: set[tuple[int, int]] = set()  # read ahead, not yet asked for
+        self._footers: dict[int, pq.FileMetaData] = {}  # parsed footers, handed to the read-ahead's handles
+        self._ahead: ThreadPoolExecutor | None = None
+        self._ahead_files = threading.local()
 
     def __len__(self) -> int:
         return self.length
@@ -113,7 +127,13 @@ class ShardDataset(Dataset):
         state["_groups"], state["_group_bytes"] = OrderedDict(), 0
         state["_open"] = OrderedDict()
         state["_decoded"], state["_decoded_bytes"] = {}, 0  # each worker fills its own
+        state["_lock"], state["_pending"], state["_ahead"], state["_ahead_files"] = None, {}, None, None
+        state["_ahead_unused"], state["_footers"] = set(), {}
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock, self._ahead_files = threading.Lock(), threading.local()
 
     def _locate(self, index: int) -> tuple[int, int]:
         if not 0 <= index < self.length:
@@ -121,35 +141,109 @@ class ShardDataset(Dataset):
         shard = bisect.bisect_right(self.starts, index) - 1
         return shard, index - self.starts[shard]
 
-    def _row(self, shard: int, row: int) -> dict[str, Any]:
-        if self._shard_set is None:
-            self._shard_set = ShardSet(self.root, **self.storage_options)
-        parquet = self._parquet(shard)
+    def _group_of(self, shard: int, row: int, parquet: pq.ParquetFile) -> tuple[int, int]:
+        """(row group, its first row) of a shard's row."""
         if shard not in self._row_groups:
             sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
             self._row_groups[shard] = list(np.cumsum([0, *sizes[:-1]]))
         group = bisect.bisect_right(self._row_groups[shard], row) - 1
-        first = int(self._row_groups[shard][group])
-        table = self._groups.get((shard, group))
-        if table is not None:
-            self._groups.move_to_end((shard, group))
-            return table.slice(row - first, 1).to_pylist()[0]
-        table = parquet.read_row_group(group, columns=self._columns)
-        meta = parquet.metadata.row_group(group)
+        return group, int(self._row_groups[shard][group])
+
+    def _row(self, shard: int, row: int) -> dict[str, Any]:
+        parquet = self._parquet(shard)
+        group, first = self._group_of(shard, row, parquet)
+        key = (shard, group)
+        with self._lock:
+            table = self._groups.get(key)
+            if table is not None:
+                self._groups.move_to_end(key)
+            pending = self._pending.get(key)
+            self._ahead_unused.discard(key)
+        if table is None and pending is not None:  # the read-ahead thread has it in flight
+            try:
+                table = pending.result()
+            except Exception:  # read it here instead: a real fault then raises from this read
+                table = None
+            with self._lock:
+                self._ahead_unused.discard(key)  # it marked the group unasked-for while this waited
+        if table is None:
+            table = self._read_group(parquet, key)
+        return table.slice(row - first, 1).to_pylist()[0]
+
+    def _read_group(self, parquet: pq.ParquetFile, key: tuple[int, int]) -> pa.Table:
+        table = parquet.read_row_group(key[1], columns=self._columns)
+        meta = parquet.metadata.row_group(key[1])
         wanted = set(self._columns)
-        self.bytes_read += sum(
+        read = sum(
             meta.column(i).total_compressed_size
             for i in range(meta.num_columns)
             if meta.column(i).path_in_schema.split(".")[0] in wanted
         )
-        self._groups[(shard, group)] = table
-        self._group_bytes += table.nbytes
-        while len(self._groups) > 1 and self._group_bytes > self.group_cache_bytes:
-            self._group_bytes -= self._groups.popitem(last=False)[1].nbytes
-        return table.slice(row - first, 1).to_pylist()[0]
+        with self._lock:
+            self.bytes_read += read
+            if key not in self._groups:
+                self._groups[key] = table
+                self._group_bytes += table.nbytes
+            self._groups.move_to_end(key)
+            if key in self._pending:  # read ahead: kept until an item asks for it
+                self._ahead_unused.add(key)
+            while len(self._groups) > 1 and self._group_bytes > self.group_cache_bytes:
+                self._evict_one()
+            self._pending.pop(key, None)
+        return table
+
+    def _evict_one(self) -> None:
+        """Drop the least recently used group, sparing groups read ahead that no item has asked for yet (the
+        reader's own reads interleave with the read-ahead's, so age alone would drop what comes next)."""
+        victim = next((k for k in self._groups if k not in self._ahead_unused), next(iter(self._groups)))
+        self._group_bytes -= self._groups.pop(victim).nbytes
+        self._ahead_unused.discard(victim)
+
+    def prefetch(self, indices: list[int]) -> None:
+        """Start reading, in a background thread, the row groups of ``indices`` not cached or in flight.
+
+        What an item returns does not change: a prefetched group is the group the item would read. Rows the
+        decode cache holds need nothing; a prefetch beyond the group cache's budget evicts what it read first."""
+        for index in indices:
+            if index in self._decoded or not 0 <= index < self.length:
+                continue
+            shard, row = self._locate(index)
+            parquet = self._parquet(shard)
+            group, _ = self._group_of(shard, row, parquet)
+            key = (shard, group)
+            with self._lock:
+                if key in self._groups or key in self._pending:
+                    continue
+                self._footers[shard] = parquet.metadata  # the read-ahead's handles reuse it
+                if self._ahead is None:
+                    assert self._shard_set is not None
+                    threads = 1 if fsio.is_local(self._shard_set.fs) else REMOTE_READ_AHEAD_THREADS
+                    self._ahead = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="diffx-read-ahead")
+                self._pending[key] = self._ahead.submit(self._read_ahead, key)
+
+    def _read_ahead(self, key: tuple[int, int]) -> pa.Table:
+        try:
+            files = getattr(self._ahead_files, "handles", None)  # each read-ahead thread keeps its own handles
+            if files is None:
+                files = self._ahead_files.handles = OrderedDict()
+            parquet = files.get(key[0])
+            if parquet is None:
+                assert self._shard_set is not None
+                with self._lock:
+                    footer = self._footers[key[0]]
+                parquet = files[key[0]] = self._shard_set.reopen(self.records[key[0]], footer)
+                if len(files) > OPEN_FILES:
+                    files.popitem(last=False)
+            return self._read_group(parquet, key)
+        except BaseException:
+            with self._lock:
+                self._pending.pop(key, None)
+            raise
 
     def _parquet(self, shard: int) -> pq.ParquetFile:
         """The shard's open file, its footer parsed once: a footer per item would cost more than a small row."""
+        if self._shard_set is None:
+            self._shard_set = ShardSet(self.root, **self.storage_options)
         found = self._open.get(shard)
         if found is not None:
             self._open.move_to_end(shard)
@@ -172,8 +266,10 @@ class ShardDataset(Dataset):
         placement = place(height, width, frame, generator) if crop else resize_only(height, width, frame)
         images = {}
         for name in self.modalities:
-            array = row.arrays[name].astype(np.float32) / self.spec.modality(name).max_value
-            image = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
+            array = row.arrays[name].astype(np.float32)  # a fresh array (the cached row stays as stored)
+            np.divide(array, self.spec.modality(name).max_value, out=array)  # in place: one frame-sized pass
+            # channels first as a view: a batch's stack makes it contiguous, a copy here would be a second pass
+            image = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
             images[name] = place_image(image, placement)
         boxes = torch.tensor([o["bbox"] for o in row.objects], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([o["category_id"] for o in row.objects], dtype=torch.int64)

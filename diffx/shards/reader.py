@@ -94,9 +94,24 @@ class ShardSet:
         if parquet is not None and (in_memory or not hashed):  # a hashed shard's handle holds its bytes
             return parquet
         try:
-            return pq.ParquetFile(self.fs.open(path, "rb"))
+            return self._file(path)
         except (OSError, pa.ArrowException) as err:
             raise ShardError(f"{fsio.join(self.root, record.path)}: unreadable Parquet ({err})") from None
+
+    def reopen(self, record: ShardRecord, metadata: pq.FileMetaData) -> pq.ParquetFile:
+        """Another handle on a shard this process has opened, its footer taken from ``metadata`` rather than read
+        again (a thread of its own reads through it)."""
+        if record.path not in self.checked:
+            raise ShardError(f"{fsio.join(self.root, record.path)}: reopened before it was opened and verified")
+        return self._file(self.shard_path(record), metadata)
+
+    def _file(self, path: str, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
+        """A file-backed handle for random row-group reads. Pre-buffered: a row group's column chunks arrive as one
+        coalesced range (one GET on an object store, not one per column); on an object store the file object
+        caches nothing itself, since fsspec's read-ahead block would fetch megabytes past a row group that a
+        shuffled reader does not want next."""
+        handle = self.fs.open(path, "rb") if fsio.is_local(self.fs) else self.fs.open(path, "rb", cache_type="none")
+        return pq.ParquetFile(handle, pre_buffer=True, metadata=metadata)
 
     def check(self, record: ShardRecord) -> ShardCheck:
         """Verify one shard (once per process) without raising: the gates tabulate every shard's outcome."""
@@ -126,7 +141,7 @@ class ShardSet:
     def _footer_checked(self, record: ShardRecord, path: str) -> tuple[ShardCheck | None, pq.ParquetFile | None]:
         """A stamped shard: only what the footer says (rows, schema); None when it cannot even be opened."""
         try:
-            parquet = pq.ParquetFile(self.fs.open(path, "rb"))
+            parquet = self._file(path)
         except (OSError, ValueError, pa.ArrowException):
             return None, None
         rows = parquet.metadata.num_rows

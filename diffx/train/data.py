@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from diffx.errors import ConfigError
 
@@ -69,6 +69,15 @@ class BatchPlan:
         start = step * self.batch_size + micro * (self.batch_size // self.grad_accum) + rank * self.micro_batch
         return list(range(start, start + self.micro_batch))
 
+    def later_positions(self, first: int, later: int) -> list[int]:
+        """The positions of the micro-batch ``later`` micro-batches after the one starting at ``first``, for the same
+        rank (the inverse of ``positions``, then forward along ``PlanSampler``'s order)."""
+        step, offset = divmod(first, self.batch_size)
+        micro, within = divmod(offset, self.batch_size // self.grad_accum)
+        rank = within // self.micro_batch
+        step, micro = divmod(step * self.grad_accum + micro + later, self.grad_accum)
+        return self.positions(step, micro, rank)
+
 
 def shard_order(shard_rows: tuple[int, ...], window: int, generator: torch.Generator) -> torch.Tensor:
     """An epoch's order that reads a set shard by shard: the shards in a random order, then the rows of each
@@ -117,8 +126,9 @@ class StreamDataset(Dataset):
     """A dataset read by stream position: the sample the plan puts there, cropped by the generator of
     ``(seed, position, purpose)`` (so a sample's crop does not depend on the process or micro-batch)."""
 
-    def __init__(self, dataset: Any, plan: BatchPlan, purpose: int):
+    def __init__(self, dataset: Any, plan: BatchPlan, purpose: int, read_ahead: int = 0):
         self.dataset, self.plan, self.purpose = dataset, plan, purpose
+        self.read_ahead = read_ahead if callable(getattr(dataset, "prefetch", None)) else 0
         self._perm_cache: dict[int, torch.Tensor] = {}
 
     def index(self, position: int) -> int:
@@ -129,6 +139,19 @@ class StreamDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def __getitems__(self, positions: list[int]) -> list[dict[str, Any]]:
+        """One micro-batch (what a DataLoader with a batch sampler asks for); first, the row groups of this data
+        process's next ``read_ahead`` micro-batches go to the dataset's read-ahead (workers take micro-batches
+        in turn, so this process's next one lies ``workers`` micro-batches on)."""
+        if self.read_ahead and positions:
+            info = get_worker_info()
+            workers = info.num_workers if info is not None else 1
+            ahead = [
+                p for k in range(1, self.read_ahead + 1) for p in self.plan.later_positions(positions[0], k * workers)
+            ]
+            self.dataset.prefetch([self.index(p) for p in ahead])
+        return [self[p] for p in positions]
 
     def __getitem__(self, position: int) -> dict[str, Any]:
         item = getattr(self.dataset, "item", None)

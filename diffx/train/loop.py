@@ -230,7 +230,7 @@ class Trainer:
     def _batches(self, end: int) -> Iterator[dict[str, Any]]:
         sampler = PlanSampler(self.plan, self.ctx.rank, self.step, end)
         loader = DataLoader(
-            StreamDataset(self.dataset, self.plan, FRAME_CROP),
+            StreamDataset(self.dataset, self.plan, FRAME_CROP, self.train_cfg.read_ahead),
             batch_sampler=sampler,
             collate_fn=detection_collate,
             num_workers=self.train_cfg.num_workers,
