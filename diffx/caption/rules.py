@@ -8,6 +8,7 @@ near-duplicates across the set.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,18 +87,26 @@ def check_counts(text: str, objects: list[BoxObject], classes: tuple[str, ...]) 
     return flags
 
 
-def check_foreign_objects(text: str, classes: tuple[str, ...]) -> list[str]:
-    """A counted object that is no class of the dataset ('three zebras' in a street set): the boxes cannot hold
-    it, so the caption belongs to another image or was made up."""
+@functools.lru_cache(maxsize=16)
+def _foreign_pattern(classes: tuple[str, ...]) -> re.Pattern[str] | None:
+    """A count followed by an object noun that is none of ``classes``: built once per dataset, not per caption."""
     own = {w.lower() for name in classes for w in words_for(name)}
     foreign = [n for n in OBJECT_NOUNS if n not in own and plural(n) not in own]
     if not foreign:
+        return None
+    words = "|".join(re.escape(w) for n in foreign for w in sorted({n, plural(n)}))
+    return re.compile(rf"\b({NUMBER})\s+(?:[a-z-]+\s+)?({words})\b", re.IGNORECASE)
+
+
+def check_foreign_objects(text: str, classes: tuple[str, ...]) -> list[str]:
+    """A counted object that is no class of the dataset ('three zebras' in a street set): the boxes cannot hold
+    it, so the caption belongs to another image or was made up."""
+    pattern = _foreign_pattern(tuple(classes))
+    if pattern is None:
         return []
-    words = "|".join(re.escape(w) for n in foreign for w in {n, plural(n)})
-    pattern = rf"\b({NUMBER})\s+(?:[a-z-]+\s+)?({words})\b"
     return [
         f"counts {match.group(0)!r}, which is no class of this dataset"
-        for match in re.finditer(pattern, text, re.IGNORECASE)
+        for match in pattern.finditer(text)
         if parse_number(match.group(1))
     ]
 

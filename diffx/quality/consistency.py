@@ -242,9 +242,6 @@ def impulse_fraction(values: np.ndarray, jump: float = 0.25, extreme: float = 0.
     return float(pulses.mean())
 
 
-COLOUR_PRINT_SIZE = 18  # 6 statistics x 3 channels
-
-
 def colour_print(values: np.ndarray) -> np.ndarray:
     """Per channel (R, G, B): mean, spread, 10th and 90th percentile, and the means of the top and bottom thirds.
 

@@ -84,7 +84,7 @@ class ShardSet:
         if check is None:
             stamp = self._stamp(record, path)
             check, parquet = self._footer_checked(record, path) if stamp and stamp.exists() else (None, None)
-            if check is None or check.problem is not None:
+            if check is None:  # not stamped, or its footer disagrees: hash it (the full check names what differs)
                 (check, parquet), hashed = self._verified(record, path), True
                 if check.problem is None and stamp is not None:
                     self._write_stamp(stamp, path)
