@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: demo demo-full test test-slow test-all params lint bench clean-venv
+.PHONY: demo demo-full test test-slow test-all params lint docs bench clean-venv
 
 # torch is pinned in pyproject.toml and constraints.txt: the CPU wheel, never an open CUDA pull.
 # The demo needs the library and DVC only; the tests add Prefect, Ray, moto, datasets, pytest and ruff.
@@ -62,6 +62,9 @@ params: $(VENV)/.installed  # re-render params.yaml after changing a default in 
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+
+docs: $(VENV)/.installed  # the documentation site in site/ (warnings are errors: a broken link fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/shard_io.py

@@ -351,6 +351,16 @@ def params_readers(
     _print_or_write(render_reference(), out)
 
 
+@params_app.command("reference")
+def params_reference(
+    out: Annotated[Path | None, typer.Option(help="write here, e.g. docs/params.md (default: print)")] = None,
+) -> None:
+    """The settings reference: every key of params.yaml with its type, default and meaning."""
+    from diffx.params_reference import render_params_reference
+
+    _print_or_write(render_params_reference(), out)
+
+
 def _print_or_write(text: str, out: Path | None) -> None:
     """Generated files (params.yaml, docs/readers.md) go to stdout, or atomically to ``out``."""
     from diffx.fsio import write_bytes_atomic

@@ -32,7 +32,7 @@ from diffx.section import RECORDER, Section, guessed_scalars, sections_in
 OUTPUT_KEYS = frozenset(
     {"output", "report", "queue", "cache", "reports", "docs", "checkpoints", "metrics", "plots", "grid"}
 )
-SPEED_KEYS = frozenset({"workers"})  # how many processes do the work: the same bytes for any count
+SPEED_KEYS = frozenset({"workers", "read_ahead"})  # how many processes, or how far ahead they read: the same bytes
 # each reader declares its options next to its code (diffx/data/readers/*.py)
 Source = Annotated[
     CocoFoldersSource
@@ -200,7 +200,7 @@ class VaeModelConfig(Section):
     decoder: Literal["per_modality", "shared"] = Field(
         default="shared",
         description="per_modality: one decoder each (paper); shared: one decoder whose last conv has every "
-        "modality's channels, a third of the decoding cost on RGB+T+D (the README weighs what it costs in PSNR)",
+        "modality's channels, about a third of the decoding cost on RGB+T+D",
     )
     posterior_logvar_init: float = Field(
         default=0.0,
@@ -265,8 +265,8 @@ class VaeTrainConfig(TrainLoopConfig):
     kl_weight: float = Field(
         default=2.56e-4,
         ge=0,
-        description="KL per latent element (a mean, like the reconstruction's per pixel); the demo's 2.56e-4 is "
-        "1e-6 on the KL summed over its 64 px crops' 4x8x8 latents. Paper: 0 (MSE + LPIPS)",
+        description="KL per latent element (a mean, like the reconstruction's per pixel); 2.56e-4 is 1e-6 on the "
+        "KL summed over a 64 px crop's 4x8x8 latent. Paper: 0 (MSE + LPIPS)",
     )
     modality_weights: dict[str, float] = Field(
         default_factory=lambda: {"thermal": 2.5},
@@ -276,7 +276,7 @@ class VaeTrainConfig(TrainLoopConfig):
     reconstruction_loss: Literal["mse", "log_mse"] = Field(
         default="mse",
         description="mse: the sum over modalities; log_mse: the sum of log MSEs (-PSNR / 4.34): each modality's dB "
-        "count the same, which favours the one with the smallest error (README). log_mse takes the log of each "
+        "count the same, which favours the one with the smallest error. log_mse takes the log of each "
         "process's micro-batch MSE, so unlike mse a run on N processes is not exactly the run on one",
     )
     lpips_weight: float = Field(
@@ -395,8 +395,7 @@ class UnetModelConfig(Section):
     attention_head_dim: int = Field(
         default=2,
         ge=1,
-        description="attention heads per block (diffusers' name for it; SD: 8). Fewer, wider heads run faster on a "
-        "CPU (benchmarks/demo_levers.py)",
+        description="attention heads per block (diffusers' name for it; SD: 8). Fewer, wider heads run faster on a CPU",
     )
     norm_num_groups: int = Field(default=32, ge=1)
     layout: Literal["boxes", "dense"] = "boxes"
@@ -413,8 +412,7 @@ class UnetModelConfig(Section):
         default=1.0,
         description="initial gamma of every GLIGEN fuser gate (tanh(gamma) scales the layout path). GLIGEN's 0 keeps "
         "a pretrained base unchanged (paper, from SD); a UNet trained from scratch has nothing to preserve, and at 0 "
-        "the layout tokenizer and JME get no gradient until the gates move (the demo's stayed within +-0.06 in "
-        "1,500 steps)",
+        "the layout tokenizer and JME get no gradient until the gates move, which they barely do",
     )
 
     @property
@@ -472,17 +470,18 @@ class UnetTrainConfig(TrainLoopConfig):
 
 
 class SamplerConfig(Section):
-    """How samples are drawn. The paper samples with PLMS (pndm) 50 steps at guidance 5. DPM-Solver++ 20 is the
-    default: on the demo model it lands closer to a converged DDIM 100 than PLMS 50 or DDIM 25 do, at 2.7x
-    PLMS 50's speed (benchmarks/sampling_efficiency.py; README "Sampling speed and quality")."""
+    """How samples are drawn. The paper samples with PLMS (pndm) 50 steps at guidance 5; the default is
+    DPM-Solver++ 20, a multistep solver that needs fewer steps for the same result (its cost and quality against
+    the others: benchmarks/sampling_efficiency.py)."""
 
     sampler: Literal["ddim", "dpmsolver++", "unipc", "pndm"] = "dpmsolver++"
     steps: int = Field(default=20, ge=1)
     guidance: float = Field(
-        default=3.0,
+        default=1.5,
         ge=0,
         description="classifier-free guidance scale (over caption and layout together, or over "
-        "the caption alone when layout_guidance is set)",
+        "the caption alone when layout_guidance is set); 1 = no guidance branch (half the cost); higher scales "
+        "follow the caption harder at the cost of realism (the paper: 5)",
     )
     layout_guidance: float | None = Field(
         default=None,
@@ -493,8 +492,8 @@ class SamplerConfig(Section):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         default="fp32",
         description="the UNet's compute precision (autocast; the sampler's arithmetic and the VAE decode stay "
-        "fp32). bf16 / fp16 for GPUs (fp16 CUDA only); bf16 on a CPU without native bf16 (AVX512-BF16 / AMX) runs "
-        "~10x slower. Cost and quality: benchmarks/sampling_efficiency.py",
+        "fp32). bf16 / fp16 for GPUs (fp16 CUDA only); on a CPU without native bf16 (AVX512-BF16 / AMX) bf16 runs "
+        "far slower than fp32. Cost and quality: benchmarks/sampling_efficiency.py",
     )
 
 
@@ -572,8 +571,8 @@ class GenerateConfig(Section):
         default=1,
         ge=0,
         le=9,
-        description="zlib level of the generated PNGs (lossless at any level; 0 = stored, largest and fastest). "
-        "At 1, 512 px frames come out 3.5% larger than Pillow's level 6 at 12.8x its speed on 2 cores",
+        description="zlib level of the generated PNGs (lossless at any level; 0 = stored, largest and fastest; "
+        "higher levels make slightly smaller files for much more encoding time)",
     )
     compile: bool = Field(
         default=False,
@@ -687,7 +686,7 @@ class EvaluateConfig(Section):
         default_factory=lambda: [0],
         min_length=1,
         description="every recipe and real-only train once per seed; gains are paired per seed (mean, and a 95 % "
-        "Student-t interval from two seeds on; the full demo runs [0, 1, 2]); the first seed's real model also "
+        "Student-t interval from two seeds on); the first seed's real model also "
         "scores layout fidelity",
     )
     recipes: list[RecipeConfig] = Field(
@@ -736,18 +735,16 @@ class CurateRulesConfig(Section):
         default=1.0,
         gt=0,
         le=1,
-        description="of each group, the best-scored share is kept. 1 with detector boxes (curate.labels): the "
-        "demo's detector gained more from all 64 relabelled rows than from the best half (README, Curate); 0.5 "
-        "with plan boxes",
+        description="of each group, the best-scored share is kept (1 = every row that passes the rules); with plan "
+        "boxes (curate.labels) keeping the better half drops the rows whose objects strayed furthest",
     )
 
 
 class CurateLabelsConfig(Section):
     """Which boxes a kept row carries. The plan's boxes say where the generator was asked to put objects, not
-    where it did: on the demo the real-data detector finds 6 % of them, so a detector trained on plan boxes learns
-    objects that are not there and background where objects are (mixing them in cost -0.06 mAP@0.5). Labels
-    that describe the image (the detector's finds, or the planned boxes it confirms) turned the same images
-    into a gain (README, "Curate")."""
+    where it did: where the two differ, a detector trained on plan boxes learns objects that are not there and
+    background where objects are. Labels that describe the image (the detector's finds, or the planned boxes it
+    confirms) follow what was drawn."""
 
     source: Literal["plan", "verified", "detector"] = Field(
         default="detector",
@@ -939,8 +936,8 @@ class VaeGateConfig(Section):
         default=-1.0,
         description="dB a modality's PSNR must reach above the latent-resolution baseline (the frame averaged down "
         "to the latent grid and back) on the same validation frames; null = fixed floors only. -1: a latent whose "
-        "few channels carry several modalities may trail it a little (demo: +0.2/+2.9/+2.2 dB), a flat model "
-        "trails it by far more (LLVIP at 256 px: baseline 28.2/26.1 dB, a 5-step VAE 19.4/15.8)",
+        "few channels carry several modalities may trail it a little, while a model that learned nothing trails "
+        "it by many dB",
     )
 
 

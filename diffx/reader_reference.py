@@ -245,10 +245,10 @@ def render_reference() -> str:
         "`diffx/data/readers/*.py`; tests fail when this file is stale. Every example is run by "
         "`tests/test_reader_reference.py` with only the options shown. Try a source before ingesting it:",
         "",
-        "``bash",
+        "```bash",
         "diffx ingest --dry-run      # samples per split, boxes per class, frame sizes, would-be quarantine, "
         "unmatched files",
-        "``",
+        "```",
         "",
         "Options every reader takes:",
         "",
@@ -273,5 +273,5 @@ def render_reference() -> str:
             lines.append(f"| `{name}` | {type_name} | {_default(field)} | {meaning} |")
         lines.append("")
         for example in (e for e in EXAMPLES if e.format == fmt):
-            lines += [f"### {example.dataset}", "", example.note, "", "``yaml", example.params.rstrip(), "``", ""]
+            lines += [f"### {example.dataset}", "", example.note, "", "```yaml", example.params.rstrip(), "```", ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,131 @@
+"""The docs say what the code is: the chain picture is `dvc dag`, the layer table is what the imports obey."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHITECTURE = REPO / "docs" / "architecture.md"
+
+# Imports that run up the layers today (file, imported module): issue #37 moves them. The list may only shrink:
+# a new upward import fails the test, and so does a listed one that is gone (remove it here).
+KNOWN_BACK_IMPORTS = {
+    ("diffx/config.py", "diffx.models.text"),
+    ("diffx/data/ingest.py", "diffx.config"),
+    ("diffx/data/ingest.py", "diffx.shards.manifest"),
+    ("diffx/data/ingest.py", "diffx.shards.writer"),
+    ("diffx/data/survey.py", "diffx.config"),
+    ("diffx/sample/planner.py", "diffx.train.data"),
+    ("diffx/train/unet.py", "diffx.eval.grids"),
+    ("diffx/train/vae.py", "diffx.eval.grids"),
+    ("diffx/train/vae.py", "diffx.eval.image_metrics"),
+}
+
+
+def _between(text: str, name: str) -> str:
+    found = re.search(rf"<!-- {name}: begin -->\n(.*?)<!-- {name}: end -->", text, re.S)
+    assert found, f"docs/architecture.md has no '{name}' block"
+    return found.group(1)
+
+
+def _layers() -> dict[str, int]:
+    layers = {}
+    for row in _between(ARCHITECTURE.read_text(), "layers").splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].isdigit():
+            for module in re.findall(r"`([\w.]+)`", cells[1]):
+                layers[module] = int(cells[0])
+    return layers
+
+
+def _layer_of(module: str, layers: dict[str, int]) -> int | None:
+    parts = module.split(".")
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in layers:
+            return layers[".".join(parts[:end])]
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """diffx modules a file imports, TYPE_CHECKING blocks aside (a type hint runs nothing)."""
+    tree = ast.parse(path.read_text())
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped |= {id(n) for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("diffx"):
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            found |= {n if n.split(".")[-1][:1].islower() else node.module for n in names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("diffx")}
+    return found
+
+
+def _upward(path: Path, own_module: str, layers: dict[str, int]) -> set[str]:
+    """The modules ``path`` (module ``own_module``) imports from a layer above its own."""
+    own = _layer_of(own_module, layers)
+    assert own is not None, f"{own_module} is in no layer of docs/architecture.md"
+    upward = set()
+    for module in _imports(path):
+        target = _layer_of(module, layers)
+        if target is not None and target > own:
+            upward.add(_module_file(module))
+    return upward
+
+
+def _back_imports() -> set[tuple[str, str]]:
+    layers = _layers()
+    found = set()
+    for path in sorted((REPO / "diffx").rglob("*.py")):
+        own_module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        found |= {(str(path.relative_to(REPO)), module) for module in _upward(path, own_module, layers)}
+    return found
+
+
+def _module_file(module: str) -> str:
+    """``diffx.eval.grids.grid_png`` -> ``diffx.eval.grids``: the module, not the name imported from it."""
+    parts = module.split(".")
+    for end in range(len(parts), 0, -1):
+        candidate = REPO.joinpath(*parts[:end])
+        if candidate.with_suffix(".py").is_file() or (candidate / "__init__.py").is_file():
+            return ".".join(parts[:end])
+    return module
+
+
+def test_no_import_runs_up_the_layers_beyond_the_known_ones() -> None:
+    found = _back_imports()
+    new = sorted(found - KNOWN_BACK_IMPORTS)
+    gone = sorted(KNOWN_BACK_IMPORTS - found)
+    assert not new, f"imports that run up the layers (docs/architecture.md): {new}"
+    assert not gone, f"no longer imported upward, remove from KNOWN_BACK_IMPORTS: {gone}"
+
+
+def test_the_layer_check_catches_an_upward_import(tmp_path: Path) -> None:
+    planted = tmp_path / "planted.py"
+    planted.write_text(
+        "from typing import TYPE_CHECKING\nfrom diffx.errors import DataError\nfrom diffx.stages import train_unet\n"
+        "if TYPE_CHECKING:\n    from diffx.eval.stage import evaluate\n"
+    )
+    assert _upward(planted, "diffx.shards.planted", _layers()) == {"diffx.stages"}  # not errors; not a type hint
+
+
+def test_the_chain_picture_is_dvc_dag() -> None:
+    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
+    if dvc is None:
+        pytest.skip("dvc is not installed")
+    drawn = subprocess.run([dvc, "dag", "--mermaid"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    block = _between(ARCHITECTURE.read_text(), "dvc dag")
+    assert block.strip() == f"```mermaid\n{drawn.strip()}\n```", (
+        "docs/architecture.md's chain differs from `dvc dag --mermaid`: paste its output between the markers"
+    )
