@@ -13,7 +13,9 @@ weigh what camera frames weigh), then measures, each phase in its own forked pro
   row groups fetched in the background), beside the same read from local disk; the shards' first-open
   verification (hashing every byte once per node) is timed apart, since a node pays it once;
 - ``memory_growth``: the reader's peak memory over the first quarter of the set and over all of it;
-- ``cores_per_gpu``: 80 samples/s over the reader's per-process rate.
+- ``cores_per_gpu``: 80 samples/s over the reader's per-process rate;
+- ``ingest`` (``--ingest N [N ...]``): `diffx ingest` of a COCO-folders source of N frames of the same kind,
+  samples/s and the peak memory of the ingest process and of its workers, per N (it must not grow with N).
 
     python benchmarks/loader_scale.py [--rows 10000] [--size 512] [--out /tmp/loader] [--s3]
     python benchmarks/loader_scale.py --rows 2000 --width 1280 --height 1024
@@ -220,6 +222,48 @@ def s3_read(root: Path, order: list[int]) -> dict[str, Any]:
         }
 
 
+def write_source(root: Path, rows: int, height: int, width: int) -> None:
+    """A COCO-folders dataset (rgb/, thermal/, depth/ PNG files + annotations/train.json), one person per frame."""
+    from diffx.data.demo import coco_document
+
+    for name in ("rgb", "thermal", "depth", "annotations"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    frames = []
+    for index in range(rows):
+        rng = np.random.default_rng(index)
+        for name, channels, peak in (("rgb", 3, 255), ("thermal", 1, 255), ("depth", 1, 65535)):
+            (root / name / f"f{index:06d}.png").write_bytes(
+                encode_png(frame(rng, height, width, channels, peak), name, 1).data
+            )
+        box = (width // 4, height // 4, width // 2, height // 2)
+        frames.append(({"file_name": f"f{index:06d}.png", "width": width, "height": height}, [("person", box)]))
+    document = coco_document(frames, DEMO_SPEC.classes)
+    (root / "annotations" / "train.json").write_text(json.dumps(document))
+
+
+def ingest_run(source: Path, output: Path) -> dict[str, Any]:
+    from diffx.config import DiffxConfig, with_overrides
+    from diffx.data.ingest import ingest
+
+    config = with_overrides(
+        DiffxConfig(),
+        {
+            "ingest.source.root": str(source),
+            "ingest.source.annotations": {"train": "annotations/train.json"},
+            "ingest.output": str(output),
+            "ingest.report": str(output.parent / "ingest-report.json"),
+            "shards.rows_per_shard": 500,
+        },
+    )
+    result = ingest(config.data, config.ingest, config.shards, progress=False)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {
+        "rows": result.total_rows,
+        "samples_per_second": round(result.total_rows / result.seconds, 2),
+        "workers_peak_rss_mib": round(children, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10_000)
@@ -231,6 +275,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one, removed)")
     parser.add_argument("--s3", action="store_true", help="also read from a local S3-compatible server (moto)")
     parser.add_argument("--reuse", action="store_true", help="keep the set an earlier run left in --out")
+    parser.add_argument("--ingest", type=int, nargs="*", default=[], help="ingest sources of these many frames")
+    parser.add_argument("--ingest-only", action="store_true", help="only the ingest phase")
     args = parser.parse_args()
     work = Path(args.out or tempfile.mkdtemp(prefix="loader-scale-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -245,6 +291,18 @@ def main() -> None:
                 "rows_per_shard": args.rows_per_shard,
             },
         }
+        if args.ingest:
+            report["ingest"] = {}
+            for rows in args.ingest:
+                source = work / f"source-{rows}"
+                if not (args.reuse and (source / "annotations" / "train.json").exists()):
+                    write_source(source, rows, args.height, args.width)
+                output = work / f"ingested-{rows}"
+                shutil.rmtree(output, ignore_errors=True)
+                report["ingest"][str(rows)] = in_child(lambda s=source, o=output: ingest_run(s, o))
+            if args.ingest_only:
+                print(json.dumps(report, indent=2))
+                return
         if args.reuse and (new / "_manifest.json").exists():
             report["set"]["write_seconds"] = None  # written by an earlier run (--reuse)
         else:
