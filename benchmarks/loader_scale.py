@@ -242,18 +242,23 @@ def write_source(root: Path, rows: int, height: int, width: int) -> None:
 
 
 def ingest_run(source: Path, output: Path) -> dict[str, Any]:
-    from diffx.config import DiffxConfig, with_overrides
+    from diffx.config import parse_config
     from diffx.data.ingest import ingest
 
-    config = with_overrides(
-        DiffxConfig(),
+    config = parse_config(
         {
-            "ingest.source.root": str(source),
-            "ingest.source.annotations": {"train": "annotations/train.json"},
-            "ingest.output": str(output),
-            "ingest.report": str(output.parent / "ingest-report.json"),
-            "shards.rows_per_shard": 500,
-        },
+            "ingest": {
+                "source": {
+                    "format": "coco_folders",
+                    "root": str(source),
+                    "modalities": {"rgb": "rgb", "thermal": "thermal", "depth": "depth"},
+                    "annotations": {"train": "annotations/train.json"},
+                },
+                "output": str(output),
+                "report": str(output.parent / f"{output.name}-report.json"),
+            },
+            "shards": {"rows_per_shard": 500},
+        }
     )
     result = ingest(config.data, config.ingest, config.shards, progress=False)
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
