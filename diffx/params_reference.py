@@ -12,12 +12,10 @@ import re
 import typing
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
-from pydantic_core import PydanticUndefined, to_jsonable_python
 
-from diffx.config import DiffxConfig, Source
-from diffx.reader_reference import _type_name
+from diffx.config import DiffxConfig
+from diffx.reader_reference import _default, _type_name
 
 
 def _type(annotation: Any) -> str:
@@ -27,15 +25,11 @@ def _type(annotation: Any) -> str:
     return text.replace("|", "\\|")
 
 
-def _default(field: Any) -> str:
-    if field.default is PydanticUndefined and field.default_factory is None:
-        return "**required**"
-    value = field.default_factory() if field.default_factory is not None else field.default
-    text = yaml.safe_dump(to_jsonable_python(value), default_flow_style=True, width=10_000)
-    return f"`{text.strip().removesuffix('...').strip()}`"
-
-
 READERS_LINK = "[reader reference](readers.md)"
+
+
+def _meaning(field: Any) -> str:
+    return (field.description or "").replace("|", "\\|").replace("\n", " ")
 
 
 def _section_class(annotation: Any) -> type[BaseModel] | None:
@@ -51,20 +45,16 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
     rows = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
-        if field.annotation is Source or key == "ingest.source":
-            rows.append(
-                f"| `{key}` | reader options | | the dataset reader and its options: [reader reference](readers.md) |"
-            )
+        if key == "ingest.source":  # a union of every reader's options: the readers page holds them
+            rows.append(f"| `{key}` | reader options | | the dataset reader and its options: {READERS_LINK} |")
             continue
         nested = _section_class(field.annotation)
         if nested is not None and typing.get_origin(field.annotation) is not list:
             if field.default is None:  # an optional section: off unless given, then its keys below
-                meaning = (field.description or "").replace("|", "\\|")
-                rows.append(f"| `{key}` | {nested.__name__} \\| None | `null` | {meaning} |")
+                rows.append(f"| `{key}` | {nested.__name__} \\| None | `null` | {_meaning(field)} |")
             rows += _rows(nested, f"{key}.")
             continue
-        meaning = (field.description or "").replace("|", "\\|").replace("\n", " ")
-        rows.append(f"| `{key}` | {_type(field.annotation)} | {_default(field)} | {meaning} |")
+        rows.append(f"| `{key}` | {_type(field.annotation)} | {_default(field)} | {_meaning(field)} |")
     return rows
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
+from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from diffx.config import Source
 
@@ -226,9 +226,8 @@ def _default(field: Any) -> str:
     if field.default is PydanticUndefined and field.default_factory is None:
         return "**required**"
     value = field.default_factory() if field.default_factory is not None else field.default
-    if isinstance(value, BaseModel):
-        value = value.model_dump()
-    return f"`{yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix('...').strip()}`"
+    text = yaml.safe_dump(to_jsonable_python(value), default_flow_style=True, width=10_000)  # models, lists of them
+    return f"`{text.strip().removesuffix('...').strip()}`"
 
 
 def _reader_classes() -> list[type[BaseModel]]:
