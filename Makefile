@@ -57,7 +57,7 @@ test-slow: $(VENV)/.installed
 test-all: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
-params: $(VENV)/.installed  # re-render params.yaml after changing a default in diffx/config.py
+params: $(VENV)/.installed  # re-render params.yaml after changing a default in diffx/config/
 	diffx params render params.yaml --out params.yaml
 
 lint: $(VENV)/.installed

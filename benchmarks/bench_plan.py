@@ -25,6 +25,6 @@ def small_plan(
             **overrides,
         },
     )
-    plan(config)
+    plan.run(config)
     rows, spec, _ = read_plan(config.plan.output)
     return config, rows, spec

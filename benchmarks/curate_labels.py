@@ -28,9 +28,9 @@ from torch.utils.data import Dataset
 from diffx.config import CurateLabelsConfig, RecipeConfig, load_config
 from diffx.curate.labels import choose_labels
 from diffx.eval.detectors import load_saved, real_detector_key, seeded, split_digest, train_detector
-from diffx.eval.features import build_extractor
-from diffx.eval.measure import View, measure_set
 from diffx.eval.recipes import recipe_datasets
+from diffx.metrics.features import build_extractor
+from diffx.metrics.measure import View, measure_set
 from diffx.shards.dataset import ShardDataset
 from diffx.shards.reader import ShardSet
 from diffx.train.distributed import init_distributed

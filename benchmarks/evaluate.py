@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from diffx.config import load_config
-from diffx.eval.alignment import pair_scores
-from diffx.eval.features import build_extractor, extract
-from diffx.eval.measure import View, measure_set
+from diffx.metrics.alignment import pair_scores
+from diffx.metrics.features import build_extractor, extract
+from diffx.metrics.measure import View, measure_set
 from diffx.shards.dataset import ShardDataset, detection_collate
 from diffx.shards.reader import ShardSet
 from diffx.train.detector import DetectorTrainer, build_detector

@@ -22,7 +22,7 @@ import torch
 from bench_plan import small_plan
 
 from diffx.config import load_config, with_overrides
-from diffx.eval.image_metrics import psnr
+from diffx.metrics.image_metrics import psnr
 from diffx.sample.generate import PlanExecutor
 from diffx.shards.writer import ShardSetWriter
 

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from diffx.caption.stage import caption
 from diffx.config import CaptionConfig, DataConfig, IngestConfig, ShardsConfig, VocPairsSource
-from diffx.data.ingest import ingest
 from diffx.data.spec import ModalitySpec
+from diffx.stages.caption import caption
+from diffx.stages.ingest import ingest
 
 LLVIP_DATA = DataConfig(
     modalities=[ModalitySpec(name="rgb", channels=3), ModalitySpec(name="thermal", channels=1)],

@@ -243,7 +243,7 @@ def write_source(root: Path, rows: int, height: int, width: int) -> None:
 
 def ingest_run(source: Path, output: Path) -> dict[str, Any]:
     from diffx.config import parse_config
-    from diffx.data.ingest import ingest
+    from diffx.stages.ingest import ingest
 
     config = parse_config(
         {

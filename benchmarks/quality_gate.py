@@ -21,8 +21,7 @@ from PIL import Image
 from diffx.config import parse_config
 from diffx.data.demo import write_demo
 from diffx.quality.gate import GateFailed
-from diffx.stages import check as run_gate
-from diffx.stages import ingest
+from diffx.stages import check, ingest
 
 
 def _params(raw: Path, out: Path, modalities: list[dict], names: dict[str, str], splits: list[str]) -> dict:
@@ -68,11 +67,11 @@ def _large_raw(root: Path, count: int, size: int = 512) -> None:
 def measure(raw_params: dict, samples: int) -> dict:
     config = parse_config(raw_params)
     started = time.perf_counter()
-    ingest(config, progress=False)
+    ingest.run(config, progress=False)
     ingest_s = time.perf_counter() - started
     started = time.perf_counter()
     try:
-        report = run_gate("ingest", config)
+        report = check.run("ingest", config)
         passed = report.success
     except GateFailed:
         passed = False

@@ -39,7 +39,7 @@ from diffx.data.parallel import usable_cpus
 from diffx.data.png import encode_png_fast
 from diffx.data.sample import Sample
 from diffx.data.spec import DatasetSpec, ModalitySpec
-from diffx.eval.image_metrics import psnr
+from diffx.metrics.image_metrics import psnr
 from diffx.sample.generate import PlanExecutor
 from diffx.sample.pipeline import LayoutRequest
 from diffx.shards.writer import ShardSetWriter

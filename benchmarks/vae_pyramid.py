@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from diffx.config import parse_config
-from diffx.data.ingest import ingest
 from diffx.shards.reader import ShardSet
+from diffx.stages.ingest import ingest
 from diffx.train.distributed import init_distributed
 from diffx.train.vae import VaeTrainer
 

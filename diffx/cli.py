@@ -129,7 +129,7 @@ def ingest(
     """Stage ingest: raw dataset -> validated canonical shards (data/canonical) + reports/ingest.json."""
     config = _load(params, overrides)
     if dry_run:
-        from diffx.data.survey import summary_lines, survey
+        from diffx.stages.survey import summary_lines, survey
 
         report = _run(lambda: survey(config.data, config.ingest, config.shards))
         for line in summary_lines(report):
@@ -139,7 +139,7 @@ def ingest(
             typer.secho(f"error: ingest would fail: {report['would_fail']}", fg=typer.colors.RED, err=True)
             raise typer.Exit(EXIT_INPUT)
         return
-    result = _run(lambda: stages.ingest(config, progress=progress))
+    result = _run(lambda: stages.ingest.run(config, progress=progress))
     summary = {k: v for k, v in result.report().items() if k != "quarantine"}
     typer.echo(json.dumps(summary))
 
@@ -152,7 +152,7 @@ def caption_cmd(
 ) -> None:
     """Stage caption: a caption per canonical sample from the configured backend (template or LMM), cached."""
     config = _load(params, overrides)
-    result = _run(lambda: stages.caption(config, progress=progress))
+    result = _run(lambda: stages.caption.run(config, progress=progress))
     typer.echo(json.dumps(result.report()))
 
 
@@ -160,7 +160,7 @@ def caption_cmd(
 def refine_cmd(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
     """Stage refine: fix/flag captions, re-apply review decisions, write captioned shards + review queue."""
     config = _load(params, overrides)
-    result = _run(lambda: stages.refine(config))
+    result = _run(lambda: stages.refine.run(config))
     typer.echo(json.dumps(result.report()))
 
 
@@ -195,7 +195,7 @@ def train_vae(
 ) -> None:
     """Stage train_vae: MP-VAE on the canonical shards. Multi-process: torchrun --nproc_per_node N -m diffx.cli."""
     config = _load(params, overrides, {"vae.train.steps": steps})
-    result = _run(lambda: stages.train_vae(config, resume=resume, resume_from=resume_from, progress=progress))
+    result = _run(lambda: stages.train_vae.run(config, resume=resume, resume_from=resume_from, progress=progress))
     if result.metrics:
         typer.echo(json.dumps(result.metrics))
 
@@ -212,7 +212,7 @@ def check(
 
     config = _load(params, overrides)
     try:
-        report = stages.check(gate, config, data)
+        report = stages.check.run(gate, config, data)
     except GateFailed as err:
         typer.secho(str(err), fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
@@ -235,7 +235,7 @@ def train_unet_cmd(
 ) -> None:
     """Stage train_unet: DiffX-UNet on MP-VAE latents. Multi-process: torchrun --nproc_per_node N -m diffx.cli."""
     config = _load(params, overrides, {"unet.train.steps": steps})
-    result = _run(lambda: stages.train_unet(config, resume=resume, resume_from=resume_from, progress=progress))
+    result = _run(lambda: stages.train_unet.run(config, resume=resume, resume_from=resume_from, progress=progress))
     if result.metrics:
         typer.echo(json.dumps(result.metrics))
 
@@ -244,7 +244,7 @@ def train_unet_cmd(
 def plan_cmd(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
     """Stage plan: decide every synthetic sample's layout, caption, size and seed; write data/plan.parquet."""
     config = _load(params, overrides)
-    typer.echo(json.dumps(_run(lambda: stages.plan(config))))
+    typer.echo(json.dumps(_run(lambda: stages.plan.run(config))))
 
 
 @app.command("generate")
@@ -261,7 +261,7 @@ def generate_cmd(
     config = _load(params, overrides)
     rank = int(os.environ.get("RANK", "0")) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
-    result = _run(lambda: stages.generate(config, rank=rank, world_size=world_size, progress=progress))
+    result = _run(lambda: stages.generate.run(config, rank=rank, world_size=world_size, progress=progress))
     typer.echo(json.dumps(result.report()))
     if not result.complete and (result.shards_busy or world_size == 1):  # ranks of a split run finish apart
         typer.secho(
@@ -282,7 +282,7 @@ def curate_cmd(
 ) -> None:
     """Stage curate: score every generated sample (planned-box recall, realism, registration), keep the best."""
     config = _load(params, overrides)
-    result = _run(lambda: stages.curate(config, progress=progress))
+    result = _run(lambda: stages.curate.run(config, progress=progress))
     report = result.report
     summary = {
         "output": config.curate.output,
@@ -302,7 +302,7 @@ def evaluate_cmd(
 ) -> None:
     """Stage evaluate: FID/KID/precision/recall, cross-modal alignment, layout fidelity, downstream mAP."""
     config = _load(params, overrides)
-    result = _run(lambda: stages.evaluate(config, progress=progress))
+    result = _run(lambda: stages.evaluate.run(config, progress=progress))
     summary = {
         "metrics": config.evaluate.metrics,
         "map50": result.headline["map50"],
@@ -321,7 +321,9 @@ def params_check(
 ) -> None:
     """Validate a params file (with overlays and --set overrides) without running anything; exit 2 on error."""
     config = _load(file, overrides, overlays=tuple(overlay or ()))
-    _run(config.conditioning.token_limit)  # cross-section facts: the text encoder must be readable
+    from diffx.models.text import token_limit
+
+    _run(lambda: token_limit(config.conditioning))  # cross-section facts: the text encoder must be readable
     if conflicts := stages.output_conflicts(config):  # two stages writing one path: a run would eat the other's
         typer.secho("error: outputs collide: " + "; ".join(conflicts), fg=typer.colors.RED, err=True)
         raise typer.Exit(EXIT_INPUT)

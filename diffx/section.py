@@ -1,7 +1,7 @@
 """The base of every settings section: unknown keys fail, and (on request) every read is recorded.
 
 Its own module so the source readers can declare their option sections next to their code
-(diffx/data/readers/*.py) while diffx/config.py gathers all sections into the one typed configuration.
+(diffx/data/readers/*.py) while diffx/config/ gathers all sections into the one typed configuration.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from diffx import fsio
-from diffx.config import DiffxConfig, Section, section_hash
+from diffx.config import DiffxConfig, section_hash
+from diffx.section import Section
 
 
 def _digest(url: str) -> str:

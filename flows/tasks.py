@@ -18,37 +18,37 @@ from flows.caching import curate_cache_key, evaluate_cache_key
 
 @task(name="ingest", retries=2, retry_delay_seconds=10)
 def ingest_task(config: DiffxConfig) -> dict[str, Any]:
-    return stages.ingest(config, progress=False).report()
+    return stages.ingest.run(config, progress=False).report()
 
 
 @task(name="gate", retries=0)
 def gate_task(config: DiffxConfig, gate: str) -> dict[str, Any]:
-    return stages.check(gate, config).to_dict()
+    return stages.check.run(gate, config).to_dict()
 
 
 @task(name="caption", retries=2, retry_delay_seconds=10)
 def caption_task(config: DiffxConfig) -> dict[str, Any]:
-    return stages.caption(config, progress=False).report()
+    return stages.caption.run(config, progress=False).report()
 
 
 @task(name="refine", retries=0)
 def refine_task(config: DiffxConfig) -> dict[str, Any]:
-    return stages.refine(config).report()
+    return stages.refine.run(config).report()
 
 
 @task(name="train-vae", retries=0)
 def train_vae_task(config: DiffxConfig) -> dict[str, Any]:
-    return stages.train_vae(config, progress=False).metrics
+    return stages.train_vae.run(config, progress=False).metrics
 
 
 @task(name="train-unet", retries=0)
 def train_unet_task(config: DiffxConfig) -> dict[str, Any]:
-    return stages.train_unet(config, progress=False).metrics
+    return stages.train_unet.run(config, progress=False).metrics
 
 
 @task(name="plan", retries=0)
 def plan_task(config: DiffxConfig) -> dict[str, Any]:
-    return stages.plan(config)
+    return stages.plan.run(config)
 
 
 @task(name="generate-worker", retries=3, retry_delay_seconds=5)
@@ -57,7 +57,7 @@ def generate_worker_task(config: DiffxConfig, rank: int, world_size: int) -> dic
 
     Retrying is safe: complete shards are skipped, and a half-written one never has its final name.
     """
-    return stages.generate(config, rank=rank, world_size=world_size, progress=False).report()
+    return stages.generate.run(config, rank=rank, world_size=world_size, progress=False).report()
 
 
 def _scored_on_shards(name: str, cache_key_fn: Any) -> Any:
@@ -77,7 +77,7 @@ def _scored_on_shards(name: str, cache_key_fn: Any) -> Any:
 @_scored_on_shards("curate", curate_cache_key)
 def curate_task(config: DiffxConfig) -> dict[str, Any]:
     """Cached on its params, the evaluation's (its detector and features), and the real and synthetic sets."""
-    return stages.curate(config, progress=False).report
+    return stages.curate.run(config, progress=False).report
 
 
 @_scored_on_shards("evaluate", evaluate_cache_key)
@@ -86,4 +86,4 @@ def evaluate_task(config: DiffxConfig) -> dict[str, Any]:
 
     Resumable by itself (detector checkpoints), so a retry would only repeat the same answer.
     """
-    return stages.evaluate(config, progress=False).metrics
+    return stages.evaluate.run(config, progress=False).metrics

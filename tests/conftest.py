@@ -126,7 +126,7 @@ def ingest_demo(tmp: Path, splits: dict[str, int], rows_per_shard: int) -> Path:
             "shards.rows_per_shard": rows_per_shard,
         },
     )
-    ingest(config, progress=False)
+    ingest.run(config, progress=False)
     return tmp / "canonical"
 
 

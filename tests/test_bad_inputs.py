@@ -458,12 +458,12 @@ def test_unexpected_errors_print_one_line_and_a_debug_hint(
     good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A failure diffx does not know yet: one line and the hint, and --debug shows the traceback."""
-    import diffx.stages
+    import diffx.stages.plan
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("planted")
 
-    monkeypatch.setattr(diffx.stages, "plan", broken)
+    monkeypatch.setattr(diffx.stages.plan, "run", broken)
     monkeypatch.chdir(good)
     assert main(PLAN) == 1
     err = capsys.readouterr().err

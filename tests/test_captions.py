@@ -32,7 +32,7 @@ from .tiny_models import tiny_llava
 def canonical(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("captions")
     write_demo(str(tmp / "raw"), seed=21, width=64, height=48, splits={"train": 16, "val": 4})
-    ingest(make_config(tmp / "raw", tmp / "canonical"), progress=False)
+    ingest.run(make_config(tmp / "raw", tmp / "canonical"), progress=False)
     return tmp / "canonical"
 
 
@@ -65,18 +65,18 @@ def _override_caption(config: DiffxConfig, sample_id: str, text: str) -> None:
             row["caption"] = text
     import pyarrow as pa
 
-    from diffx.caption.stage import CAPTION_SCHEMA
+    from diffx.caption.table import CAPTION_SCHEMA
 
     pq.write_table(pa.Table.from_pylist(table, schema=CAPTION_SCHEMA), config.caption.output)
 
 
 def test_template_is_deterministic_grounded_and_passes_its_own_rules(tmp_path: Path, canonical: Path) -> None:
     config = _config(tmp_path, canonical)
-    first = caption(config, progress=False)
+    first = caption.run(config, progress=False)
     assert first.rows == 20 and first.computed == 20 and first.source == "template"
-    again = caption(config, progress=False)
+    again = caption.run(config, progress=False)
     assert again.computed == 0 and again.cached == 20  # the cache answers a rerun
-    result = refine(config)
+    result = refine.run(config)
     kinds = set(result.flag_kinds)
     assert kinds <= {"near-duplicate"}, f"the template's own captions broke a rule: {kinds}"
     for sample in ShardSet(str(canonical)).iter_samples():
@@ -125,49 +125,49 @@ def test_rules_fix_and_flag(canonical: Path) -> None:
 
 def test_planted_caption_is_flagged_and_a_decision_survives_reruns(tmp_path: Path, canonical: Path) -> None:
     config = _config(tmp_path, canonical)
-    caption(config, progress=False)
+    caption.run(config, progress=False)
     victim = next(s for s in ShardSet(str(canonical)).iter_samples() if s.objects)
     wrong = "The image shows a dog sleeping on a sofa."
     _override_caption(config, victim.id, wrong)
-    refine(config)
+    refine.run(config)
     queued = {q.id: q for q in read_queue(config.refine.queue)}
     assert victim.id in queued and any("never mentions" in f for f in queued[victim.id].flags)
     edited = "An image of a quiet street with " + ", ".join(o.category for o in victim.objects) + "."
     append_decision(config.refine.decisions, Decision(victim.id, "edit", queued[victim.id].reviewed, edited, "qa"))
-    refine(config)
+    refine.run(config)
     assert _final(config)[victim.id] == (edited, "human")
     assert victim.id not in {q.id for q in read_queue(config.refine.queue)}
-    caption(config, progress=False)  # a full rerun of both stages: the edit is re-applied, not lost
-    refine(config)
+    caption.run(config, progress=False)  # a full rerun of both stages: the edit is re-applied, not lost
+    refine.run(config)
     assert _final(config)[victim.id] == (edited, "human")
     append_decision(config.refine.decisions, Decision(victim.id, "reject", "", None, "qa"))  # last decision wins
-    refine(config)
+    refine.run(config)
     text, source = _final(config)[victim.id]
     assert source == "template" and text == TemplateCaptioner(DEMO_SPEC).caption(victim)
 
 
 def test_accept_applies_only_to_the_caption_reviewed(tmp_path: Path, canonical: Path) -> None:
     config = _config(tmp_path, canonical)
-    caption(config, progress=False)
+    caption.run(config, progress=False)
     victim = next(iter(ShardSet(str(canonical)).iter_samples()))
     _override_caption(config, victim.id, "An image of a zebra.")
-    refine(config)
+    refine.run(config)
     item = next(q for q in read_queue(config.refine.queue) if q.id == victim.id)
     append_decision(config.refine.decisions, Decision(victim.id, "accept", item.reviewed, None, "qa"))
-    refine(config)
+    refine.run(config)
     assert _final(config)[victim.id] == ("An image of a zebra.", "template")
     _override_caption(config, victim.id, "An image of two zebras.")  # the caption changed after the review
-    refine(config)
+    refine.run(config)
     item = next(q for q in read_queue(config.refine.queue) if q.id == victim.id)
     assert any("earlier version" in f for f in item.flags)
 
 
 def test_empty_caption_falls_back_to_the_template(tmp_path: Path, canonical: Path) -> None:
     config = _config(tmp_path, canonical)
-    caption(config, progress=False)
+    caption.run(config, progress=False)
     victim = next(iter(ShardSet(str(canonical)).iter_samples()))
     _override_caption(config, victim.id, "  \n ")
-    refine(config)
+    refine.run(config)
     assert _final(config)[victim.id][1] == "template" and _final(config)[victim.id][0]
     assert "empty caption" in next(q for q in read_queue(config.refine.queue) if q.id == victim.id).flags
 
@@ -183,24 +183,24 @@ def test_empty_caption_falls_back_to_the_template(tmp_path: Path, canonical: Pat
 )
 def test_bad_decision_lines_name_the_line(tmp_path: Path, canonical: Path, line: str, message: str) -> None:
     config = _config(tmp_path, canonical)
-    caption(config, progress=False)
-    refine(config)
+    caption.run(config, progress=False)
+    refine.run(config)
     before = (tmp_path / "captioned" / "_manifest.json").read_bytes()
     sample_id = next(iter(ShardSet(str(canonical)).iter_samples())).id
     good = json.dumps({"id": sample_id, "action": "accept", "reviewed": "x"})
     (tmp_path / "decisions.jsonl").write_text(good + "\n" + line.replace("ID", sample_id) + "\n")
     with pytest.raises(DataError, match=message):
-        refine(config)
+        refine.run(config)
     assert (tmp_path / "captioned" / "_manifest.json").read_bytes() == before  # nothing written is lost
 
 
 def test_terminal_review_appends_decisions(tmp_path: Path, canonical: Path) -> None:
     config = _config(tmp_path, canonical)
-    caption(config, progress=False)
+    caption.run(config, progress=False)
     ids = [s.id for s in ShardSet(str(canonical)).iter_samples()][:3]
     for sample_id, text in zip(ids, ["An image of a zebra.", "An image of a cat.", "An image of a cow."], strict=True):
         _override_caption(config, sample_id, text)
-    refine(config)
+    refine.run(config)
     answers = iter(["x", "e", "An image of a quiet street.", "r", "s"])
     shown: list[str] = []
     counts = review(
@@ -232,11 +232,11 @@ def test_lmm_backend_with_a_tiny_local_model(
             "caption.lmm": {"model": str(llava), "device": "cpu", "batch_size": 3, "max_new_tokens": 6},
         },
     )
-    result = caption(config, progress=False)
+    result = caption.run(config, progress=False)
     assert result.source == "lmm:tiny-llava" and result.computed == 20
     table = pq.read_table(config.caption.output).to_pylist()
     assert all(row["caption_source"] == "lmm:tiny-llava" and row["caption"].strip() for row in table)
-    assert caption(config, progress=False).computed == 0  # cached by (image, backend, model, prompt)
+    assert caption.run(config, progress=False).computed == 0  # cached by (image, backend, model, prompt)
     prompt = dict(config.caption.lmm)  # type: ignore[arg-type]
     config2 = _config(
         tmp_path,
@@ -249,8 +249,8 @@ def test_lmm_backend_with_a_tiny_local_model(
             },
         },
     )
-    assert caption(config2, progress=False).computed == 20  # another prompt is another caption
-    refine(config2)  # random-model gibberish is flagged, never silently trusted
+    assert caption.run(config2, progress=False).computed == 20  # another prompt is another caption
+    refine.run(config2)  # random-model gibberish is flagged, never silently trusted
     assert read_queue(config2.refine.queue)
 
 
@@ -269,7 +269,7 @@ def test_unreadable_image_names_the_sample(tmp_path: Path, canonical: Path) -> N
     )
     config = _config(tmp_path, tmp_path / "bad", **{"caption.cache": None})
     with pytest.raises(DataError, match=rf"{broken.id}.*cannot decode image"):
-        caption(config, progress=False)
+        caption.run(config, progress=False)
     assert not (tmp_path / "captions.parquet").exists()
 
 
@@ -286,18 +286,18 @@ def test_a_caption_the_unet_would_truncate_is_flagged_by_refine_and_fails_the_ga
         canonical,
         **{"quality.reports": str(tmp_path / "q"), "quality.metrics": str(tmp_path / "qm"), "quality.docs": None},
     )
-    caption(config, progress=False)
+    caption.run(config, progress=False)
     victim = next(ShardSet(str(canonical)).iter_samples())
     long = "An image of a wide street at dusk. " + " ".join(["A quiet lane runs past low houses."] * 12)
     tokens = token_counter("minilm")(long)
     assert 96 < tokens <= 248
     _override_caption(config, victim.id, long)
-    result = refine(config)
+    result = refine.run(config)
     assert result.flag_kinds["tokens"] == 1
     queue = {item.id: item for item in read_queue(config.refine.queue)}
     assert any("over the text encoder's 96" in f for f in queue[victim.id].flags)
     with pytest.raises(GateFailed, match="caption_tokens"):
-        check("captions", config)
+        check.run("captions", config)
 
 
 # ------------------------------------------------------------------ captions beyond streets
@@ -365,7 +365,7 @@ def test_near_duplicates_with_the_same_objects_are_not_flagged(tmp_path: Path, c
     """A fixed camera films the same objects again and again; a caption that ignores a different layout is
     still flagged."""
     config = _config(tmp_path, canonical)
-    caption(config, progress=False)
+    caption.run(config, progress=False)
     samples = {s.id: s for s in ShardSet(str(canonical)).iter_samples()}
     counts = {i: sorted(o.category for o in s.objects) for i, s in samples.items()}
     same = next((a, b) for a in sorted(counts) for b in sorted(counts) if a < b and counts[a] == counts[b])
@@ -373,15 +373,15 @@ def test_near_duplicates_with_the_same_objects_are_not_flagged(tmp_path: Path, c
     text = "An image of a street scene at dusk seen from a parked car, with people, bicycles and cars in view."
     for victim in (*same, differ):
         _override_caption(config, victim, text)
-    refine(config)
+    refine.run(config)
     flagged = {q.id: q.flags for q in read_queue(config.refine.queue)}
     assert not any("near-duplicate" in f for f in flagged.get(same[1], []))
     assert any("near-duplicate" in f for f in flagged[differ])
     always = _config(tmp_path / "always", canonical, **{"refine.near_duplicate_when": "always"})
     (tmp_path / "always").mkdir()
-    caption(always, progress=False)
+    caption.run(always, progress=False)
     for victim in (*same, differ):
         _override_caption(always, victim, text)
-    refine(always)
+    refine.run(always)
     flagged = {q.id: q.flags for q in read_queue(always.refine.queue)}
     assert any("near-duplicate" in f for f in flagged[same[1]])

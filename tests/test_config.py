@@ -5,6 +5,7 @@ import yaml
 
 from diffx.config import DiffxConfig, load_config, parse_config, render_params, section_hash, with_overrides
 from diffx.errors import ConfigError
+from diffx.models.text import token_limit
 
 from .conftest import REPO
 
@@ -83,7 +84,7 @@ def test_section_hash_tracks_only_the_sections_given() -> None:
 
 def test_params_yaml_is_the_rendered_typed_config() -> None:
     """Every key a stage can read is spelled out in params.yaml (DVC sees it), and each value's one written
-    default lives in diffx/config.py: `diffx params render params.yaml --out params.yaml` keeps them in step."""
+    default lives in diffx/config/: `diffx params render params.yaml --out params.yaml` keeps them in step."""
     text = (REPO / "params.yaml").read_text()
     assert render_params(load_config(REPO / "params.yaml")) == text
     assert render_params(DiffxConfig()) == text  # the demo's params are the typed defaults
@@ -111,9 +112,9 @@ def test_overlays_merge_key_by_key(tmp_path) -> None:
 def test_one_token_limit_for_refine_the_gate_and_the_unet(tmp_path) -> None:
     """The limit is the UNet's (conditioning.max_tokens), capped by the encoder's own context."""
     config = load_config(REPO / "params.yaml")
-    assert config.conditioning.token_limit() == 96
-    assert with_overrides(config, {"conditioning.max_tokens": None}).conditioning.token_limit() == 512  # MiniLM
-    assert with_overrides(config, {"conditioning.max_tokens": 4096}).conditioning.token_limit() == 512
+    assert token_limit(config.conditioning) == 96
+    assert token_limit(with_overrides(config, {"conditioning.max_tokens": None}).conditioning) == 512  # MiniLM
+    assert token_limit(with_overrides(config, {"conditioning.max_tokens": 4096}).conditioning) == 512
     assert not hasattr(config.refine, "max_tokens") and not hasattr(config.quality.captions, "max_tokens")
 
 

@@ -185,7 +185,7 @@ def _curate_config(tmp: Path, synthetic: Path, labels: str = "plan", **rules: fl
 
 def test_curation_keeps_samples_whose_objects_are_where_the_plan_says(misplanned: tuple[Path, Path, set[str]]) -> None:
     tmp, synthetic, moved = misplanned
-    result = curate(_curate_config(tmp, synthetic), progress=False)
+    result = curate.run(_curate_config(tmp, synthetic), progress=False)
     scores = {s.id: s for s in result.scores}
     intact = [s for s in result.scores if s.id not in moved and s.planned]
     displaced = [scores[i] for i in moved]
@@ -210,7 +210,7 @@ def test_curation_keeps_samples_whose_objects_are_where_the_plan_says(misplanned
     # a second run with stricter rules reuses the saved detector (same key) and keeps a subset
     weights = tmp / "detector_real" / "diffusion_pytorch_model.safetensors"
     before = weights.stat().st_mtime_ns
-    strict = curate(_curate_config(tmp, synthetic, min_recall=0.99), progress=False)
+    strict = curate.run(_curate_config(tmp, synthetic, min_recall=0.99), progress=False)
     assert weights.stat().st_mtime_ns == before
     assert {s.id for s in strict.scores if s.kept} <= kept | {s.id for s in strict.scores if s.recall is None}
     assert [(s.id, s.recall) for s in strict.scores] == [(s.id, s.recall) for s in result.scores]
@@ -229,7 +229,7 @@ def test_curated_rows_carry_the_boxes_the_detector_sees(misplanned: tuple[Path, 
         return float(box_iou(boxes, np.array([o.bbox for o in reference], dtype=float)).max(axis=1).mean())
 
     for labels in ("detector", "verified"):
-        result = curate(_curate_config(tmp, synthetic, labels=labels, keep_share=1.0), progress=False)
+        result = curate.run(_curate_config(tmp, synthetic, labels=labels, keep_share=1.0), progress=False)
         rows = ShardSet(str(tmp / "curated")).read_table("val").to_pylist()
         assert len(rows) == len(result.scores)
         table = {r["id"]: r for r in pq.read_table(tmp / "reports" / "scores.parquet").to_pylist()}

@@ -1,6 +1,6 @@
 """Dense layouts end to end, and the frame policy (resize + crop of images, boxes and maps together).
 
-The chain tests run the real stage functions (diffx/stages.py) on the procedural demo with its segmentation
+The chain tests run the real stage modules (diffx/stages/) on the procedural demo with its segmentation
 maps, at smoke-test size: ingest -> train_vae -> train_unet (dense) -> plan -> generate.
 """
 
@@ -130,18 +130,18 @@ def seg_chain(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Diff
         "evaluate.test_split": "val",
     }
     config = chain_config(tmp, demo_root, **SEGMENTATION, **captioned, **{"data.frame.resolution": 32})
-    stages.ingest(config, progress=False)
-    assert stages.check("ingest", config).success
-    stages.caption(config, progress=False)
-    stages.refine(config)
-    assert stages.check("captions", config).success
-    stages.train_vae(config, progress=False)
-    stages.train_unet(config, progress=False)
-    stages.plan(config)
-    stages.generate(config, progress=False)
-    assert stages.check("generated", config).success
-    stages.curate(config, progress=False)
-    stages.evaluate(config, progress=False)
+    stages.ingest.run(config, progress=False)
+    assert stages.check.run("ingest", config).success
+    stages.caption.run(config, progress=False)
+    stages.refine.run(config)
+    assert stages.check.run("captions", config).success
+    stages.train_vae.run(config, progress=False)
+    stages.train_unet.run(config, progress=False)
+    stages.plan.run(config)
+    stages.generate.run(config, progress=False)
+    assert stages.check.run("generated", config).success
+    stages.curate.run(config, progress=False)
+    stages.evaluate.run(config, progress=False)
     return config
 
 
@@ -200,7 +200,7 @@ def test_a_corrupt_layout_map_fails_the_gate_by_name(tmp_path: Path, demo_root: 
     from diffx.shards.writer import ShardSetWriter
 
     config = chain_config(tmp_path, demo_root, **{"data.layout_kind": "edges"})
-    stages.ingest(config, progress=False)
+    stages.ingest.run(config, progress=False)
     shard_set = ShardSet(config.ingest.output)
     samples = list(shard_set.iter_samples("train"))
     cut = samples[0].layout
@@ -209,19 +209,19 @@ def test_a_corrupt_layout_map_fails_the_gate_by_name(tmp_path: Path, demo_root: 
     writer = ShardSetWriter(str(bad), shard_set.spec)
     writer.finalize(writer.write_split("train", samples, 4))
     with pytest.raises(GateFailed, match="layout map missing, corrupt"):
-        stages.check("ingest", config, data=str(bad))
+        stages.check.run("ingest", config, data=str(bad))
 
 
 def test_a_dense_model_needs_data_with_a_dense_layout(tmp_path: Path, demo_root: Path) -> None:
     config = chain_config(tmp_path, demo_root, **{"unet.model.layout": "dense"})
-    stages.ingest(config, progress=False)
+    stages.ingest.run(config, progress=False)
     with pytest.raises(DataError, match="layout_kind is null"):
-        stages.train_unet(config, progress=False)
+        stages.train_unet.run(config, progress=False)
 
 
 def test_edges_are_computed_from_rgb_when_the_source_has_none(tmp_path: Path, demo_root: Path) -> None:
     config = chain_config(tmp_path, demo_root, **{"data.layout_kind": "edges"})
-    stages.ingest(config, progress=False)
+    stages.ingest.run(config, progress=False)
     row = ShardSet(config.ingest.output).read_table("train", ["id", "rgb", "layout"]).to_pylist()[0]
     edges, rgb = decode_array(row["layout"]["bytes"], "layout"), decode_array(row["rgb"]["bytes"], "rgb")
     assert np.array_equal(edges, sobel_edges(rgb))
@@ -231,7 +231,7 @@ def test_label_values_beyond_the_class_list_are_quarantined_by_name(tmp_path: Pa
     few = {**SEGMENTATION, "data.layout_classes": ["sky", "road"], "ingest.max_quarantine_fraction": 1.0}
     config = chain_config(tmp_path, demo_root, **few)
     with pytest.raises(DataError, match=r"label value \d+ but layout_classes has 2 names"):
-        stages.ingest(config, progress=False)
+        stages.ingest.run(config, progress=False)
 
 
 # ------------------------------------------------------------------------------------------ real frame sizes
@@ -276,11 +276,11 @@ def test_real_sets_run_ingest_train_generate_at_256_px(realdata: Path, tmp_path:
             "plan.class_targets": {},
         },
     )
-    stages.ingest(config, progress=False)
-    stages.train_vae(config, progress=False)
-    stages.train_unet(config, progress=False)
-    stages.plan(config)
-    stages.generate(config, progress=False)
+    stages.ingest.run(config, progress=False)
+    stages.train_vae.run(config, progress=False)
+    stages.train_unet.run(config, progress=False)
+    stages.plan.run(config)
+    stages.generate.run(config, progress=False)
     assert validate_shard_set(config.generate.output).ok
     rows = ShardSet(config.generate.output).read_table(config.generate.split, ["width", "height"]).to_pylist()
     assert [(r["width"], r["height"]) for r in rows] == [(256, 256)] * 2

@@ -187,13 +187,18 @@ def test_prefect_chain_flow_produces_what_dvc_repro_produces(
 # Modules that type, wire or write settings and files but change no result: not stage deps (dvc.yaml's header).
 NOT_DEPS = {
     "diffx/__init__.py",
-    "diffx/config.py",
+    "diffx/config/",
     "diffx/errors.py",
     "diffx/fsio.py",
     "diffx/cli.py",
-    "diffx/stages.py",
+    "diffx/stages/__init__.py",
+    "diffx/stages/guard.py",
     "diffx/section.py",
 }
+
+
+def _not_a_dep(rel: str) -> bool:
+    return any(rel == entry or (entry.endswith("/") and rel.startswith(entry)) for entry in NOT_DEPS)
 
 
 def _module_file(name: str) -> Path | None:
@@ -226,15 +231,14 @@ def _import_closure(modules: set[str]) -> set[str]:
         if rel in seen:
             continue
         seen.add(rel)
-        if rel not in NOT_DEPS:
+        if not _not_a_dep(rel):
             todo.extend(_diffx_imports(ast.parse(path.read_text())))
-    return {m for m in seen if m not in NOT_DEPS and not m.endswith("__init__.py")}
+    return {m for m in seen if not _not_a_dep(m) and not m.endswith("__init__.py")}
 
 
 def _stage_modules() -> dict[str, set[str]]:
-    """diffx/stages.py function -> the modules it imports (the stage's entry points)."""
-    tree = ast.parse((REPO / "diffx" / "stages.py").read_text())
-    return {fn.name: _diffx_imports(fn) for fn in tree.body if isinstance(fn, ast.FunctionDef)}
+    """Stage command -> its module in diffx/stages/ (the stage's entry point, itself a dep)."""
+    return {path.stem: {f"diffx.stages.{path.stem}"} for path in (REPO / "diffx" / "stages").glob("*.py")}
 
 
 def _stage_function(cmd: str) -> str:

@@ -12,14 +12,14 @@ import torch
 
 from diffx.config import FeatureConfig
 from diffx.errors import ConfigError
-from diffx.eval.alignment import alignment, shift_image
-from diffx.eval.coco_map import coco_scores
-from diffx.eval.features import RandomConvFeatures, build_extractor, extract
-from diffx.eval.realism import fid, precision_recall, realism
-from diffx.eval.stage import headline
+from diffx.metrics.alignment import alignment, shift_image
+from diffx.metrics.coco_map import coco_scores
+from diffx.metrics.features import RandomConvFeatures, build_extractor, extract
+from diffx.metrics.realism import fid, precision_recall, realism
 from diffx.models.detector import CenterNet, decode, encode_targets
 from diffx.shards.dataset import ShardDataset, detection_collate
 from diffx.stages import curate, evaluate
+from diffx.stages.evaluate import headline
 from tests.conftest import LEARNING_DETECTOR_TRAIN, ingest_demo, make_config
 
 CLASSES = ["person", "bicycle", "car"]
@@ -188,8 +188,8 @@ def evaluated(canonical: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     """curate (which trains the first seed's real detector), then evaluate with two seeds and two recipes."""
     tmp = tmp_path_factory.mktemp("evaluated")
     config = _eval_config(canonical, tmp)
-    curate(config, progress=False)
-    result = evaluate(config, progress=False)
+    curate.run(config, progress=False)
+    result = evaluate.run(config, progress=False)
     return tmp, result.metrics
 
 
@@ -247,7 +247,7 @@ def test_the_detector_learns_and_the_misaligned_control_scores_worse(evaluated: 
 def test_an_unknown_detector_input_is_refused(canonical: Path, tmp_path: Path) -> None:
     config = _eval_config(canonical, tmp_path, detector={"inputs": ["rgb", "nir"]})
     with pytest.raises(ConfigError, match="nir"):
-        evaluate(config, progress=False)
+        evaluate.run(config, progress=False)
 
 
 class _CountingDataset(ShardDataset):
@@ -263,8 +263,8 @@ class _CountingDataset(ShardDataset):
 
 
 def test_one_decode_feeds_every_view_with_what_separate_passes_give(canonical: Path, tmp_path: Path) -> None:
-    from diffx.eval.measure import View, measure_set
-    from diffx.eval.stage import control_transform
+    from diffx.metrics.measure import View, measure_set
+    from diffx.stages.evaluate import control_transform
 
     options = _eval_config(canonical, tmp_path).evaluate
     torch.manual_seed(0)

@@ -32,7 +32,7 @@ def params(tmp_path: Path) -> Path:
 
     write_demo(str(tmp_path / "raw"), seed=4, width=64, height=48, splits={"train": 8, "val": 2})
     config = make_config(tmp_path / "raw", tmp_path / "canonical")
-    ingest(config, progress=False)
+    ingest.run(config, progress=False)
     raw: dict[str, Any] = config.model_dump(mode="json")
     raw["caption"].update(
         data=str(tmp_path / "canonical"),
@@ -145,14 +145,14 @@ def test_the_progress_watch_counts_shards_as_they_land(tmp_path: Path) -> None:
 
     world = world_fixture.__wrapped__(_Factory(tmp_path))
     config = parse_config(_params(world, tmp_path / "work"))
-    plan(config)
+    plan.run(config)
     watch = ShardWatch(config.generate)
     assert watch.poll()["samples_done"] == 0 and watch.poll()["eta_s"] is None
-    generate(config, rank=0, world_size=2, progress=False)  # half the shards (indices 0, 2, 4)
+    generate.run(config, rank=0, world_size=2, progress=False)  # half the shards (indices 0, 2, 4)
     state = watch.poll()
     assert (state["shards_done"], state["shards"], state["samples_done"], state["samples"]) == (3, 6, 6, 12)
     assert state["samples_per_s"] > 0 and state["eta_s"] is not None and "6/12 samples" in describe(state)
-    generate(config, rank=1, world_size=2, progress=False)
+    generate.run(config, rank=1, world_size=2, progress=False)
     assert watch.poll()["percent"] == 100.0 and watch.poll()["eta_s"] == 0
 
 

@@ -54,7 +54,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         + writer.write_split("val", [dataclasses.replace(s, split="val") for s in samples[8:]], 4)
     )
     save_tiny_vae(root / "vae")
-    train_unet(parse_config(_params(root, root / "run")), progress=False)
+    train_unet.run(parse_config(_params(root, root / "run")), progress=False)
     return root
 
 
@@ -113,10 +113,10 @@ def _digests(root: Path) -> dict[str, str]:
 
 
 def test_plan_meets_class_targets_and_is_deterministic(world: Path, tmp_path: Path) -> None:
-    report = plan(_config(world, tmp_path, num_samples=40, class_targets={"bicycle": 2.0}))
+    report = plan.run(_config(world, tmp_path, num_samples=40, class_targets={"bicycle": 2.0}))
     assert report["per_sample_planned"]["bicycle"] >= 1.8 * report["per_sample_real"]["bicycle"]
     first = (tmp_path / "plan.parquet").read_bytes()
-    plan(_config(world, tmp_path, num_samples=40, class_targets={"bicycle": 2.0}))
+    plan.run(_config(world, tmp_path, num_samples=40, class_targets={"bicycle": 2.0}))
     assert (tmp_path / "plan.parquet").read_bytes() == first
     rows, spec, per_shard = read_plan(str(tmp_path / "plan.parquet"))
     assert len(rows) == 40 and per_shard == 2 and spec == DEMO_SPEC and len({r["seed"] for r in rows}) == 40
@@ -127,7 +127,7 @@ def test_plan_meets_class_targets_and_is_deterministic(world: Path, tmp_path: Pa
         if row["edited"]:
             assert row["caption"].startswith("An image of a street scene at night")  # re-templated, time kept
     with pytest.raises(DataError, match=r"names classes \[.zebra.\] that the data does not have"):
-        plan(_config(world, tmp_path, class_targets={"zebra": 2.0}))
+        plan.run(_config(world, tmp_path, class_targets={"zebra": 2.0}))
 
 
 def test_user_layouts_from_jsonl(world: Path, tmp_path: Path) -> None:
@@ -143,20 +143,20 @@ def test_user_layouts_from_jsonl(world: Path, tmp_path: Path) -> None:
         )
         + "\n"
     )
-    plan(_config(world, tmp_path, layouts=str(layouts), num_samples=3, flip=0, jitter=0, box_dropout=0))
+    plan.run(_config(world, tmp_path, layouts=str(layouts), num_samples=3, flip=0, jitter=0, box_dropout=0))
     rows, _, _ = read_plan(str(tmp_path / "plan.parquet"))
     assert [r["caption"] for r in rows] == ["An image of one car."] * 3 and rows[0]["caption_source"] == "human"
     layouts.write_text(
         '{"width": 16, "height": 16, "objects": [{"bbox": [1, 1, 5, 5], "category": "car"}]}\n{"width": 16}\n'
     )
     with pytest.raises(DataError, match=r"layouts.jsonl:2"):
-        plan(_config(world, tmp_path, layouts=str(layouts)))
+        plan.run(_config(world, tmp_path, layouts=str(layouts)))
 
 
 def test_generate_writes_a_valid_set_with_provenance(world: Path, tmp_path: Path) -> None:
     config = _config(world, tmp_path)
-    plan(config)
-    result = generate(config, progress=False)
+    plan.run(config)
+    result = generate.run(config, progress=False)
     assert result.complete and result.shards_done == 6 and result.samples == 12
     report = validate_shard_set(str(tmp_path / "synthetic"))
     assert report.ok and report.rows == 12, report.problems
@@ -171,7 +171,7 @@ def test_generate_writes_a_valid_set_with_provenance(world: Path, tmp_path: Path
     assert first.images["depth"].mode == "I;16" and first.images["thermal"].mode == "L"
     item = ShardDataset(str(tmp_path / "synthetic"), "train")[0]  # what a detector team loads
     assert item["images"]["rgb"].shape == (3, 16, 16) and item["boxes"].shape[1] == 4
-    again = generate(config, progress=False)
+    again = generate.run(config, progress=False)
     assert again.shards_done == 0 and again.shards_skipped == 6  # rerun: nothing recomputed
 
 
@@ -190,8 +190,8 @@ def test_the_model_folder_is_self_contained_and_can_be_moved(world: Path, tmp_pa
         raw["generate"]["unet"] = str(unet)
         raw["unet"]["vae"] = str(tmp_path / "no-vae-here")  # generation never looks at the training-time path
         config = parse_config(raw)
-        plan(config)
-        assert generate(config, progress=False).complete
+        plan.run(config)
+        assert generate.run(config, progress=False).complete
     assert _digests(tmp_path / "moved" / "synthetic") == _digests(tmp_path / "original" / "synthetic")
 
 
@@ -208,7 +208,7 @@ def _reference(world: Path, tmp_path: Path) -> Path:
     work.mkdir()
     raw = _params(world, work)
     (work / "params.yaml").write_text(yaml.safe_dump(raw))
-    plan(parse_config(raw))
+    plan.run(parse_config(raw))
     subprocess.run(_command(work / "params.yaml"), env=ENV, check=True, capture_output=True, timeout=600)
     return work
 
@@ -221,7 +221,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_planned_set(world: Path
     params = work / "params.yaml"
     work.mkdir()
     params.write_text(yaml.safe_dump(raw))
-    plan(parse_config(raw))
+    plan.run(parse_config(raw))
     env = ENV
     rng = np.random.default_rng(7)
     for _ in range(4):
@@ -251,7 +251,7 @@ def test_concurrent_workers_never_make_two_files_and_ranks_partition(world: Path
         work.mkdir()
         raw = _params(world, work)
         (work / "params.yaml").write_text(yaml.safe_dump(raw))
-        plan(parse_config(raw))
+        plan.run(parse_config(raw))
         procs = [
             subprocess.Popen(
                 _command(work / "params.yaml", *extra),
@@ -297,9 +297,9 @@ def test_a_plan_for_other_modalities_is_refused_before_any_work(world: Path, tmp
     raw = _params(world, tmp_path, spec=rgb_thermal)
     raw["plan"]["source"] = str(source)
     config = parse_config(raw)
-    plan(config)
+    plan.run(config)
     with pytest.raises(DataError, match="no modality 'depth'"):  # the model needs it: refused before any work
-        generate(config, progress=False)
+        generate.run(config, progress=False)
     assert not (tmp_path / "synthetic").exists()
 
 
@@ -311,11 +311,11 @@ def _flip_same_size(path: Path, at: int = 200, count: int = 64) -> None:
 
 def test_resume_checks_content_not_size_and_rewrites_an_altered_shard(world: Path, tmp_path: Path) -> None:
     config = _config(world, tmp_path)
-    plan(config)
-    generate(config, progress=False)
+    plan.run(config)
+    generate.run(config, progress=False)
     before = _digests(tmp_path / "synthetic")
     _flip_same_size(tmp_path / "synthetic" / "train" / "part-00002.parquet")
-    result = generate(config, progress=False)
+    result = generate.run(config, progress=False)
     assert result.complete and result.shards_done == 1 and result.shards_skipped == 5
     assert _digests(tmp_path / "synthetic") == before
     assert validate_shard_set(str(tmp_path / "synthetic")).ok
@@ -324,17 +324,17 @@ def test_resume_checks_content_not_size_and_rewrites_an_altered_shard(world: Pat
 def test_a_lease_left_by_a_dead_worker_on_another_host_is_taken_over(world: Path, tmp_path: Path) -> None:
     """A pod killed on a shared filesystem leaves its lease behind: once it stops beating the shard is redone."""
     config = _config(world, tmp_path)
-    plan(config)
+    plan.run(config)
     lock = tmp_path / "synthetic" / "train" / ".part-00001.lock"
     lock.parent.mkdir(parents=True)
     lock.write_text(json.dumps({"owner": "x", "host": "pod-gone", "pid": 1, "expires": time.time() - 5}))
-    result = generate(config, progress=False)
+    result = generate.run(config, progress=False)
     assert result.complete and result.shards_busy == 0 and not lock.exists()
     # a live holder elsewhere (lease not expired) is respected: that shard is left to it
     shutil.rmtree(tmp_path / "synthetic")
     lock.parent.mkdir(parents=True)
     lock.write_text(json.dumps({"owner": "x", "host": "pod-alive", "pid": 1, "expires": time.time() + 600}))
-    busy = generate(config, progress=False)
+    busy = generate.run(config, progress=False)
     assert busy.shards_busy == 1 and not busy.complete
 
 
@@ -357,11 +357,11 @@ def _requests(rows: list[dict[str, Any]]) -> list[Any]:
 
 
 def test_cached_and_bf16_sampling_against_the_fp32_uncached_reference(world: Path, tmp_path: Path) -> None:
-    from diffx.eval.image_metrics import psnr
+    from diffx.metrics.image_metrics import psnr
     from diffx.sample.generate import PlanExecutor
 
     config = _config(world, tmp_path)
-    plan(config)
+    plan.run(config)
     rows, spec, _ = read_plan(config.generate.plan)
     pipeline = PlanExecutor(config.generate, spec).pipeline
     pipeline.unet.set_fuser_gates(0.8)  # the layout path must matter for the comparison to mean anything
@@ -383,7 +383,7 @@ def test_composed_guidance_separates_caption_and_layout(world: Path, tmp_path: P
     from diffx.sample.generate import PlanExecutor
 
     config = _config(world, tmp_path)
-    plan(config)
+    plan.run(config)
     rows, spec, _ = read_plan(config.generate.plan)
     pipeline = PlanExecutor(config.generate, spec).pipeline
     pipeline.unet.set_fuser_gates(0.8)
@@ -404,7 +404,7 @@ def test_compiled_unet_draws_what_the_eager_one_draws(world: Path, tmp_path: Pat
     from diffx.sample.generate import PlanExecutor
 
     config = _config(world, tmp_path)
-    plan(config)
+    plan.run(config)
     rows, spec, _ = read_plan(config.generate.plan)
     eager = PlanExecutor(config.generate, spec).pipeline
     compiled_config = with_overrides(config, {"generate.compile": True})
@@ -426,9 +426,9 @@ def test_fp16_without_cuda_is_refused_before_any_work(world: Path, tmp_path: Pat
     params = _params(world, tmp_path)
     params["generate"]["sampler"]["precision"] = "fp16"
     config = parse_config(params)
-    plan(config)
+    plan.run(config)
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
-        generate(config, progress=False)
+        generate.run(config, progress=False)
     assert not (tmp_path / "synthetic").exists()
 
 
@@ -436,13 +436,13 @@ def test_one_per_item_plans_each_item_once_for_paired_metrics(world: Path, tmp_p
     """The paper's protocol: one sample per test item, its layout and caption unchanged, scored against it."""
     import torch
 
-    from diffx.eval.paired import paired_scores
+    from diffx.metrics.paired import paired_scores
     from diffx.models.lpips import LPIPS
 
     from .lpips_reference import weights
 
     config = _config(world, tmp_path, mode="one_per_item", split="val", num_samples=999, rows_per_shard=1)
-    report = plan(config)
+    report = plan.run(config)
     rows, _, _ = read_plan(config.plan.output)
     real = ShardSet(str(world / "captioned"))
     items = real.read_table("val", ["id", "caption", "objects"]).to_pylist()
@@ -450,7 +450,7 @@ def test_one_per_item_plans_each_item_once_for_paired_metrics(world: Path, tmp_p
     for row, item in zip(rows, items, strict=True):
         assert row["source_id"] == item["id"] and row["caption"] == item["caption"] and not row["edited"]
         assert [o["bbox"] for o in row["objects"]] == [pytest.approx(o["bbox"]) for o in item["objects"]]
-    generate(config, progress=False)
+    generate.run(config, progress=False)
     trunk, heads = weights()
     lpips = LPIPS()
     lpips.features.load_state_dict({k.removeprefix("features."): torch.from_numpy(v) for k, v in trunk.items()})
@@ -464,8 +464,8 @@ def test_one_per_item_plans_each_item_once_for_paired_metrics(world: Path, tmp_p
     with pytest.raises(DataError, match="not a generated set"):
         paired_scores(real_val, real_val, ["rgb"])
     sampled = _config(world, tmp_path / "sampled", num_samples=4, split="val")  # with replacement: refused
-    plan(sampled)
-    generate(sampled, progress=False)
+    plan.run(sampled)
+    generate.run(sampled, progress=False)
     with pytest.raises(DataError, match="exactly one per item"):
         paired_scores(real_val, ShardDataset(sampled.generate.output, "train"), ["rgb"])
     with pytest.raises(DataError, match="not in split 'train'"):

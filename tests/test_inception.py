@@ -10,7 +10,7 @@ import torch
 
 from diffx.config import FeatureConfig
 from diffx.errors import ConfigError
-from diffx.eval.features import build_extractor
+from diffx.metrics.features import build_extractor
 from diffx.models.inception import FIDInceptionV3
 
 from .inception_reference import inputs, weights

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from diffx.eval.layout_agreement import ConfusionMatrix, edge_ssim, s_measure, saliency_scores, sobel_magnitude
+from diffx.metrics.layout_agreement import ConfusionMatrix, edge_ssim, s_measure, saliency_scores, sobel_magnitude
 from diffx.models.layout_net import LayoutNet
 
 

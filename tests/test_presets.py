@@ -126,13 +126,13 @@ def test_each_paper_preset_runs_its_task_on_tiny_stand_ins(
     monkeypatch.chdir(stand_ins)  # the preset's weight paths (weights/...) resolve as in a user's checkout
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     config = preset_config(name, tmp_path)
-    stages.ingest(config, progress=False)
-    stages.caption(config, progress=False)
-    stages.refine(config)
-    stages.train_vae(config, progress=False)
-    stages.train_unet(config, progress=False)
-    stages.plan(config)
-    stages.generate(config, progress=False)
+    stages.ingest.run(config, progress=False)
+    stages.caption.run(config, progress=False)
+    stages.refine.run(config)
+    stages.train_vae.run(config, progress=False)
+    stages.train_unet.run(config, progress=False)
+    stages.plan.run(config)
+    stages.generate.run(config, progress=False)
     assert validate_shard_set(config.generate.output).ok
     generated = ShardSet(config.generate.output)
     assert generated.spec.modality_names == tuple(m.name for m in config.data.modalities)
@@ -157,10 +157,10 @@ def test_each_paper_preset_runs_its_task_on_tiny_stand_ins(
             "evaluate.control_shift": 0,
         },
     )
-    stages.plan(paired)
-    stages.generate(paired, progress=False)
-    stages.curate(paired, progress=False)
-    metrics = stages.evaluate(paired, progress=False).metrics
+    stages.plan.run(paired)
+    stages.generate.run(paired, progress=False)
+    stages.curate.run(paired, progress=False)
+    metrics = stages.evaluate.run(paired, progress=False).metrics
     assert metrics["feature_extractor"].startswith("inception-v3-fid")
     names = generated.spec.modality_names
     assert metrics["paired"]["pairs"] == 3 and all(metrics["paired"]["per_modality"][m]["lpips"] >= 0 for m in names)

@@ -20,8 +20,7 @@ from diffx.quality.gate import GateFailed
 from diffx.shards.manifest import MANIFEST_NAME
 from diffx.shards.reader import ShardSet
 from diffx.shards.writer import ShardSetWriter
-from diffx.stages import check as run_gate
-from diffx.stages import ingest
+from diffx.stages import check, ingest
 
 from .conftest import gate_config as _config
 from .conftest import make_config
@@ -33,7 +32,7 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("quality")
     write_demo(str(tmp / "raw"), seed=11, width=64, height=48, splits={"train": 24, "val": 4})
     config = make_config(tmp / "raw", tmp / "canonical")
-    ingest(config, progress=False)
+    ingest.run(config, progress=False)
     return tmp / "canonical"
 
 
@@ -131,12 +130,12 @@ DEFECTS: dict[str, tuple[Callable[[Sample], Sample], str]] = {
 
 
 def test_clean_data_passes_every_gate_expectation(tmp_path: Path, clean: Path) -> None:
-    report = run_gate("ingest", _config(tmp_path, clean, **{"quality.docs": str(tmp_path / "docs")}))
+    report = check.run("ingest", _config(tmp_path, clean, **{"quality.docs": str(tmp_path / "docs")}))
     assert report.success and report.rows == 28 and len(report.outcomes) >= 30
     assert (tmp_path / "docs" / "index.html").is_file()  # great_expectations data docs
     saved = json.loads((tmp_path / "reports" / "ingest.json").read_text())
     assert saved["success"] and set(saved["reference_histograms"]) == {"thermal", "depth"}
-    run_gate("ingest", _config(tmp_path, clean))
+    check.run("ingest", _config(tmp_path, clean))
     assert (tmp_path / "reports" / "ingest.json").read_text() != ""  # rerun: same bytes below
     assert json.loads((tmp_path / "reports" / "ingest.json").read_text()) == saved
 
@@ -154,7 +153,7 @@ def test_each_planted_defect_fails_its_expectation_on_its_row(tmp_path: Path, cl
     samples.append(dataclasses.replace(spare[1], id="copy-of-" + spare[1].id))  # duplicate content
     bad = _write(samples, tmp_path / "bad", ShardSet(str(clean)).spec)
     with pytest.raises(GateFailed, match=r"quality gate 'ingest' failed") as caught:
-        run_gate("ingest", _config(tmp_path, bad))
+        check.run("ingest", _config(tmp_path, bad))
     failures = _failures(tmp_path, "ingest")
     for name, (_, key) in DEFECTS.items():
         assert key in failures, f"{name}: {key} did not fail; failures: {sorted(failures)}"
@@ -191,7 +190,7 @@ def test_shard_level_defects(tmp_path: Path, clean: Path, damage: str, key: str)
         manifest["shards"][1]["rows"] += 1
         (root / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(GateFailed):
-        run_gate("ingest", _config(tmp_path, root))
+        check.run("ingest", _config(tmp_path, root))
     failures = _failures(tmp_path, "ingest")
     assert key in failures
     assert failures[key]["rows"][0]["shard"] == "train/part-00001.parquet"
@@ -206,14 +205,14 @@ def test_caption_gate(tmp_path: Path, clean: Path) -> None:
     ]
     spec = ShardSet(str(clean)).spec
     good = _write(samples, tmp_path / "good", spec)
-    assert run_gate("captions", _config(tmp_path, clean), str(good)).success
+    assert check.run("captions", _config(tmp_path, clean), str(good)).success
     samples[0] = dataclasses.replace(samples[0], caption="   ")
     samples[1] = dataclasses.replace(samples[1], caption="An image of a car. " * 80)
     samples[2] = dataclasses.replace(samples[2], caption=None, caption_source=None)
     samples[3] = dataclasses.replace(samples[3], caption_source="unknown-backend")
     bad = _write(samples, tmp_path / "bad", spec)
     with pytest.raises(GateFailed):
-        run_gate("captions", _config(tmp_path, clean), str(bad))
+        check.run("captions", _config(tmp_path, clean), str(bad))
     failures = _failures(tmp_path, "captions")
     expect = {
         "expect_column_values_to_be_in_set:caption_blank": samples[0].id,
@@ -242,11 +241,11 @@ def test_vae_gate_psnr_floor(tmp_path: Path, clean: Path) -> None:
     )
     config = _config(tmp_path, clean, **{"vae.metrics": str(metrics)})
     with pytest.raises(GateFailed, match=r"modality=thermal, observed=\[12.5, 15.0\]"):
-        run_gate("vae", config)
+        check.run("vae", config)
     config = _config(tmp_path, clean, **{"vae.metrics": str(metrics), "quality.vae.min_psnr": {"thermal": 12.0}})
-    assert run_gate("vae", config).success
+    assert check.run("vae", config).success
     with pytest.raises(DataError, match="run train_vae first"):
-        run_gate("vae", _config(tmp_path, clean, **{"vae.metrics": str(tmp_path / "none.json")}))
+        check.run("vae", _config(tmp_path, clean, **{"vae.metrics": str(tmp_path / "none.json")}))
 
 
 def test_vae_gate_judges_against_the_latent_resolution_baseline(tmp_path: Path, clean: Path) -> None:
@@ -259,21 +258,21 @@ def test_vae_gate_judges_against_the_latent_resolution_baseline(tmp_path: Path, 
     metrics.write_text(json.dumps({"val": val}))
     config = _config(tmp_path, clean, **{"vae.metrics": str(metrics)})
     with pytest.raises(GateFailed, match=r"modality=rgb, observed=\[19.4, 26.3\]"):
-        run_gate("vae", config)
+        check.run("vae", config)
     failures = _failures(tmp_path, "vae")
     assert len(failures) == 1 and "blur" in next(iter(failures.values()))["why"], failures
     with pytest.raises(GateFailed, match=r"modality=thermal, observed=\[31.0, 32.0\]"):  # a 3 dB margin
-        run_gate(
+        check.run(
             "vae",
             _config(tmp_path, clean, **{"vae.metrics": str(metrics), "quality.vae.min_gain_over_baseline_db": 3.0}),
         )
     relaxed = {"vae.metrics": str(metrics), "quality.vae.min_gain_over_baseline_db": -8.0}
-    assert run_gate("vae", _config(tmp_path, clean, **relaxed)).success
+    assert check.run("vae", _config(tmp_path, clean, **relaxed)).success
     metrics.write_text(json.dumps({"val": {"rgb": {"psnr": 30.0, "ssim": 0.9}}}))  # written before baselines
     with pytest.raises(DataError, match="baseline_psnr missing"):
-        run_gate("vae", config)
+        check.run("vae", config)
     fixed_floors_only = {"vae.metrics": str(metrics), "quality.vae.min_gain_over_baseline_db": None}
-    assert run_gate("vae", _config(tmp_path, clean, **fixed_floors_only)).success
+    assert check.run("vae", _config(tmp_path, clean, **fixed_floors_only)).success
 
 
 def _as_generated(samples: list[Sample], root: Path, spec: Any) -> Path:
@@ -286,15 +285,15 @@ def _as_generated(samples: list[Sample], root: Path, spec: Any) -> Path:
 
 def test_generated_gate_compares_with_the_real_data(tmp_path: Path, clean: Path) -> None:
     config = _config(tmp_path, clean, **{"quality.generated.reference": str(tmp_path / "reports" / "ingest.json")})
-    run_gate("ingest", config)  # the real data's references
+    check.run("ingest", config)  # the real data's references
     samples = _samples(clean)
     good = _as_generated(samples, tmp_path / "good", ShardSet(str(clean)).spec)
-    report = run_gate("generated", config, str(good))
+    report = check.run("generated", config, str(good))
     assert report.success and report.extra["honoured_share"]["thermal_box_contrast"] > 0.5
     inverted = [_grey(s, "thermal", 255 - s.images["thermal"].to_array()) for s in samples]
     bad = _as_generated(inverted, tmp_path / "bad", ShardSet(str(clean)).spec)
     with pytest.raises(GateFailed):
-        run_gate("generated", config, str(bad))
+        check.run("generated", config, str(bad))
     failures = _failures(tmp_path, "generated")
     for key in (
         "expect_column_mean_to_be_between:thermal_mean",

@@ -19,8 +19,7 @@ from diffx.data.sample import BoxObject, Sample
 from diffx.quality.gate import GateFailed
 from diffx.shards.reader import ShardSet
 from diffx.shards.writer import ShardSetWriter
-from diffx.stages import check as run_gate
-from diffx.stages import ingest
+from diffx.stages import check, ingest
 
 from .conftest import gate_config as _config
 from .conftest import make_config
@@ -32,7 +31,7 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("cross")
     write_demo(str(tmp / "raw"), seed=5, width=128, height=96, splits={"train": 40, "val": 8})
     config = make_config(tmp / "raw", tmp / "canonical")
-    ingest(config, progress=False)
+    ingest.run(config, progress=False)
     return tmp / "canonical"
 
 
@@ -83,7 +82,7 @@ def _moved_boxes(sample: Sample, dx: int) -> Sample:
 
 
 def test_clean_scenes_pass_every_cross_modal_expectation(tmp_path: Path, scenes: Path) -> None:
-    report = run_gate("ingest", _config(tmp_path, scenes))
+    report = check.run("ingest", _config(tmp_path, scenes))
     assert report.success
     saved = json.loads((tmp_path / "reports" / "ingest.json").read_text())
     judged = {pair for pair, found in saved["reference_registration"].items() if found["judged"]}
@@ -157,7 +156,7 @@ def test_each_cross_modal_defect_fails_its_expectation_on_its_row(tmp_path: Path
     samples.append(leaked)  # a validation scene re-encoded into train: not byte-identical, still leakage
     bad_set = _write(samples, tmp_path / "bad")
     with pytest.raises(GateFailed):
-        run_gate("ingest", _config(tmp_path, bad_set))
+        check.run("ingest", _config(tmp_path, bad_set))
     failures = _failures(tmp_path, "ingest")
     for name, (victim, _, key) in planted.items():
         full = f"expect_column_values_to_be_{key}"
@@ -170,7 +169,7 @@ def test_each_cross_modal_defect_fails_its_expectation_on_its_row(tmp_path: Path
 def test_a_whole_set_shifted_is_caught_not_learnt_as_normal(tmp_path: Path, scenes: Path) -> None:
     samples = [_image(s, "thermal", _shifted(s.images["thermal"].to_array(), 0, 8)) for s in _samples(scenes)]
     with pytest.raises(GateFailed):
-        run_gate("ingest", _config(tmp_path, _write(samples, tmp_path / "shifted")))
+        check.run("ingest", _config(tmp_path, _write(samples, tmp_path / "shifted")))
     failed = _failures(tmp_path, "ingest")["expect_column_values_to_be_between:thermal_misregistration_px"]
     assert failed["unexpected_count"] >= len(samples) // 2  # not absorbed as the set's normal offset
 
@@ -187,7 +186,7 @@ def _captioned(root: Path) -> list[Sample]:
 def test_captions_that_contradict_their_layout_or_are_garbage_fail(tmp_path: Path, scenes: Path) -> None:
     samples = _captioned(scenes)
     config = _config(tmp_path, scenes)
-    assert run_gate("captions", config, str(_write(samples, tmp_path / "good"))).success
+    assert check.run("captions", config, str(_write(samples, tmp_path / "good"))).success
 
     def counts(s: Sample) -> dict[str, int]:
         return {c: sum(o.category == c for o in s.objects) for c in ("person", "bicycle", "car")}
@@ -205,7 +204,7 @@ def test_captions_that_contradict_their_layout_or_are_garbage_fail(tmp_path: Pat
     assert planted[two_people.id] != two_people.caption
     bad = [dataclasses.replace(s, caption=planted.get(s.id, s.caption)) for s in samples]
     with pytest.raises(GateFailed):
-        run_gate("captions", config, str(_write(bad, tmp_path / "bad")))
+        check.run("captions", config, str(_write(bad, tmp_path / "bad")))
     failures = _failures(tmp_path, "captions")
     conflicts = {r["id"] for r in failures["expect_column_values_to_be_between:layout_conflicts"]["rows"]}
     assert {no_car.id, two_people.id, other.id} <= conflicts
@@ -219,7 +218,7 @@ def test_unresolved_refine_flags_above_their_share_fail_the_captions_gate(tmp_pa
     queue = tmp_path / "queue.jsonl"
     item = {"split": "train", "caption": "x", "caption_source": "template", "reviewed": "d", "flags": ["f"]}
     queue.write_text("".join(json.dumps({"id": s.id, **item}) + "\n" for s in samples[:2]))
-    assert run_gate("captions", _config(tmp_path, scenes), str(good)).success  # 2 of 48: under 5%
+    assert check.run("captions", _config(tmp_path, scenes), str(good)).success  # 2 of 48: under 5%
     queue.write_text("".join(json.dumps({"id": s.id, **item}) + "\n" for s in samples[:10]))
     with pytest.raises(GateFailed, match="pending_share"):
-        run_gate("captions", _config(tmp_path, scenes), str(good))
+        check.run("captions", _config(tmp_path, scenes), str(good))

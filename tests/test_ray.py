@@ -120,13 +120,13 @@ def _setup(tmp_path: Path, steps: int) -> tuple[Path, Path, Path]:
     reference = _params(world, tmp_path / "rank-run")
     reference["generate"]["sampler"]["steps"] = steps
     config = parse_config(reference)
-    plan(config)
+    plan.run(config)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a Ray worker of one CPU: float reductions depend on the thread count
     try:
         for rank in (0, 1):  # the rank mode, as two machines would run it
-            generate(config, rank=rank, world_size=2, progress=False)
-        generate(config, progress=False)  # writes the manifest
+            generate.run(config, rank=rank, world_size=2, progress=False)
+        generate.run(config, progress=False)  # writes the manifest
     finally:
         torch.set_num_threads(threads)
     return params, tmp_path / "ray-run" / "synthetic", tmp_path / "rank-run" / "synthetic"

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from diffx.config import parse_config
-from diffx.data.survey import survey
 from diffx.reader_reference import EXAMPLES, render_reference
 from diffx.stages import caption, ingest
+from diffx.stages.survey import survey
 
 from .conftest import write_kaist
 
@@ -67,7 +67,7 @@ def _sections(config):
 
 def test_sun_rgbd_example_ingests_and_its_captions_never_say_street(realdata: Path, tmp_path: Path) -> None:
     config = _config("SUN RGB-D (with VoteNet 2D boxes)", realdata / "sunrgbd", tmp_path)
-    result = ingest(config, progress=False)
+    result = ingest.run(config, progress=False)
     assert result.total_rows == 30 and not result.quarantined
     config = parse_config(
         {
@@ -80,7 +80,7 @@ def test_sun_rgbd_example_ingests_and_its_captions_never_say_street(realdata: Pa
             },
         }
     )
-    caption(config, progress=False)
+    caption.run(config, progress=False)
     import pyarrow.parquet as pq
 
     texts = pq.read_table(tmp_path / "captions.parquet").column("caption").to_pylist()
@@ -92,7 +92,7 @@ def test_kaist_examples_ingest_a_folder_in_the_released_layout(tmp_path: Path) -
     root = write_kaist(tmp_path / "kaist-rgbt")
     (root / "imageSets" / "train.txt").rename(root / "imageSets" / "train-all-02.txt")
     (root / "imageSets" / "test.txt").rename(root / "imageSets" / "test-all-20.txt")
-    official = ingest(
+    official = ingest.run(
         _config("KAIST Multispectral Pedestrian (official release)", root, tmp_path / "a"), progress=False
     )
     assert official.rows == {"train": 3, "test": 1} and not official.quarantined
@@ -103,5 +103,5 @@ def test_kaist_examples_ingest_a_folder_in_the_released_layout(tmp_path: Path) -
     (root / "kaist_annotations_test20.json").write_text(
         json.dumps({"images": images, "annotations": annotations, "categories": categories})
     )
-    coco = ingest(_config("KAIST with INSANet / MLPD's COCO-style JSON", root, tmp_path / "b"), progress=False)
+    coco = ingest.run(_config("KAIST with INSANet / MLPD's COCO-style JSON", root, tmp_path / "b"), progress=False)
     assert coco.rows == {"test": 2} and not coco.quarantined

@@ -13,14 +13,14 @@ import pytest
 from PIL import Image
 
 from diffx.config import CocoFoldersSource, KaistSource, VocPairsSource, parse_config
-from diffx.data.ingest import ingest
 from diffx.data.readers.kaist import parse_bbgt
 from diffx.data.readers.options import PickChannel, sample_ids
 from diffx.data.sample import Rejected, Sample
 from diffx.data.spec import DatasetSpec, ModalitySpec
-from diffx.data.survey import survey
 from diffx.errors import ConfigError, DataError
 from diffx.shards.manifest import read_manifest
+from diffx.stages.ingest import ingest
+from diffx.stages.survey import survey
 
 from .conftest import KAIST_SIZE, make_config, read_validated
 

@@ -131,6 +131,6 @@ def test_the_ingest_gate_raises_no_false_alarm_on_real_samples(realdata, tmp_pat
             "quality": {"reports": str(tmp_path / "q"), "metrics": str(tmp_path / "qm"), "docs": None},
         }
     )
-    ingest(config, progress=False)
-    report = check("ingest", config)
+    ingest.run(config, progress=False)
+    report = check.run("ingest", config)
     assert report.success, [o.line() for o in report.failures]

@@ -8,8 +8,8 @@ from torch.utils.data import Dataset
 
 from diffx.config import RecipeConfig, parse_config
 from diffx.errors import ConfigError
-from diffx.eval.coco_map import DetectionScores
 from diffx.eval.recipes import gain_table, gains_csv, interval95, recipe_datasets, synthetic_draw
+from diffx.metrics.coco_map import DetectionScores
 
 
 class _Rows(Dataset):

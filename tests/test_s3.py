@@ -107,7 +107,7 @@ def test_ingest_writes_its_shards_to_s3(s3: str, demo_root: Path, tmp_path: Path
     config = make_config(demo_root, f"{s3}/canonical")
     config.ingest.report = str(tmp_path / "ingest.json")
     config.ingest.metrics = str(tmp_path / "ingest-metrics.json")
-    result = ingest(config, progress=False)
+    result = ingest.run(config, progress=False)
     report = validate_shard_set(f"{s3}/canonical")
     assert report.ok and report.rows == result.total_rows == 14
 
@@ -136,10 +136,10 @@ def test_generate_writes_to_s3_and_evaluate_reads_from_it(s3: str, tmp_path_fact
         grid=f"{s3}/reports/samples.png",
     )
     config = parse_config(raw)
-    plan(config)
-    assert generate(config, progress=False).complete
+    plan.run(config)
+    assert generate.run(config, progress=False).complete
     assert validate_shard_set(f"{s3}/synthetic").rows == 6
-    result = evaluate(config, progress=False)
+    result = evaluate.run(config, progress=False)
     import s3fs
 
     fs = s3fs.S3FileSystem()

@@ -90,7 +90,7 @@ def _params(work: Path, inputs: Path, **train: Any) -> dict[str, Any]:
 
 
 def test_stage_writes_model_card_metrics_curve_and_preview(tmp_path: Path, inputs: Path) -> None:
-    result = train_unet(parse_config(_params(tmp_path, inputs)), progress=False)
+    result = train_unet.run(parse_config(_params(tmp_path, inputs)), progress=False)
     assert result.steps == 3
     model = DiffXUNet.from_pretrained(tmp_path / "unet")
     card = json.loads((tmp_path / "unet" / MODEL_CARD).read_text())
@@ -170,7 +170,7 @@ def test_cached_conditioning_trains_like_encoding_every_step(tmp_path: Path, inp
     results = {}
     for cached in (False, True):
         config = parse_config(_params(tmp_path / str(cached), inputs, cache_conditioning=cached))
-        results[cached] = train_unet(config, progress=False)
+        results[cached] = train_unet.run(config, progress=False)
     losses = {c: [row["loss"] for row in r.history] for c, r in results.items()}
     assert losses[True] == pytest.approx(losses[False], rel=1e-3)
     weights = {
@@ -233,7 +233,7 @@ def test_the_model_folder_records_the_prediction_type_and_sampling_follows_it(tm
     from diffx.models.folder import ModelFolder
     from diffx.sample.schedulers import SAMPLERS, sampling_scheduler
 
-    train_unet(parse_config(_params(tmp_path, inputs, prediction_type="v_prediction")), progress=False)
+    train_unet.run(parse_config(_params(tmp_path, inputs, prediction_type="v_prediction")), progress=False)
     schedule = ModelFolder(tmp_path / "unet").schedule()
     assert schedule["prediction_type"] == "v_prediction"
     for name in SAMPLERS:

@@ -193,7 +193,7 @@ def test_checkpoint_from_another_modality_set_is_refused(tmp_path: Path, shards:
 
 def test_stage_writes_model_metrics_curve_and_grid(tmp_path: Path, shards: Path) -> None:
     config = parse_config(_raw_params(tmp_path, shards))
-    result = train_vae(config, progress=False)
+    result = train_vae.run(config, progress=False)
     assert result.steps == 4
     model = MPVAE.from_pretrained(tmp_path / "model")
     assert model.config.scaling_factor != 0.18215 and model.config.scaling_factor > 0

@@ -21,13 +21,13 @@ from diffx.config import VocPairsSource, parse_config
 from diffx.data.demo import write_demo
 from diffx.data.images import load_modality_file, set_max_pixels
 from diffx.data.spec import DatasetSpec, ModalitySpec
-from diffx.data.survey import survey
 from diffx.errors import ConfigError, DataError
 from diffx.quality.gate import GateFailed
 from diffx.shards.export import export_coco, export_yolo, yolo_warnings
 from diffx.shards.reader import ShardSet
 from diffx.shards.schema import row_to_sample, sample_to_row
 from diffx.stages import STAGE_PATHS, check, ingest, output_conflicts
+from diffx.stages.survey import survey
 
 from .conftest import DEMO_SPEC, gate_config, make_config, read_validated
 
@@ -104,7 +104,7 @@ def test_coco_iscrowd_and_kaist_occlusion_are_kept(tmp_path: Path, demo_root: Pa
     coco["annotations"][0]["iscrowd"] = 1
     (raw / "annotations" / "train.json").write_text(json.dumps(coco))
     config = make_config(raw, tmp_path / "canonical")
-    ingest(config, progress=False)
+    ingest.run(config, progress=False)
     objects = [o for s in ShardSet(str(tmp_path / "canonical")).iter_samples("train") for o in s.objects]
     assert [o.iscrowd for o in objects].count(True) == 1 and all(o.iscrowd is not None for o in objects)
     export_coco(str(tmp_path / "canonical"), str(tmp_path / "coco"))
@@ -201,7 +201,7 @@ def _train_test_set(tmp_path: Path, demo_root: Path) -> Path:
     source = config.ingest.source.model_dump()
     source["annotations"] = {"train": "annotations/train.json", "test": "annotations/test.json"}
     config = make_config(raw, tmp_path / "canonical", **{"ingest.source": source})
-    ingest(config, progress=False)
+    ingest.run(config, progress=False)
     return tmp_path / "canonical"
 
 
@@ -339,12 +339,12 @@ def _planted_demo(tmp_path: Path, plant: str) -> Path:
 def test_the_ingest_gate_on_planted_defects(tmp_path: Path, plant: str, column: str | None) -> None:
     raw = _planted_demo(tmp_path, plant)
     config = gate_config(tmp_path, tmp_path / "canonical", **{"ingest.source.root": str(raw)})
-    ingest(config, progress=False)
+    ingest.run(config, progress=False)
     if column is None:
-        assert check("ingest", config).success
+        assert check.run("ingest", config).success
         return
     with pytest.raises(GateFailed) as failed:
-        check("ingest", config)
+        check.run("ingest", config)
     lines = [line for line in str(failed.value).splitlines() if "FAIL" in line]
     assert len(lines) == 1 and f"samples.{column}" in lines[0], lines
 

@@ -1,1 +1,1 @@
-"""Evaluation: image metrics, sample grids, realism/alignment/layout fidelity and downstream detection."""
+"""Evaluation recipes that train detectors and layout nets to score a shard set: downstream detection, dense layouts."""

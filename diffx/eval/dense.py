@@ -1,7 +1,7 @@
 """Layout agreement of dense layouts in the evaluation: train the reader net on real frames, then measure
 real test frames (the ceiling), the generated set, and the misaligned control (the floor) the same way.
 
-The measures are in diffx/eval/layout_agreement.py; the net in diffx/models/layout_net.py.
+The measures are in diffx/metrics/layout_agreement.py; the net in diffx/models/layout_net.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from diffx import fsio
 from diffx.config import EvaluateConfig
 from diffx.data.spec import DatasetSpec
-from diffx.eval.layout_agreement import ConfusionMatrix, edge_ssim, saliency_scores
+from diffx.metrics.layout_agreement import ConfusionMatrix, edge_ssim, saliency_scores
 from diffx.models.detector import stack_inputs
 from diffx.models.layout_net import LayoutNet
 from diffx.shards.dataset import ShardDataset, detection_collate

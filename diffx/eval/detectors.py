@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file
@@ -95,6 +96,53 @@ def train_detector(
     model = model.to(memory_format=torch.contiguous_format).eval()
     save_detector(model, save_to, run_key, trainer.history)
     return model, trainer.history
+
+
+class RealDetector(NamedTuple):
+    model: CenterNet
+    history: list[dict[str, float]]
+    key: str  # what it was trained on: settings, data spec, reference shards
+    reused: bool  # loaded from ``saved`` rather than trained
+
+
+def real_detector(
+    label: str,
+    reference: Dataset,
+    options: EvaluateConfig,
+    spec: DatasetSpec,
+    seed: int,
+    reference_digest: str,
+    *,
+    saved: str | None,
+    ctx: DistContext,
+    save_to: str,
+    checkpoints: str,
+    progress: bool = True,
+) -> RealDetector:
+    """The real-only detector of ``seed``: the one saved in ``saved`` when it was trained under the same key,
+    else one trained now; either way saved to ``save_to``. Curate calls this first (its ``curate.detector``
+    output); evaluate calls it for its first seed with ``saved`` pointing there (``evaluate.real_detector``),
+    so the two stages share one model exactly when they would train the same one."""
+    key = real_detector_key(options, spec, seed, reference_digest)
+    reused = load_saved(saved, key, options, spec, ctx.device)
+    if reused is not None:
+        model, history = reused
+        if save_to != saved:  # kept with the others too: evaluate's folder holds every model it scored
+            save_detector(model, save_to, key, history)
+        return RealDetector(model, history, key, reused=True)
+    model, history = train_detector(
+        label,
+        reference,
+        options,
+        spec,
+        key,
+        ctx=ctx,
+        train=seeded(options.detector_train, seed),
+        save_to=save_to,
+        checkpoints=checkpoints,
+        progress=progress,
+    )
+    return RealDetector(model, history, key, reused=False)
 
 
 def save_detector(model: CenterNet, save_to: str, run_key: str, history: list[dict[str, float]]) -> None:

@@ -18,7 +18,7 @@ from scipy import stats
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from diffx.config import RecipeConfig
-from diffx.eval.coco_map import DetectionScores
+from diffx.metrics.coco_map import DetectionScores
 
 
 def synthetic_draw(available: int, wanted: int, seed: int) -> list[int]:

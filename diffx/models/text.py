@@ -12,11 +12,15 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from diffx.errors import ConfigError
 from diffx.models.weights import read_weights
+
+if TYPE_CHECKING:
+    from diffx.config import ConditioningConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,13 @@ def context_length(spec: str, tokenizer: str | None = None) -> int:
     config = json.loads(file.read_text())
     config = config.get("text_config", config)
     return int(config.get("max_position_embeddings", 512))
+
+
+def token_limit(conditioning: ConditioningConfig) -> int:
+    """Tokens a caption may have: ``max_tokens``, capped by the encoder's own context (refine, the captions gate
+    and the UNet all ask here, so a caption that passes the gate is never truncated in training)."""
+    context = context_length(conditioning.text_encoder, conditioning.text_tokenizer)
+    return min(conditioning.max_tokens or context, context)
 
 
 # ----------------------------------------------------------------------------------------------- encoders

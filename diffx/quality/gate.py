@@ -19,6 +19,7 @@ import pandas as pd
 from diffx import fsio
 from diffx.config import ConditioningConfig, QualityConfig
 from diffx.errors import DataError, DiffxError
+from diffx.models.text import token_limit
 from diffx.quality import suites
 from diffx.quality.stats import caption_table, review_table, sample_table, shard_table
 from diffx.shards.reader import ShardSet
@@ -265,7 +266,7 @@ def _caption_tables(
     from diffx.models.text import token_counter
 
     captions = caption_table(ShardSet(data), token_counter(conditioning.tokenizer()))
-    suite = suites.caption_suite(quality.captions, conditioning.token_limit())
+    suite = suites.caption_suite(quality.captions, token_limit(conditioning))
     tables: dict[str, Any] = {"captions": (captions, suite, "id")}
     if queue:
         pending = read_queue(queue)

@@ -1,13 +1,8 @@
-"""Stage ``generate``: execute a plan into synthetic Parquet shards, resumably and in parallel.
+"""Generation from a plan: the executor that turns planned rows into samples with the self-contained model folder.
 
-A shard is a pure function of (plan rows, model digest, sampler settings), named by its index and keyed by
-a plan key that hashes exactly that. A worker skips a shard whose file and sidecar record are complete
-for the same key, takes an exclusive lock before generating one (so two workers never race on a shard),
-and writes it under a temporary name renamed when complete: a SIGKILL at any moment leaves either
-nothing or a complete shard. The manifest is written only once every planned shard is complete (the locks,
-stale-shard retirement and completion live with the shard writer, in diffx/shards/resume.py).
-Scale-out: ``--rank/--world-size`` gives worker r the shards with index % world_size == r (Slurm,
-Kubernetes, torchrun); any number of such workers, started in any order, converge on the same set.
+A shard is a pure function of (plan rows, model digest, sampler settings): :func:`plan_key` hashes exactly that,
+so the generate stage (diffx/stages/generate.py) can skip, resume and share shards through
+:class:`diffx.shards.resume.PlannedShardSet`.
 """
 
 from __future__ import annotations
@@ -18,13 +13,11 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from diffx import fsio
 from diffx.config import GenerateConfig
 from diffx.data.images import EncodedImage, decode_array
 from diffx.data.layout_tensors import stored_to_tensor
@@ -32,45 +25,15 @@ from diffx.data.parallel import resolve_workers
 from diffx.data.png import encode_png_fast
 from diffx.data.sample import BoxObject, Sample
 from diffx.data.spec import DatasetSpec, require_compatible
-from diffx.errors import ConfigError, DataError
 from diffx.models.folder import ModelFolder, load_pretrained
 from diffx.models.mpvae import MPVAE
 from diffx.models.text import TextEncoder
 from diffx.models.unet import DiffXUNet
-from diffx.progress import Progress
 from diffx.sample.pipeline import DiffXPipeline, LayoutRequest, autocast
 from diffx.sample.planner import read_plan
-from diffx.shards.resume import complete_set, is_current, retire_stale, shard_lock
-from diffx.shards.writer import ShardSetWriter
 
 log = logging.getLogger(__name__)
 _LOAD_LOCK = threading.Lock()  # workers in one process (Prefect's thread runner) load models one after another
-
-
-@dataclass
-class GenerateResult:
-    output: str
-    shards_done: int = 0
-    shards_skipped: int = 0
-    shards_busy: int = 0
-    samples: int = 0
-    seconds: float = 0.0
-    model_seconds: float = 0.0
-    encode_seconds: float = 0.0
-    complete: bool = False
-    shard_seconds: list[float] = field(default_factory=list)
-
-    def report(self) -> dict[str, Any]:
-        return {
-            "output": self.output,
-            "complete": self.complete,
-            "shards_generated": self.shards_done,
-            "shards_skipped_complete": self.shards_skipped,
-            "shards_locked_by_others": self.shards_busy,
-            "samples_generated": self.samples,
-            "samples_per_second": round(self.samples / self.seconds, 3) if self.seconds else None,
-            "model_share": round(self.model_seconds / self.seconds, 3) if self.seconds else None,
-        }
 
 
 def model_digest(folder: ModelFolder) -> str:
@@ -237,65 +200,3 @@ def expected_keys(options: GenerateConfig) -> tuple[dict[int, list[dict[str, Any
     """Planned shards and the key each will carry, without loading any model (a progress watcher's view)."""
     by_shard, _ = planned_shards(options)
     return by_shard, shard_keys(by_shard, model_digest(ModelFolder(options.unet)), options.sampler.model_dump())
-
-
-def generate(options: GenerateConfig, *, rank: int = 0, world_size: int = 1, progress: bool = True) -> GenerateResult:
-    """What to draw comes from the plan (and its dataset spec); how, from the self-contained model folder."""
-    started = time.perf_counter()
-    if not 0 <= rank < world_size:
-        raise ConfigError(f"--rank {rank} is outside --world-size {world_size}")
-    by_shard, spec = planned_shards(options)
-    if not by_shard:  # an empty set would look complete and feed nothing downstream
-        raise DataError(options.plan, "the plan has no rows; nothing to generate (see plan.num_samples / plan.mode)")
-    executor = PlanExecutor(options, spec)  # refuses a model/plan mismatch before any work
-    crowded = next(
-        (r for rows in by_shard.values() for r in rows if len(r["objects"] or []) > executor.max_objects), None
-    )
-    if crowded is not None:
-        raise DataError(
-            options.plan,
-            f"row id {crowded['id']!r} has {len(crowded['objects'])} objects; the model has "
-            f"{executor.max_objects} layout slots",
-            field="objects",
-        )
-    # provenance by content: the models' digest and the sampler (paths to the plan or models are not content)
-    content_hash = hashlib.sha256(f"{executor.model_id}{sorted(executor.sampler.items())}".encode()).hexdigest()[:16]
-    writer = ShardSetWriter(options.output, spec, generated=True, params_hash=content_hash)
-    result = GenerateResult(options.output)
-    mine = [s for s in sorted(by_shard) if s % world_size == rank]
-    keys = shard_keys(by_shard, executor.model_id, executor.sampler)
-    retire_stale(writer, options.split, keys)
-    bar = Progress(
-        f"generate (rank {rank}/{world_size})", sum(len(by_shard[s]) for s in mine), unit="samples", bar=progress
-    )
-    for index in mine:
-        if is_current(writer, options.split, index, keys[index]):
-            result.shards_skipped += 1
-            bar.skip(len(by_shard[index]))
-            continue
-        with shard_lock(options.output, options.split, index, options.lease_seconds) as mine_now:
-            if not mine_now:
-                result.shards_busy += 1
-                continue
-            tick = time.perf_counter()
-            samples = executor.shard(by_shard[index])
-            writer.write_shard(options.split, index, samples, plan_key=keys[index])
-            result.shards_done += 1
-            result.samples += len(samples)
-            result.shard_seconds.append(time.perf_counter() - tick)
-            bar.update(len(samples), shard=index)
-    bar.close()
-    result.model_seconds, result.encode_seconds = executor.model_seconds, executor.encode_seconds
-    result.complete = complete_set(writer, options.split, keys)
-    result.seconds = time.perf_counter() - started
-    fsio.write_json_atomic(options.report, result.report())
-    log.info(
-        "generate rank %d/%d: %d shards generated, %d already complete, %d locked elsewhere; %s",
-        rank,
-        world_size,
-        result.shards_done,
-        result.shards_skipped,
-        result.shards_busy,
-        "shard set complete" if result.complete else "shard set not complete yet",
-    )
-    return result

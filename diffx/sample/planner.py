@@ -13,7 +13,6 @@ a pure function of (source, params, seed).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -28,9 +27,8 @@ import pyarrow.parquet as pq
 import torch
 
 from diffx import fsio
-from diffx.caption.scene import scene_noun
 from diffx.caption.template import layout_sentences, when_phrase
-from diffx.config import ConditioningConfig, PlanConfig, TemplateCaptionConfig, section_hash
+from diffx.config import PlanConfig
 from diffx.data.boxes import MIN_SIDE_PX, box_iou, clip_box
 from diffx.data.frame import place, place_boxes, place_image
 from diffx.data.images import decode_array, encode_png, read_file_bytes
@@ -38,11 +36,11 @@ from diffx.data.layout_tensors import stored_to_tensor, tensor_to_stored
 from diffx.data.layouts import is_label_map, layout_problem
 from diffx.data.readers.base import load_coco
 from diffx.data.sample import BoxObject
+from diffx.data.seeds import seed_for
 from diffx.data.spec import DatasetSpec
 from diffx.errors import DataError, ShardError
 from diffx.sample.segment_edits import move_segment
 from diffx.shards.reader import ShardSet
-from diffx.train.data import seed_for
 
 log = logging.getLogger(__name__)
 
@@ -289,17 +287,11 @@ def _plan_row(
     }
 
 
-def plan(
-    options: PlanConfig, conditioning: ConditioningConfig, template: TemplateCaptionConfig | None = None
-) -> dict[str, Any]:
-    """Write the plan (Parquet) and its report; returns the report.
-
-    The classes and modalities come from the manifest of ``options.source`` (the data the UNet trains on), the
-    number of layout slots from ``conditioning``, the scene word of edited layouts' captions from ``template``
-    (the caption stage's, so a planned caption reads like an ingested one)."""
-    spec = ShardSet(options.source).spec
-    scene = scene_noun(spec.classes, template.scene if template else None)
-    max_objects = conditioning.max_objects
+def plan_rows(
+    options: PlanConfig, spec: DatasetSpec, max_objects: int, scene: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The planned rows (a pure function of the source layouts, the options and the seed) and the per-sample
+    class counts they reach: real, target and planned."""
     unknown = sorted(set(options.class_targets) - set(spec.classes))
     if unknown:
         raise DataError(
@@ -363,38 +355,12 @@ def plan(
         else:
             caption, caption_source = source.caption, source.caption_source or "template"
         rows.append(_plan_row(index, options, source.id, framed, caption, caption_source, edited))
-    table = pa.Table.from_pylist(rows, schema=PLAN_SCHEMA).replace_schema_metadata(
-        {
-            "diffx_plan": json.dumps(
-                {
-                    "dataset": spec.model_dump(mode="json"),
-                    "rows_per_shard": options.rows_per_shard,
-                    "source": None if options.layouts else options.source,
-                    "params_hash": section_hash(options, extra={"max_objects": max_objects}),
-                },
-                sort_keys=True,
-            )
-        }
-    )
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    fsio.write_bytes_atomic(options.output, buffer.getvalue())
-    report = {
-        "rows": len(rows),
-        "shards": rows[-1]["shard"] + 1,
-        "edited": sum(r["edited"] for r in rows),
+    counts = {
         "per_sample_real": {c: round(v, 4) for c, v in per_sample.items()},
         "per_sample_target": {c: round(v, 4) for c, v in target.items()},
         "per_sample_planned": {c: round(planned[c] / len(rows), 4) for c in spec.classes},
     }
-    fsio.write_json_atomic(options.report, report)
-    log.info(
-        "planned %d samples in %d shards; per-sample objects %s",
-        len(rows),
-        report["shards"],
-        report["per_sample_planned"],
-    )
-    return report
+    return rows, counts
 
 
 def read_plan(path: str) -> tuple[list[dict[str, Any]], DatasetSpec, int]:

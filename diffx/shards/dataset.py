@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,7 @@ class ShardDataset(Dataset):
         self._columns = ["id", "width", "height", *self.modalities, "objects", "caption"]
         if self.layout:
             self._columns.append("layout")
+        self._wanted = frozenset(self._columns)
         self._shard_set: ShardSet | None = None
         # the row groups read last, up to group_cache_bytes: a shard-aware order reads a window's rows from a few
         # groups, in shuffled order; the latest group is always kept (a row group larger than the budget)
@@ -173,11 +175,10 @@ class ShardDataset(Dataset):
     def _read_group(self, parquet: pq.ParquetFile, key: tuple[int, int]) -> pa.Table:
         table = parquet.read_row_group(key[1], columns=self._columns)
         meta = parquet.metadata.row_group(key[1])
-        wanted = set(self._columns)
         read = sum(
             meta.column(i).total_compressed_size
             for i in range(meta.num_columns)
-            if meta.column(i).path_in_schema.split(".")[0] in wanted
+            if meta.column(i).path_in_schema.split(".")[0] in self._wanted
         )
         with self._lock:
             self.bytes_read += read
@@ -226,14 +227,7 @@ class ShardDataset(Dataset):
             files = getattr(self._ahead_files, "handles", None)  # each read-ahead thread keeps its own handles
             if files is None:
                 files = self._ahead_files.handles = OrderedDict()
-            parquet = files.get(key[0])
-            if parquet is None:
-                assert self._shard_set is not None
-                with self._lock:
-                    footer = self._footers[key[0]]
-                parquet = files[key[0]] = self._shard_set.reopen(self.records[key[0]], footer)
-                if len(files) > OPEN_FILES:
-                    files.popitem(last=False)
+            parquet = _kept_open(files, key[0], lambda: self._reopen(key[0]))
             return self._read_group(parquet, key)
         except BaseException:
             with self._lock:
@@ -242,18 +236,15 @@ class ShardDataset(Dataset):
 
     def _parquet(self, shard: int) -> pq.ParquetFile:
         """The shard's open file, its footer parsed once: a footer per item would cost more than a small row."""
-        if self._shard_set is None:
-            self._shard_set = ShardSet(self.root, **self.storage_options)
-        found = self._open.get(shard)
-        if found is not None:
-            self._open.move_to_end(shard)
-            return found
-        assert self._shard_set is not None
-        parquet = self._shard_set.open_shard(self.records[shard], in_memory=False)  # a file handle, kept
-        self._open[shard] = parquet
-        if len(self._open) > OPEN_FILES:
-            self._open.popitem(last=False)
-        return parquet
+        shard_set = self._shard_set = self._shard_set or ShardSet(self.root, **self.storage_options)
+        return _kept_open(self._open, shard, lambda: shard_set.open_shard(self.records[shard], in_memory=False))
+
+    def _reopen(self, shard: int) -> pq.ParquetFile:
+        """A read-ahead thread's own handle on ``shard``, with the footer the reader parsed already."""
+        assert self._shard_set is not None  # prefetch opened the shard through _parquet first
+        with self._lock:
+            footer = self._footers[shard]
+        return self._shard_set.reopen(self.records[shard], footer)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.item(index)
@@ -348,3 +339,17 @@ def detection_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     if "layout" in batch[0]:
         out["layout"] = torch.stack([b["layout"] for b in batch])
     return out
+
+
+def _kept_open(
+    handles: OrderedDict[int, pq.ParquetFile], shard: int, open_file: Callable[[], pq.ParquetFile]
+) -> pq.ParquetFile:
+    """``handles[shard]``, opened on first use; the OPEN_FILES used last stay open (least recently used closes)."""
+    found = handles.get(shard)
+    if found is not None:
+        handles.move_to_end(shard)
+        return found
+    handles[shard] = found = open_file()
+    if len(handles) > OPEN_FILES:
+        handles.popitem(last=False)
+    return found

@@ -9,10 +9,8 @@ the folder is renamed into place, so a checkpoint either is complete or does not
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,11 +85,10 @@ def save_checkpoint(
 ) -> Path:
     """Write ``root/step-NNNNNNN`` atomically; keep the newest ``keep`` checkpoints."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
-    staging = root / f".step-{step:07d}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with fsio.staged_folder(str(final)) as staging_url:  # a killed save leaves the previous checkpoints whole
+        staging = Path(staging_url)
+        staging.mkdir()
         for part, tensors in flat.items():
             save_file(
                 {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / f"{part}.safetensors")
@@ -103,12 +100,6 @@ def save_checkpoint(
             save_file(part_tensors, str(staging / f"{part}.safetensors"))
         state = {"step": step, "meta": meta, "nested": packed}
         (staging / STATE_NAME).write_text(json.dumps(state, sort_keys=True))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

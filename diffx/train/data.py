@@ -17,17 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
+from diffx.data.seeds import seed_for
 from diffx.errors import ConfigError
 
 FRAME_CROP = 20  # purpose of the per-sample frame-crop generator (diffx/data/frame.py)
-
-
-def seed_for(*keys: int) -> int:
-    """A 63-bit seed mixed from integer keys (SeedSequence spreads nearby keys apart)."""
-    return int(
-        np.random.SeedSequence([k & 0xFFFFFFFF for k in keys] + [len(keys)]).generate_state(2, np.uint64)[0]
-        >> np.uint64(1)
-    )
 
 
 def sample_generator(seed: int, position: int, purpose: int = 0) -> torch.Generator:

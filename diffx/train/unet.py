@@ -9,8 +9,6 @@ like one. Frozen: the MP-VAE, the text encoder, and (with ``init_from_sd``) the 
 from __future__ import annotations
 
 import logging
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from diffx.data.layout_tensors import model_input
 from diffx.data.layouts import is_label_map, layout_channels
 from diffx.data.spec import DatasetSpec
 from diffx.errors import DataError
-from diffx.eval.grids import draw_boxes, grid_png, layout_display, to_display
+from diffx.metrics.grids import draw_boxes, grid_png, layout_display, to_display
 from diffx.models.folder import ModelCard, load_pretrained, write_model_folder
 from diffx.models.layout import pack_boxes
 from diffx.models.mpvae import MPVAE
@@ -37,7 +35,7 @@ from diffx.sample.schedulers import training_scheduler
 from diffx.shards.dataset import ShardDataset, detection_collate
 from diffx.shards.reader import ShardSet
 from diffx.train.data import sample_generator
-from diffx.train.distributed import DistContext, init_distributed
+from diffx.train.distributed import DistContext
 from diffx.train.loop import Trainer, write_history_csv
 
 log = logging.getLogger(__name__)
@@ -309,10 +307,8 @@ class UnetTrainer(Trainer):
                 box_mask=box_mask,
                 dense=dense,
             )
-        if self.train_cfg.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
+        velocity = cfg.prediction_type == "v_prediction"
+        target = self.noise_scheduler.get_velocity(latents, noise, timesteps) if velocity else noise
         error = (pred.float() - target) ** 2
         if cfg.box_loss_weight:
             weight = box_weight_map(boxes, box_mask, tuple(error.shape[-2:]), cfg.box_loss_weight)
@@ -322,7 +318,6 @@ class UnetTrainer(Trainer):
         if cfg.min_snr_gamma:
             snr = self.alphas[timesteps] / (1 - self.alphas[timesteps])
             # min(SNR, gamma) / SNR on the noise is min(SNR, gamma) / (SNR + 1) on the velocity (Hang et al. 2023)
-            velocity = cfg.prediction_type == "v_prediction"
             per_sample = per_sample * torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1 if velocity else snr)
         return per_sample.mean(), {
             "caption_dropped": float(np.mean(no_caption)),
@@ -417,32 +412,3 @@ class UnetTrainer(Trainer):
         fsio.write_json_atomic(self.options.report, self.run_report(samples_per_second))
         write_history_csv(self.options.plots, self.history)
         return metrics
-
-
-def train_unet(
-    options: UnetConfig,
-    conditioning: ConditioningConfig,
-    *,
-    resume: bool = True,
-    resume_from: str | None = None,
-    progress: bool = True,
-) -> UnetTrainResult:
-    """Writes a self-contained model folder: the UNet, a copy of its VAE, the noise schedule and a model card
-    (diffx/models/folder.py), so the folder can be moved or uploaded and still generate."""
-    started = time.perf_counter()
-    ctx = init_distributed(options.train.device)
-    try:
-        trainer = UnetTrainer(options, conditioning, ctx, resume=resume, resume_from=resume_from, progress=progress)
-        samples_per_second = trainer.run()
-        metrics = trainer.finish(samples_per_second)
-        if ctx.is_main:
-            shutil.rmtree(options.checkpoints, ignore_errors=True)  # spent: see train_vae
-            log.info(
-                "train_unet: %d steps in %.0fs, %.1f samples/s",
-                trainer.step,
-                time.perf_counter() - started,
-                samples_per_second,
-            )
-        return UnetTrainResult(options.output, trainer.step, trainer.resumed_from, metrics, trainer.history)
-    finally:
-        ctx.close()

@@ -7,10 +7,7 @@ same code, gradients all-reduced, gloo on CPU and NCCL on GPUs). Only rank 0 wri
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,15 +20,15 @@ from diffx import fsio
 from diffx.config import VaeConfig, section_hash
 from diffx.data.spec import DatasetSpec
 from diffx.errors import ConfigError, DataError
-from diffx.eval.grids import grid_png, to_display
-from diffx.eval.image_metrics import psnr, ssim
+from diffx.metrics.grids import grid_png, to_display
+from diffx.metrics.image_metrics import psnr, ssim
 from diffx.models.lpips import load_lpips
 from diffx.models.mpvae import MPVAE
 from diffx.shards.dataset import ShardDataset, detection_collate
 from diffx.shards.reader import ShardSet
 from diffx.train.checkpoint import save_model_atomic
 from diffx.train.data import sample_generator
-from diffx.train.distributed import DistContext, init_distributed
+from diffx.train.distributed import DistContext
 from diffx.train.loop import Trainer, TrainingError, write_history_csv
 
 log = logging.getLogger(__name__)
@@ -40,7 +37,7 @@ NOISE, CROP, FLIP = 0, 1, 2  # purposes of the per-sample generators
 LOG_MSE_FLOOR = 1e-8  # keeps log(MSE) finite on a perfect reconstruction (200 dB on [-1, 1])
 
 
-__all__ = ["TrainingError", "VaeTrainResult", "VaeTrainer", "build_model", "train_vae"]
+__all__ = ["TrainingError", "VaeTrainResult", "VaeTrainer", "build_model"]
 
 
 @dataclass
@@ -274,39 +271,3 @@ class VaeTrainer(Trainer):
         write_history_csv(self.options.plots, self.history)
         fsio.write_bytes_atomic(self.options.grid, grid)
         return metrics
-
-
-def train_vae(
-    options: VaeConfig, *, resume: bool = True, resume_from: str | None = None, progress: bool = True
-) -> VaeTrainResult:
-    """The stage: train (or resume) to ``vae.train.steps`` and write the model, metrics, curve and grid.
-
-    The modalities come from the manifest of ``options.data``."""
-    started = time.perf_counter()
-    ctx = init_distributed(options.train.device)
-    try:
-        trainer = VaeTrainer(options, ctx, resume=resume, resume_from=resume_from, progress=progress)
-        samples_per_second = trainer.run()
-        metrics = trainer.finish(samples_per_second)
-        if ctx.is_main:
-            # Checkpoints exist to survive a crash; once the model folder is written they are spent, and a
-            # later rerun of the stage (new code, new params) must train afresh, not resume a finished run.
-            shutil.rmtree(options.checkpoints, ignore_errors=True)
-            log.info(
-                "train_vae: %d steps (%d resumed), %.1f samples/s; val %s",
-                trainer.step,
-                trainer.resumed_from,
-                samples_per_second,
-                json.dumps(metrics.get("val")),
-            )
-        return VaeTrainResult(
-            options.output,
-            trainer.step,
-            trainer.resumed_from,
-            metrics,
-            time.perf_counter() - started,
-            samples_per_second,
-            trainer.history,
-        )
-    finally:
-        ctx.close()

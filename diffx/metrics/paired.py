@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from diffx.errors import DataError
-from diffx.eval.image_metrics import psnr, ssim
+from diffx.metrics.image_metrics import psnr, ssim
 from diffx.progress import Progress
 from diffx.shards.dataset import ShardDataset, detection_collate
 from diffx.shards.reader import ShardSet

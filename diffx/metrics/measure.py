@@ -18,9 +18,9 @@ import torch
 from diffx.config import EvaluateConfig
 from diffx.data.frame import Placement
 from diffx.errors import DataError
-from diffx.eval.alignment import pair_scores, summarize
-from diffx.eval.coco_map import DetectionScores, coco_scores
-from diffx.eval.features import extract
+from diffx.metrics.alignment import pair_scores, summarize
+from diffx.metrics.coco_map import DetectionScores, coco_scores
+from diffx.metrics.features import extract
 from diffx.models.detector import CenterNet, decode, stack_inputs
 from diffx.progress import Progress
 from diffx.shards.dataset import ShardDataset, detection_collate

@@ -14,9 +14,9 @@ from collections import Counter
 from typing import Any
 
 from diffx.config import DataConfig, IngestConfig, ShardsConfig
-from diffx.data.ingest import built_samples, quarantine_entry, refuse_too_many_rejects
 from diffx.data.sample import Rejected, validated
 from diffx.errors import DataError
+from diffx.stages.ingest import built_samples, quarantine_entry, refuse_too_many_rejects
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 ANNOTATION_EXTENSIONS = (".xml", ".txt", ".json")

@@ -3,7 +3,7 @@
 Detectors are trained per seed on the real training split alone and on every mixing recipe
 (diffx/eval/recipes.py: synthetic rows at a ratio, all or curated, mixed or as pretraining); the gain of a
 recipe is its paired per-seed difference from real-only, with a 95 % interval. Then one decode of each
-image set feeds every measurement made on it (diffx/eval/measure.py: features per modality, edge alignment
+image set feeds every measurement made on it (diffx/metrics/measure.py: features per modality, edge alignment
 of every RGB/X pair, each detector's finds, scored with pycocotools). A control set (the generated set with
 RGB and X shifted apart and off their layout) runs through the same measurements: if it does not score
 worse, the metrics cannot see misalignment and the numbers above it mean little. Data with a dense layout
@@ -24,35 +24,40 @@ import torch
 from torch.utils.data import Dataset
 
 from diffx import fsio
-from diffx.config import EvaluateConfig, section_hash
+from diffx.config import DiffxConfig, EvaluateConfig, section_hash
 from diffx.data.spec import DatasetSpec, require_compatible
 from diffx.errors import ConfigError, DataError
-from diffx.eval.alignment import shift_image
-from diffx.eval.coco_map import DetectionScores
 from diffx.eval.dense import layout_agreement
 from diffx.eval.detectors import (
     inputs_of,
-    load_saved,
+    real_detector,
     real_detector_key,
-    save_detector,
     seeded,
     split_digest,
     train_detector,
 )
-from diffx.eval.features import build_extractor
-from diffx.eval.grids import draw_boxes, grid_png, to_display
-from diffx.eval.measure import Transform, View, measure_set
-from diffx.eval.paired import paired_scores
-from diffx.eval.realism import realism
 from diffx.eval.recipes import gain_table, gains_csv, recipe_datasets
+from diffx.metrics.alignment import shift_image
+from diffx.metrics.coco_map import DetectionScores
+from diffx.metrics.features import build_extractor
+from diffx.metrics.grids import draw_boxes, grid_png, to_display
+from diffx.metrics.measure import Transform, View, measure_set
+from diffx.metrics.paired import paired_scores
+from diffx.metrics.realism import realism
 from diffx.models.detector import CenterNet, decode, stack_inputs
 from diffx.models.lpips import load_lpips
 from diffx.shards.dataset import ShardDataset
 from diffx.shards.reader import ShardSet
+from diffx.stages.guard import guard
 from diffx.train.distributed import init_distributed
 from diffx.train.loop import write_history_csv
 
 log = logging.getLogger(__name__)
+
+
+def run(config: DiffxConfig, *, progress: bool = True) -> EvalResult:
+    guard("evaluate", config)
+    return evaluate(config.evaluate, progress=progress)
 
 
 def control_transform(shift: int) -> Transform:
@@ -188,16 +193,18 @@ def _train_all(
         }
 
     for seed in seeds:
-        label, key = _label("real", seed, first), real_detector_key(options, spec, seed, reference_digest)
-        reused = load_saved(options.real_detector, key, options, spec, ctx.device) if seed == first else None
-        if reused is not None:  # kept with the others too: models/detector holds every model it scored
-            (found.models[label], found.histories[label]), found.reused_real = reused, True
-            save_detector(found.models[label], where(label)["save_to"], key, found.histories[label])
-        else:
-            train = seeded(options.detector_train, seed)
-            found.models[label], found.histories[label] = train_detector(
-                label, reference, options, spec, key, train=train, **where(label)
-            )
+        label = _label("real", seed, first)
+        found.models[label], found.histories[label], _, reused = real_detector(  # the first seed's: curate's
+            label,
+            reference,
+            options,
+            spec,
+            seed,
+            reference_digest,
+            saved=options.real_detector if seed == first else None,
+            **where(label),
+        )
+        found.reused_real = found.reused_real or reused
         found.train_samples[label] = len(reference)  # type: ignore[arg-type]
     for recipe in options.recipes:
         pool = pools[recipe.pool]

@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import Any
 
 from diffx import fsio
-from diffx.config import DataConfig, IngestConfig, ShardsConfig, section_hash
+from diffx.config import DataConfig, DiffxConfig, IngestConfig, ShardsConfig, section_hash
 from diffx.data.images import encode_png, set_max_pixels
 from diffx.data.layouts import sobel_edges
 from diffx.data.parallel import resolve_workers, resolved
@@ -27,8 +27,14 @@ from diffx.errors import ConfigError, DataError
 from diffx.progress import Progress
 from diffx.shards.manifest import ShardRecord
 from diffx.shards.writer import ShardSetWriter
+from diffx.stages.guard import guard
 
 log = logging.getLogger(__name__)
+
+
+def run(config: DiffxConfig, *, progress: bool = True) -> IngestResult:
+    guard("ingest", config)
+    return ingest(config.data, config.ingest, config.shards, progress=progress)
 
 
 @dataclass

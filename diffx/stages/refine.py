@@ -24,17 +24,30 @@ from diffx.caption.decisions import Decision, caption_digest, read_decisions
 from diffx.caption.layout_text import class_counts
 from diffx.caption.queue import QueueItem
 from diffx.caption.rules import near_duplicates, refine_caption
-from diffx.caption.stage import read_captions
+from diffx.caption.table import read_captions
 from diffx.caption.template import NAME as TEMPLATE
 from diffx.caption.template import TemplateCaptioner
-from diffx.config import ConditioningConfig, RefineConfig, ShardsConfig, TemplateCaptionConfig, section_hash
+from diffx.config import (
+    ConditioningConfig,
+    DiffxConfig,
+    RefineConfig,
+    ShardsConfig,
+    TemplateCaptionConfig,
+    section_hash,
+)
 from diffx.data.sample import Sample
 from diffx.errors import DataError
-from diffx.models.text import token_counter
+from diffx.models.text import token_counter, token_limit
 from diffx.shards.reader import ShardSet
 from diffx.shards.writer import ShardSetWriter
+from diffx.stages.guard import guard
 
 log = logging.getLogger(__name__)
+
+
+def run(config: DiffxConfig) -> RefineResult:
+    guard("refine", config)
+    return refine(config.refine, config.conditioning, config.shards, config.caption.template)
 
 
 @dataclass
@@ -110,7 +123,7 @@ def refine(
     """Captions are held to the UNet's token limit (``conditioning``), counted by its own tokenizer; fallback
     captions use the caption stage's template words (``template_options``)."""
     started = time.perf_counter()
-    tokenizer, max_tokens = conditioning.tokenizer(), conditioning.token_limit()
+    tokenizer, max_tokens = conditioning.tokenizer(), token_limit(conditioning)
     shard_set = ShardSet(options.data)
     spec = shard_set.spec
     captions = read_captions(options.captions)

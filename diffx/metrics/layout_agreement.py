@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from diffx.eval.image_metrics import ssim
+from diffx.metrics.image_metrics import ssim
 
 EPS = 1e-8
 

@@ -1,6 +1,6 @@
 """Realism and diversity of one generated modality against the real one: FID, KID, precision, recall.
 
-Features are extracted once per set (diffx/eval/features.py) and handed to torchmetrics' FID and KID
+Features are extracted once per set (diffx/metrics/features.py) and handed to torchmetrics' FID and KID
 through a pass-through module, so the statistics are torchmetrics' own code and the expensive network
 runs once. Precision / recall are Kynkäänniemi et al. (2019): a generated sample is "precise" when it
 falls inside the k-NN ball of some real sample, a real sample is "recalled" when it falls inside the

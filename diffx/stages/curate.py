@@ -22,22 +22,28 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from diffx import fsio
-from diffx.config import CurateConfig, EvaluateConfig, section_hash
+from diffx.config import CurateConfig, DiffxConfig, EvaluateConfig, section_hash
 from diffx.curate.labels import RowLabels, choose_labels, to_stored_frame
 from diffx.curate.scores import outlier_ratio, planned_box_hits
 from diffx.curate.select import SampleScore, main_class, select
 from diffx.data.sample import Sample, make_object
 from diffx.data.spec import require_compatible
 from diffx.errors import DataError
-from diffx.eval.detectors import load_saved, real_detector_key, seeded, split_digest, train_detector
-from diffx.eval.features import build_extractor
-from diffx.eval.measure import View, measure_set
+from diffx.eval.detectors import real_detector, split_digest
+from diffx.metrics.features import build_extractor
+from diffx.metrics.measure import View, measure_set
 from diffx.shards.dataset import ShardDataset
 from diffx.shards.reader import ShardSet
 from diffx.shards.writer import ShardSetWriter
+from diffx.stages.guard import guard
 from diffx.train.distributed import init_distributed
 
 log = logging.getLogger(__name__)
+
+
+def run(config: DiffxConfig, *, progress: bool = True) -> CurateResult:
+    guard("curate", config)
+    return curate(config.curate, config.evaluate, progress=progress)
 
 
 @dataclass
@@ -132,25 +138,21 @@ def curate(options: CurateConfig, evaluation: EvaluateConfig, *, progress: bool 
         raise DataError(options.synthetic, f"split {options.split!r} has no rows to curate")
     seconds: dict[str, float] = {}
 
-    seed = evaluation.detector_seeds[0]
-    key = real_detector_key(evaluation, spec, seed, split_digest(evaluation.real, evaluation.reference_split))
     ctx = init_distributed(evaluation.device)
-    saved = load_saved(options.detector, key, evaluation, spec, ctx.device)
-    if saved is not None:
-        detector = saved[0]
-    else:
-        detector, _ = train_detector(
-            "real",
-            reference,
-            evaluation,
-            spec,
-            key,
-            ctx=ctx,
-            train=seeded(evaluation.detector_train, seed),
-            save_to=options.detector,
-            checkpoints=options.checkpoints,
-            progress=progress,
-        )
+    seed = evaluation.detector_seeds[0]
+    detector, _, key, _ = real_detector(  # shared with evaluate: see diffx/eval/detectors.py
+        "real",
+        reference,
+        evaluation,
+        spec,
+        seed,
+        split_digest(evaluation.real, evaluation.reference_split),
+        saved=options.detector,
+        ctx=ctx,
+        save_to=options.detector,
+        checkpoints=options.checkpoints,
+        progress=progress,
+    )
     seconds["detector"] = time.perf_counter() - started
 
     started = time.perf_counter()

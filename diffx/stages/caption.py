@@ -18,25 +18,22 @@ import pyarrow.parquet as pq
 from diffx import fsio
 from diffx.caption.cache import CaptionCache, cache_key
 from diffx.caption.lmm import layout_summary
+from diffx.caption.table import CAPTION_SCHEMA
 from diffx.caption.template import TemplateCaptioner
-from diffx.config import CaptionConfig
+from diffx.config import CaptionConfig, DiffxConfig
 from diffx.data.sample import Sample
 from diffx.data.spec import DatasetSpec
 from diffx.errors import DataError
 from diffx.progress import Progress
 from diffx.shards.reader import ShardSet
+from diffx.stages.guard import guard
 
 log = logging.getLogger(__name__)
 
-CAPTION_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("split", pa.string()),
-        ("caption", pa.string()),
-        ("caption_source", pa.string()),
-        ("key", pa.string()),
-    ]
-)
+
+def run(config: DiffxConfig, *, progress: bool = True) -> CaptionResult:
+    guard("caption", config)
+    return caption(config.caption, progress=progress)
 
 
 @dataclass
@@ -153,19 +150,3 @@ def caption(options: CaptionConfig, *, progress: bool = True) -> CaptionResult:
         1000 * result.seconds_per_image,
     )
     return result
-
-
-def read_captions(path: str) -> dict[str, dict[str, Any]]:
-    """id -> {caption, caption_source, split, key}; errors name the file."""
-    fs, local = fsio.get_fs(path)
-    if not fs.exists(local):
-        raise DataError(path, "captions table not found; run the caption stage first")
-    try:
-        with fs.open(local, "rb") as handle:
-            table = pq.read_table(handle)
-    except (OSError, pa.ArrowException) as err:
-        raise DataError(path, f"not a readable Parquet captions table, truncated or corrupt? ({err})") from None
-    missing = set(CAPTION_SCHEMA.names) - set(table.column_names)
-    if missing:
-        raise DataError(path, f"captions table lacks columns {sorted(missing)}")
-    return {row["id"]: row for row in table.to_pylist()}

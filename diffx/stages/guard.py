@@ -1,8 +1,7 @@
-"""The wiring from one loaded configuration to each stage function: which sections a stage gets.
+"""What each stage reads and writes, by setting, and the guard every stage runs before it writes anything.
 
-The CLI (diffx/cli.py) and the Prefect tasks (flows/tasks.py) both call these, so both run a stage with
-exactly the same settings. Each stage function itself takes only its own typed sections plus the artefacts
-it reads; facts about the data come from the manifests of those artefacts, never from params.
+A run is refused when its outputs would replace, delete or mix into an input, another stage's output, or a
+folder diffx did not write; ``diffx params check`` reports colliding outputs of a whole configuration.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ Outputs = dict[str, tuple[str | None, str]]
 GATES = tuple(GATE_INPUTS)
 
 
-def _gate_outputs(c: DiffxConfig, gate: str) -> Outputs:
+def gate_outputs(c: DiffxConfig, gate: str) -> Outputs:
     q = c.quality
     return {
         f"quality.reports ({gate})": (fsio.join(q.reports, f"{gate}.json"), "file"),
@@ -123,7 +122,7 @@ def output_conflicts(config: DiffxConfig) -> list[str]:
     for paths in STAGE_PATHS.values():
         every.update({key: url for key, (url, _) in paths(config)[1].items()})
     for gate in GATES:
-        every.update({key: url for key, (url, _) in _gate_outputs(config, gate).items()})
+        every.update({key: url for key, (url, _) in gate_outputs(config, gate).items()})
     return fsio.collisions(every)
 
 
@@ -138,89 +137,15 @@ def refuse_unsafe_outputs(stage: str, inputs: Paths, outputs: Outputs, config: D
         raise ConfigError(f"stage {stage} refuses to write: " + "; ".join(problems))
 
 
-def _guard(stage: str, config: DiffxConfig) -> None:
+def guard(stage: str, config: DiffxConfig) -> None:
+    """Refuse to run ``stage`` when its outputs would replace, delete or mix into an input or another output."""
     # paths of every stage are read to compare them, not to compute anything: not the stage's params (dvc.yaml)
     with RECORDER.pause():
         inputs, outputs = STAGE_PATHS[stage](config)
         refuse_unsafe_outputs(stage, inputs, outputs, config)
 
 
-def ingest(config: DiffxConfig, *, progress: bool = True) -> Any:
-    from diffx.data.ingest import ingest as run
-
-    _guard("ingest", config)
-    return run(config.data, config.ingest, config.shards, progress=progress)
-
-
-def caption(config: DiffxConfig, *, progress: bool = True) -> Any:
-    from diffx.caption.stage import caption as run
-
-    _guard("caption", config)
-    return run(config.caption, progress=progress)
-
-
-def refine(config: DiffxConfig) -> Any:
-    from diffx.caption.refine import refine as run
-
-    _guard("refine", config)
-    return run(config.refine, config.conditioning, config.shards, config.caption.template)
-
-
-def train_vae(config: DiffxConfig, **kwargs: Any) -> Any:
-    from diffx.train.vae import train_vae as run
-
-    _guard("train_vae", config)
-    return run(config.vae, **kwargs)
-
-
-def train_unet(config: DiffxConfig, **kwargs: Any) -> Any:
-    from diffx.train.unet import train_unet as run
-
-    _guard("train_unet", config)
-    return run(config.unet, config.conditioning, **kwargs)
-
-
-def plan(config: DiffxConfig) -> dict[str, Any]:
-    from diffx.sample.planner import plan as run
-
-    _guard("plan", config)
-    return run(config.plan, config.conditioning, config.caption.template)
-
-
-def generate(config: DiffxConfig, **kwargs: Any) -> Any:
-    from diffx.sample.generate import generate as run
-
-    _guard("generate", config)
-    return run(config.generate, **kwargs)
-
-
-def curate(config: DiffxConfig, *, progress: bool = True) -> Any:
-    from diffx.curate.stage import curate as run
-
-    _guard("curate", config)
-    return run(config.curate, config.evaluate, progress=progress)
-
-
-def evaluate(config: DiffxConfig, *, progress: bool = True) -> Any:
-    from diffx.eval.stage import evaluate as run
-
-    _guard("evaluate", config)
-    return run(config.evaluate, progress=progress)
-
-
-def check(gate: str, config: DiffxConfig, data: str | None = None) -> Any:
-    """A quality gate on ``data``, by default the output of the stage it guards."""
-    from diffx.quality.gate import run_gate
-
-    default = GATE_INPUTS.get(gate)  # an unknown gate is named by run_gate
-    if gate in GATES:
-        with RECORDER.pause():
-            inputs, outputs = {"data": data or default(config)}, _gate_outputs(config, gate)
-            refuse_unsafe_outputs(f"check {gate}", inputs, outputs, config)
-    return run_gate(
-        gate,
-        config.quality,
-        config.conditioning,
-        data or (default(config) if default else ""),
-        review_queue=config.refine.queue if gate == "captions" else None,
-    )
+def guard_gate(gate: str, data: str, config: DiffxConfig) -> None:
+    """The same refusal for a quality gate reading ``data`` and writing its reports and metrics."""
+    with RECORDER.pause():
+        refuse_unsafe_outputs(f"check {gate}", {"data": data}, gate_outputs(config, gate), config)
