@@ -256,6 +256,7 @@ def ingest_run(source: Path, output: Path) -> dict[str, Any]:
                 },
                 "output": str(output),
                 "report": str(output.parent / f"{output.name}-report.json"),
+                "metrics": str(output.parent / f"{output.name}-metrics.json"),  # not the repo's metrics/
             },
             "shards": {"rows_per_shard": 500},
         }

@@ -37,8 +37,9 @@ def _params(raw: Path, out: Path, modalities: list[dict], names: dict[str, str],
             },
             "output": str(out / "canonical"),
             "report": str(out / "ingest.json"),
+            "metrics": str(out / "ingest-metrics.json"),  # not the repo's metrics/
         },
-        "quality": {"reports": str(out / "quality"), "docs": None},
+        "quality": {"reports": str(out / "quality"), "metrics": str(out / "quality-metrics"), "docs": None},
     }
 
 

@@ -117,3 +117,32 @@ def test_the_chain_picture_is_dvc_dag() -> None:
     assert block.strip() == f"```mermaid\n{drawn.strip()}\n```", (
         "docs/architecture.md's chain differs from `dvc dag --mermaid`: paste its output between the markers"
     )
+
+
+def _results_hook():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_hook", REPO / "docs" / "hooks" / "results.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_results_page_shows_the_committed_metrics(tmp_path: Path) -> None:
+    """The Results page's first table is built from metrics/ at build time: it follows every relock."""
+    import json
+
+    hook = _results_hook()
+    assert hook.MARKER in (REPO / "docs" / "demo-results.md").read_text()
+    (tmp_path / "metrics").mkdir()
+    for name in ("vae.json", "unet.json", "eval.json"):
+        (tmp_path / "metrics" / name).write_text((REPO / "metrics" / name).read_text())
+    evaluation = json.loads((REPO / "metrics" / "eval.json").read_text())
+    table = hook.committed_table(tmp_path)
+    assert f"{evaluation['layout_fidelity_map50']['generated']:.4f} / " in table
+    evaluation["layout_fidelity_map50"]["generated"] = 0.4321  # a relock that moves a metric moves the page
+    (tmp_path / "metrics" / "eval.json").write_text(json.dumps(evaluation))
+    assert "0.4321 / " in hook.committed_table(tmp_path)
+    page = hook.on_page_markdown(f"x\n{hook.MARKER}\ny", None, {"docs_dir": str(tmp_path / "docs")}, None)
+    assert "| metric (the committed `dvc.lock`) | value |" in page and hook.MARKER not in page
