@@ -106,6 +106,16 @@ def test_coco_scores_perfect_shifted_and_empty() -> None:
     assert coco_scores(truth, empty, CLASSES, (48, 80)).map50 == 0.0
 
 
+def test_ap50_by_object_size_splits_at_the_given_sides() -> None:
+    """Sides (sqrt of area) 21 and 23 px are medium, 14 px small at edges 16 / 32; nothing is large."""
+    truth = _truth()
+    only_small = [(np.zeros((0, 4)), np.zeros(0), np.zeros(0, int)), (truth[1][0], np.ones(1), truth[1][1])]
+    scores = coco_scores(truth, only_small, CLASSES, (48, 80), size_edges=(16.0, 32.0))
+    assert scores.ap50_by_size == {"small": 1.0, "medium": 0.0, "large": None}
+    assert coco_scores(truth, only_small, CLASSES, (48, 80), size_edges=(8.0, 12.0)).ap50_by_size["large"] is not None
+    assert scores.summary()["ap50_by_size"] == scores.ap50_by_size
+
+
 def test_decoding_the_encoded_targets_recovers_the_boxes() -> None:
     """Targets and decoding agree: a network that outputs its targets exactly scores mAP 1.0."""
     truth = _truth()

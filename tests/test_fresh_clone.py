@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from diffx.config import DemoConfig
 from diffx.shards.validate import validate_shard_set
 
 from . import tiny_chain
@@ -26,6 +27,7 @@ from .conftest import REPO
 from .tiny_chain import BIN
 from .tiny_chain import run as _run
 
+DEMO_FRAMES = sum(DemoConfig().splits.values())  # the bundled demo data, as params.yaml describes it
 STAGES = (
     "ingest",
     "check_ingest",
@@ -85,7 +87,7 @@ def fresh_clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     clone = tmp_path_factory.mktemp("fresh") / "diffx"
     _run(REPO.parent, "git", "clone", "-q", "--no-hardlinks", str(REPO), str(clone))
     _run(clone, "dvc", "pull", "-q", "data.dvc")
-    assert len(list((clone / "data" / "demo" / "rgb").glob("*.png"))) == 96
+    assert len(list((clone / "data" / "demo" / "rgb").glob("*.png"))) == DEMO_FRAMES
     return clone
 
 
@@ -138,7 +140,7 @@ def test_the_whole_chain_runs_on_a_fresh_clone(fresh_clone: Path) -> None:
         assert any(line.count(desc + ":") and "ETA" in line for line in out.splitlines()), f"no progress: {desc}"
     assert any("train mpvae: 2/2 steps" in line and "loss" in line for line in out.splitlines())
 
-    assert validate_shard_set(str(fresh_clone / "data" / "canonical")).rows == 96
+    assert validate_shard_set(str(fresh_clone / "data" / "canonical")).rows == DEMO_FRAMES
     synthetic = validate_shard_set(str(fresh_clone / "data" / "synthetic"))
     assert synthetic.ok and synthetic.rows == 6
     assert set(json.loads((fresh_clone / "metrics" / "eval.json").read_text())) >= {"fid", "map50", "recipe_gain_map50"}

@@ -85,6 +85,11 @@ class EvaluateConfig(Section):
     kid_subsets: int = Field(default=50, ge=1)
     nearest_k: int = Field(default=3, ge=1, description="k of the k-NN manifolds for precision / recall")
     align_max_shift: int = Field(default=4, ge=0, description="px searched when finding the best registration")
+    size_edges_px: tuple[float, float] = Field(
+        default=(16.0, 32.0),
+        description="object size classes for AP@0.5 by size: small below the first side (sqrt of box area, px), "
+        "large from the second; the defaults are 2 and 4 latent cells of an /8 MP-VAE",
+    )
     control_shift: int = Field(
         default=6, ge=0, description="px the misaligned control set is shifted by (RGB one way, X the other); 0 = off"
     )
@@ -136,6 +141,8 @@ class EvaluateConfig(Section):
                 )
         if len(set(self.detector_seeds)) != len(self.detector_seeds):
             raise ValueError(f"evaluate.detector_seeds: {self.detector_seeds} repeats a seed")
+        if not 0 < self.size_edges_px[0] < self.size_edges_px[1]:
+            raise ValueError(f"evaluate.size_edges_px: {list(self.size_edges_px)} must be two increasing sides > 0")
         return self
 
 

@@ -4,7 +4,7 @@ A recipe names how synthetic rows join the real training split (a seeded draw at
 generated row or from the curated ones; mixed into one run or used to pretrain before a real-only run).
 Detector seeds pair the runs: seed s of a recipe is compared with seed s of real-only, so the interval is
 on the per-seed difference (a Student-t 95 % interval over the seeds), which is what a team deciding
-whether to add the shards needs, and what a single seed on 16 test images cannot give.
+whether to add the shards needs, and what a single seed cannot give.
 """
 
 from __future__ import annotations

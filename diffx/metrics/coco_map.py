@@ -1,8 +1,8 @@
 """Detection metrics through pycocotools, so the numbers mean what detector teams expect them to mean.
 
 Ground truth and detections are built in memory (boxes in pixels, x0 y0 x1 y1 -> COCO's x y w h); the
-result is mAP@0.5, mAP@0.5:0.95, AP@0.5 per class and the precision-recall curve at IoU 0.5 (averaged
-over classes) for ``dvc plots``. pycocotools prints its tables; that chatter is swallowed.
+result is mAP@0.5, mAP@0.5:0.95, AP@0.5 per class and per object size, and the precision-recall curve at
+IoU 0.5 (averaged over classes) for ``dvc plots``. pycocotools prints its tables; that chatter is swallowed.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+SIZES = ("small", "medium", "large")
+
 
 @dataclass
 class DetectionScores:
@@ -26,12 +28,14 @@ class DetectionScores:
     precision_at_recall: list[float] = field(default_factory=list)
     images: int = 0
     objects: int = 0
+    ap50_by_size: dict[str, float | None] = field(default_factory=dict)  # small / medium / large; None: no object
 
     def summary(self) -> dict[str, Any]:
         return {
             "map50": self.map50,
             "map50_95": self.map50_95,
             "ap50_per_class": self.per_class_ap50,
+            "ap50_by_size": self.ap50_by_size,
             "images": self.images,
             "objects": self.objects,
         }
@@ -47,8 +51,12 @@ def coco_scores(
     detections: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     classes: list[str],
     image_size: tuple[int, int],
+    size_edges: tuple[float, float] = (32.0, 96.0),
 ) -> DetectionScores:
-    """``ground_truth[i]`` = (boxes, labels) and ``detections[i]`` = (boxes, scores, labels) of image i."""
+    """``ground_truth[i]`` = (boxes, labels) and ``detections[i]`` = (boxes, scores, labels) of image i.
+
+    ``size_edges``: the sides (sqrt of box area, px) that part small, medium and large objects for AP@0.5 by
+    size (COCO's are 32 and 96 px; a small frame wants its own)."""
     height, width = image_size
     gt: dict[str, Any] = {
         "images": [{"id": i + 1, "width": width, "height": height} for i in range(len(ground_truth))],
@@ -75,7 +83,14 @@ def coco_scores(
     ]
     objects = len(gt["annotations"])
     if not results or not objects:
-        return DetectionScores(0.0, 0.0, dict.fromkeys(classes, 0.0), images=len(ground_truth), objects=objects)
+        return DetectionScores(
+            0.0,
+            0.0,
+            dict.fromkeys(classes, 0.0),
+            images=len(ground_truth),
+            objects=objects,
+            ap50_by_size=dict.fromkeys(SIZES),
+        )
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt
@@ -83,6 +98,9 @@ def coco_scores(
         coco_dt = coco_gt.loadRes(results)
         evaluator = COCOeval(coco_gt, coco_dt, "bbox")
         evaluator.params.maxDets = [1, 10, 100]
+        small, large = (edge**2 for edge in size_edges)
+        evaluator.params.areaRng = [[0.0, 1e10], [0.0, small], [small, large], [large, 1e10]]  # "all" first, as COCO
+        evaluator.params.areaRngLbl = ["all", *SIZES]
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -92,6 +110,10 @@ def coco_scores(
     for c, name in enumerate(classes):
         column = at50[:, c]
         per_class[name] = round(float(column[column > -1].mean()), 4) if (column > -1).any() else None
+    by_size = {}
+    for a, name in enumerate(SIZES, start=1):
+        values = precision[0, :, :, a, -1]
+        by_size[name] = round(float(values[values > -1].mean()), 4) if (values > -1).any() else None
     valid = np.where(at50 > -1, at50, np.nan)
     with np.errstate(all="ignore"):
         curve = np.nanmean(valid, axis=1)
@@ -103,4 +125,5 @@ def coco_scores(
         precision_at_recall=[round(float(p), 4) if np.isfinite(p) else 0.0 for p in curve],
         images=len(ground_truth),
         objects=objects,
+        ap50_by_size=by_size,
     )

@@ -143,6 +143,7 @@ def measure_set(
             best_shift={m: torch.cat(v) for m, v in got.shifts.items()},
         )
         for name, model in view.detectors.items():
-            scores[(view.name, name)] = coco_scores(truth, got.found[name], list(model.config.classes), frame)
+            classes = list(model.config.classes)
+            scores[(view.name, name)] = coco_scores(truth, got.found[name], classes, frame, options.size_edges_px)
     found = {(v.name, d): collected[v.name].found[d] for v in views for d in v.detectors}
     return Measured(sets, scores, detection_collate(kept) if kept else None, ids, truth, found, placements)

@@ -108,6 +108,7 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         "fid": {m: v["fid"] for m, v in generated.items()},
         "registered_share": {m: v["registered_share"] for m, v in report["alignment"]["generated"].items()},
         "layout_fidelity_map50": {name: s["map50"] for name, s in fidelity.items()},
+        "layout_fidelity_ap50_by_size": {name: fidelity[name]["ap50_by_size"] for name in ("generated", "real_test")},
         "map50": {name: recipes[name]["map50"]["mean"] for name in recipes},
         "recipe_gain_map50": {name: recipes[name]["gain_map50"] for name in names},
         "recipe_gain_map50_95": {name: recipes[name]["gain_map50_95"]["mean"] for name in names},
