@@ -142,7 +142,7 @@ def _assert_stages_declare_what_they_read(repo: Path, reads: Path) -> None:
         for key in sorted(leaves):
             if any(key == d or key.startswith(d + ".") for d in declared):
                 continue
-            if key.rsplit(".", 1)[-1] in OUTPUT_KEYS or value(key) in paths:
+            if key.rsplit(".", 1)[-1] in OUTPUT_KEYS or (isinstance(value(key), str) and value(key) in paths):
                 continue  # a path the stage writes, or reads as a dep: DVC hashes the files themselves
             problems.append(f"{name}: reads {key}, not in its params")
         for d in declared:  # a null setting is read only when switched on (caption.lmm with backend lmm)
