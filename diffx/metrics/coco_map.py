@@ -106,14 +106,8 @@ def coco_scores(
         evaluator.summarize()
     precision = evaluator.eval["precision"]  # T x R x K x A x M; -1 where a class has no ground truth
     at50 = precision[0, :, :, 0, -1]  # IoU 0.5, every recall point, every class, all areas, 100 detections
-    per_class = {}
-    for c, name in enumerate(classes):
-        column = at50[:, c]
-        per_class[name] = round(float(column[column > -1].mean()), 4) if (column > -1).any() else None
-    by_size = {}
-    for a, name in enumerate(SIZES, start=1):
-        values = precision[0, :, :, a, -1]
-        by_size[name] = round(float(values[values > -1].mean()), 4) if (values > -1).any() else None
+    per_class = {name: _average_precision(at50[:, c]) for c, name in enumerate(classes)}
+    by_size = {name: _average_precision(precision[0, :, :, a, -1]) for a, name in enumerate(SIZES, start=1)}
     valid = np.where(at50 > -1, at50, np.nan)
     with np.errstate(all="ignore"):
         curve = np.nanmean(valid, axis=1)
@@ -127,3 +121,9 @@ def coco_scores(
         objects=objects,
         ap50_by_size=by_size,
     )
+
+
+def _average_precision(precision: np.ndarray) -> float | None:
+    """COCO's average over the recall points (and classes) that have ground truth; None where none has."""
+    valid = precision[precision > -1]
+    return round(float(valid.mean()), 4) if valid.size else None

@@ -116,7 +116,6 @@ class ShardDataset(Dataset):
         self._lock = threading.Lock()  # the group cache and counters, shared with the read-ahead thread
         self._pending: dict[tuple[int, int], Future[pa.Table]] = {}
         self._ahead_unused: set[tuple[int, int]] = set()  # read ahead, not yet asked for
-        self._footers: dict[int, pq.FileMetaData] = {}  # parsed footers, handed to the read-ahead's handles
         self._ahead: ThreadPoolExecutor | None = None
         self._ahead_files = threading.local()
 
@@ -130,7 +129,7 @@ class ShardDataset(Dataset):
         state["_open"] = OrderedDict()
         state["_decoded"], state["_decoded_bytes"] = {}, 0  # each worker fills its own
         state["_lock"], state["_pending"], state["_ahead"], state["_ahead_files"] = None, {}, None, None
-        state["_ahead_unused"], state["_footers"] = set(), {}
+        state["_ahead_unused"] = set()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -215,19 +214,19 @@ class ShardDataset(Dataset):
             with self._lock:
                 if key in self._groups or key in self._pending:
                     continue
-                self._footers[shard] = parquet.metadata  # the read-ahead's handles reuse it
                 if self._ahead is None:
                     assert self._shard_set is not None
                     threads = 1 if fsio.is_local(self._shard_set.fs) else REMOTE_READ_AHEAD_THREADS
                     self._ahead = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="diffx-read-ahead")
-                self._pending[key] = self._ahead.submit(self._read_ahead, key)
+                # the footer goes along: a read-ahead thread opening its own handle on the shard need not parse it
+                self._pending[key] = self._ahead.submit(self._read_ahead, key, parquet.metadata)
 
-    def _read_ahead(self, key: tuple[int, int]) -> pa.Table:
+    def _read_ahead(self, key: tuple[int, int], footer: pq.FileMetaData) -> pa.Table:
         try:
             files = getattr(self._ahead_files, "handles", None)  # each read-ahead thread keeps its own handles
             if files is None:
                 files = self._ahead_files.handles = OrderedDict()
-            parquet = _kept_open(files, key[0], lambda: self._reopen(key[0]))
+            parquet = _kept_open(files, key[0], lambda: self._reopen(key[0], footer))
             return self._read_group(parquet, key)
         except BaseException:
             with self._lock:
@@ -239,11 +238,9 @@ class ShardDataset(Dataset):
         shard_set = self._shard_set = self._shard_set or ShardSet(self.root, **self.storage_options)
         return _kept_open(self._open, shard, lambda: shard_set.open_shard(self.records[shard], in_memory=False))
 
-    def _reopen(self, shard: int) -> pq.ParquetFile:
+    def _reopen(self, shard: int, footer: pq.FileMetaData) -> pq.ParquetFile:
         """A read-ahead thread's own handle on ``shard``, with the footer the reader parsed already."""
         assert self._shard_set is not None  # prefetch opened the shard through _parquet first
-        with self._lock:
-            footer = self._footers[shard]
         return self._shard_set.reopen(self.records[shard], footer)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
