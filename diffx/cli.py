@@ -107,7 +107,12 @@ def demo(
     config = _load(params, None)
     options = config.demo
     counts = write_demo(
-        output or options.output, seed=options.seed, width=options.width, height=options.height, splits=options.splits
+        output or options.output,
+        seed=options.seed,
+        width=options.width,
+        height=options.height,
+        splits=options.splits,
+        object_distance_m=options.object_distance_m,
     )
     typer.echo(json.dumps({"output": output or options.output, "samples": counts}))
 

@@ -193,3 +193,12 @@ def test_a_key_repeated_in_a_params_file_is_refused_with_both_lines(tmp_path) ->
 def test_a_folder_given_as_the_params_file_is_named_as_a_folder(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"is a folder; expected a params YAML file"):
         load_config(tmp_path)
+
+
+def test_a_box_layout_without_tokens_must_be_painted() -> None:
+    from diffx.config import UnetModelConfig
+
+    assert not UnetModelConfig(layout_tokens=False, box_raster_channels=8).layout_tokens
+    assert not UnetModelConfig(layout="dense", layout_tokens=False, box_raster_channels=0).layout_tokens
+    with pytest.raises(ValueError, match="by no path"):
+        UnetModelConfig(layout_tokens=False, box_raster_channels=0)

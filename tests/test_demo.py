@@ -62,3 +62,28 @@ def test_the_segmentation_map_labels_every_box_with_its_class_and_the_sky_above(
         for category, (x0, y0, x1, y1) in scene.boxes:  # a box is the extent of its object's visible pixels
             inside = scene.labels[int(y0) : int(y1), int(x0) : int(x1)] == LAYOUT_CLASSES.index(category)
             assert inside.any(axis=0)[[0, -1]].all() and inside.any(axis=1)[[0, -1]].all()
+
+
+def test_nearer_objects_are_larger_in_the_frame() -> None:
+    """The world's object scale is a lever: standing objects nearer makes every box larger, same frame."""
+
+    def median_side(distance: tuple[float, float]) -> float:
+        sides = [
+            ((x1 - x0) * (y1 - y0)) ** 0.5
+            for i in range(24)
+            for _, (x0, y0, x1, y1) in render_scene(sample_rng(2, "train", i), 96, 72, distance).boxes
+        ]
+        return float(np.median(sides))
+
+    assert median_side((3.0, 9.0)) > 1.5 * median_side((4.0, 24.0))
+
+
+def test_object_distance_must_be_a_range_in_front_of_the_camera() -> None:
+    import pytest
+
+    from diffx.config import DemoConfig
+
+    assert DemoConfig(object_distance_m=(3.0, 9.0)).object_distance_m == (3.0, 9.0)
+    for bad in ((9.0, 3.0), (0.0, 5.0)):
+        with pytest.raises(ValueError, match="object_distance_m"):
+            DemoConfig(object_distance_m=bad)

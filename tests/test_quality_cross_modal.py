@@ -222,3 +222,23 @@ def test_unresolved_refine_flags_above_their_share_fail_the_captions_gate(tmp_pa
     queue.write_text("".join(json.dumps({"id": s.id, **item}) + "\n" for s in samples[:10]))
     with pytest.raises(GateFailed, match="pending_share"):
         check.run("captions", _config(tmp_path, scenes), str(good))
+
+
+def test_a_coincidence_between_two_modalities_is_overruled_by_the_reference() -> None:
+    """A near car fills the frame: depth's roof line meets thermal's window tops 5 px lower, so thermal vs depth
+    alone peaks at a shift, while RGB places both where they are. The pair is judged through RGB; a real shift of
+    depth is still found."""
+    from diffx.config import ImageGateConfig
+    from diffx.data.demo import DEMO_SPEC, render_scene, sample_rng
+    from diffx.quality import consistency
+    from diffx.quality.stats import _cross_modal
+
+    scene = render_scene(sample_rng(0, "test", 100), 160, 128, (4.0, 10.0))
+    decoded = {"rgb": scene.rgb, "thermal": scene.thermal, "depth": scene.depth}
+    direct = consistency.registration(scene.thermal.astype(float), scene.depth.astype(float), 1, 0.1)
+    assert direct["misregistration_px"] >= 4  # the coincidence this guards against
+    cfg = ImageGateConfig()
+    found, _ = _cross_modal(DEMO_SPEC, decoded, [], 160, 128, cfg)
+    assert found["thermal_depth_misregistration_px"] <= cfg.max_misregistration_px
+    shifted, _ = _cross_modal(DEMO_SPEC, {**decoded, "depth": _shifted(scene.depth, 8, 0)}, [], 160, 128, cfg)
+    assert shifted["thermal_depth_misregistration_px"] > cfg.max_misregistration_px

@@ -103,6 +103,21 @@ def test_painted_boxes_start_at_zero_and_enter_as_input_channels() -> None:
     assert model.unet.conv_in.weight.requires_grad and model.box_raster.project.weight.requires_grad
 
 
+def test_without_layout_tokens_the_boxes_enter_by_the_raster_alone() -> None:
+    """The raster-only ablation: no fuser, tokenizer or JME is built, and the painted boxes still steer it."""
+    torch.manual_seed(0)
+    model = DiffXUNet(sample_size=8, phrase_dim=16, box_raster_channels=4, layout_tokens=False, **BLOCKS).eval()
+    names = [n for n, _ in model.named_parameters()]
+    assert not [n for n in names if ".fuser." in n or n.startswith(("jme.", "box_tokenizer."))]
+    x = _inputs(2)
+    with torch.no_grad():
+        model.unet.conv_in.weight[:, 4:].normal_()
+        moved = {**x, "boxes": (x["boxes"] + torch.tensor([0.25, 0.0, 0.25, 0.0])).clamp(0, 1)}
+        assert not torch.allclose(model(**x), model(**moved))
+    with pytest.raises(Exception, match="would not reach the UNet"):
+        DiffXUNet(sample_size=8, phrase_dim=16, box_raster_channels=0, layout_tokens=False, **BLOCKS)
+
+
 def test_the_raster_covers_box_cells_with_the_smaller_box_in_front() -> None:
     boxes = torch.tensor([[[0.0, 0.0, 1.0, 1.0], [0.25, 0.25, 0.5, 0.5], [0.0, 0.0, 0.1, 0.1]]])  # 1 x 3 x 4
     values = torch.tensor([[[1.0], [2.0], [5.0]]])

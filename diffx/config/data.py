@@ -121,8 +121,20 @@ class DemoConfig(Section):
     seed: int = 0
     width: int = Field(default=160, ge=32)
     height: int = Field(default=128, ge=32)
+    object_distance_m: tuple[float, float] = Field(
+        default=(4.0, 10.0),
+        description="nearest and farthest an object stands from the camera (metres): the world's object scale; at "
+        "160 x 128 and an /8 latent a person 10 m away is 2 latent cells tall (docs/demo-results.md)",
+    )
     splits: dict[str, int] = Field(
         default_factory=lambda: {"train": 64, "val": 16, "test": 208},
         description="frames per split; a test frame costs only detector inference, and a detector gain of a few "
         "points needs a couple of hundred test scenes to stand out from which scenes were drawn",
     )
+
+    @model_validator(mode="after")
+    def _distances_ordered(self) -> DemoConfig:
+        near, far = self.object_distance_m
+        if not 0 < near <= far:
+            raise ValueError(f"object_distance_m {[near, far]}: expected [near, far] metres with 0 < near <= far")
+        return self

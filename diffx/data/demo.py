@@ -37,6 +37,10 @@ CLASS_WEIGHTS = (0.45, 0.2, 0.35)
 MAX_DEPTH_MM = 65535
 CAMERA_HEIGHT_M = 1.5
 MIN_VISIBLE_SIDE_PX = 3  # visible boxes thinner than this are not labelled
+MAX_VISIBLE_ASPECT = 12.0  # nor boxes this much longer than wide (a person stands ~4:1; longer is a cut-off edge)
+# nearest and farthest an object stands (m): the library's default, the world the tests draw their small fixtures
+# in; the bundled demo stands objects nearer (DemoConfig.object_distance_m, docs/demo-results.md)
+OBJECT_DISTANCE_M = (4.0, 24.0)
 # segmentation labels of the demo's dense layout: the scene's stuff, then the object classes (value = index)
 LAYOUT_CLASSES = ("sky", "road", "sidewalk", "grass", "building", *CLASSES)
 
@@ -314,8 +318,16 @@ def _bicycle(
     ]
 
 
-def render_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
-    """Render one scene; every random draw comes from ``rng``."""
+def render_scene(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    object_distance_m: tuple[float, float] = OBJECT_DISTANCE_M,
+) -> Scene:
+    """Render one scene; every random draw comes from ``rng``.
+
+    ``object_distance_m`` is how far from the camera objects stand: it sets how many pixels (and latent cells) an
+    object covers at a given frame size, the demo world's object scale."""
     night = bool(rng.random() < 0.4)
     pal = _palette(rng, night)
     light = pal["light"]
@@ -380,7 +392,7 @@ def render_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
     objects: list[PlacedObject] = []
     for class_index in classes:
         category = CLASSES[int(class_index)]
-        z_obj = float(rng.uniform(4.0, 24.0))
+        z_obj = float(rng.uniform(*object_distance_m))
         lateral = (
             float(rng.uniform(-road_half + 1.0, road_half - 1.0))
             if category == "car"
@@ -414,7 +426,8 @@ def render_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
         rows, cols = np.nonzero(instance == index)
         if rows.size < 6:
             continue  # fully hidden or out of frame: nothing visible, nothing to label
-        if min(cols.max() - cols.min(), rows.max() - rows.min()) + 1 < MIN_VISIBLE_SIDE_PX:
+        sides = sorted((cols.max() - cols.min() + 1, rows.max() - rows.min() + 1))
+        if sides[0] < MIN_VISIBLE_SIDE_PX or sides[1] > MAX_VISIBLE_ASPECT * sides[0]:
             continue  # a sliver cut off by the frame edge: annotators of real datasets leave these unlabelled
         boxes.append(
             (
@@ -476,7 +489,15 @@ def coco_document(
     }
 
 
-def write_demo(output: str, *, seed: int, width: int, height: int, splits: dict[str, int]) -> dict[str, int]:
+def write_demo(
+    output: str,
+    *,
+    seed: int,
+    width: int,
+    height: int,
+    splits: dict[str, int],
+    object_distance_m: tuple[float, float] = OBJECT_DISTANCE_M,
+) -> dict[str, int]:
     """Write the demo as paired PNG folders + COCO JSON per split, atomically (whole folder swap)."""
     counts: dict[str, int] = {}
     with fsio.staged_folder(os.path.abspath(output)) as staging:  # a failed run keeps the previous demo
@@ -485,7 +506,7 @@ def write_demo(output: str, *, seed: int, width: int, height: int, splits: dict[
         for split, n in splits.items():
             frames = []
             for index in range(n):
-                scene = render_scene(sample_rng(seed, split, index), width, height)
+                scene = render_scene(sample_rng(seed, split, index), width, height, object_distance_m)
                 sample_id = f"demo-{split}-{index:05d}"
                 for name, array in (
                     ("rgb", scene.rgb),

@@ -7,7 +7,8 @@ pass-through and builds them here: box or dense tokenizer -> Joint-Modality Embe
 Dense layouts also enter as extra, zero-initialised input channels, and so do boxes when
 ``box_raster_channels`` > 0 (each box's class embedding painted at latent resolution, models/layout.py
 ``BoxRaster``). At initialisation every gate is 0 and every new input channel is 0, so the model computes
-exactly what its base UNet computes, for any layout.
+exactly what its base UNet computes, for any layout. ``layout_tokens=False`` builds the UNet without fusers,
+tokenizer or JME: the layout enters through the input channels alone (the raster-only ablation of issue #36).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class LayoutConditioning:
     extra latent channels; for painted boxes, what to paint (boxes, their values, mask), painted at the size of
     the latent each step brings. Built once per batch by ``DiffXUNet.condition``; a sampler reuses it every step."""
 
-    tokens: torch.Tensor
+    tokens: torch.Tensor | None
     dense_channels: torch.Tensor | None = None
     box_paint: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     painted: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
@@ -89,8 +90,11 @@ class DiffXUNet(ModelMixin, ConfigMixin):
         dense_factor: int = 8,
         jme_heads: int = 8,
         box_raster_channels: int = 0,
+        layout_tokens: bool = True,
     ):
         super().__init__()
+        if not layout_tokens and layout == "boxes" and not box_raster_channels:
+            raise ConfigError("layout_tokens=False with box_raster_channels=0: the boxes would not reach the UNet")
         painted = box_raster_channels + 1 if box_raster_channels else 0  # class-embedding channels + coverage
         extra = dense_latent_channels if layout == "dense" else painted
         self.unet = UNet2DConditionModel(
@@ -104,22 +108,25 @@ class DiffXUNet(ModelMixin, ConfigMixin):
             attention_head_dim=attention_head_dim,
             cross_attention_dim=cross_attention_dim,
             norm_num_groups=norm_num_groups,
-            attention_type="gated",
+            attention_type="gated" if layout_tokens else "default",
         )
         self.unet.position_net = PassThroughPositionNet()
         if extra:
             with torch.no_grad():
                 self.unet.conv_in.weight[:, latent_channels:] = 0
         if layout == "boxes":
-            self.box_tokenizer = BoxTokenizer(phrase_dim, cross_attention_dim)
+            if layout_tokens:
+                self.box_tokenizer = BoxTokenizer(phrase_dim, cross_attention_dim)
             if box_raster_channels:
                 self.box_raster = BoxRaster(phrase_dim, box_raster_channels)
         else:
-            self.dense_tokenizer = DenseTokenizer(dense_channels, cross_attention_dim)
+            if layout_tokens:
+                self.dense_tokenizer = DenseTokenizer(dense_channels, cross_attention_dim)
             self.dense_downsampler = DenseDownsampler(dense_channels, dense_latent_channels, dense_factor)
-        self.jme = JointModalityEmbedder(
-            cross_attention_dim, cross_attention_dim, heads=max(1, min(jme_heads, cross_attention_dim // 8))
-        )
+        if layout_tokens:
+            self.jme = JointModalityEmbedder(
+                cross_attention_dim, cross_attention_dim, heads=max(1, min(jme_heads, cross_attention_dim // 8))
+            )
 
     @torch.no_grad()
     def set_fuser_gates(self, gamma: float) -> None:
@@ -142,18 +149,21 @@ class DiffXUNet(ModelMixin, ConfigMixin):
     ) -> LayoutConditioning:
         """Everything of the layout that no timestep changes (tokens + JME, dense input channels, what painted
         boxes paint)."""
-        paint = None
+        paint, tokens, channels = None, None, None
+        with_tokens = self.config.layout_tokens
         if self.config.layout == "boxes":
             if boxes is None or phrases is None or box_mask is None:
                 raise ValueError("a box layout needs boxes, phrases and box_mask (all-zero mask = no layout)")
-            tokens, channels = self.box_tokenizer(boxes, phrases, box_mask), None
+            tokens = self.box_tokenizer(boxes, phrases, box_mask) if with_tokens else None
             if self.config.box_raster_channels:
                 paint = (boxes, self.box_raster.values(phrases), box_mask)
         else:
             if dense is None:
                 raise ValueError("a dense layout needs the dense map (zeros = no layout)")
-            tokens, channels = self.dense_tokenizer(dense), self.dense_downsampler(dense)
-        return LayoutConditioning(self.jme(tokens, text_states, text_mask), channels, paint)
+            tokens = self.dense_tokenizer(dense) if with_tokens else None
+            channels = self.dense_downsampler(dense)
+        fused = self.jme(tokens, text_states, text_mask) if tokens is not None else None
+        return LayoutConditioning(fused, channels, paint)
 
     def forward(
         self,
@@ -182,7 +192,7 @@ class DiffXUNet(ModelMixin, ConfigMixin):
             timestep,
             encoder_hidden_states=text_states,
             encoder_attention_mask=text_mask,
-            cross_attention_kwargs={"gligen": {"objs": conditioning.tokens}},
+            cross_attention_kwargs=None if conditioning.tokens is None else {"gligen": {"objs": conditioning.tokens}},
         ).sample
 
     # ------------------------------------------------------------------------------------------ base
@@ -206,6 +216,7 @@ class DiffXUNet(ModelMixin, ConfigMixin):
         phrase_dim: int | None = None,
         dense_channels: int = 1,
         box_raster_channels: int = 0,
+        layout_tokens: bool = True,
         freeze: bool = True,
     ) -> DiffXUNet:
         """Load an SD v1.x UNet folder (``<pipeline>/unet`` or the UNet folder itself) as the frozen base."""
@@ -231,6 +242,7 @@ class DiffXUNet(ModelMixin, ConfigMixin):
             layout=layout,
             dense_channels=dense_channels,
             box_raster_channels=box_raster_channels,
+            layout_tokens=layout_tokens,
         )
         state = base.state_dict()
         conv_in = state.pop("conv_in.weight")

@@ -96,7 +96,7 @@ def registration(reference: np.ndarray, moving: np.ndarray, factor: int, min_gai
     radius = max(2, math.ceil(SEARCH_PX / factor))
     ref, mov = edges(reference), edges(moving)
     if min(ref.shape) <= 2 * radius + 4:
-        return {"misregistration_px": 0.0, "mirror_gain": 0.0, "peak_dy": 0.0, "peak_dx": 0.0}
+        return {"misregistration_px": 0.0, "mirror_gain": 0.0, "peak_dy": 0.0, "peak_dx": 0.0, "sharpness": 0.0}
     scores = shift_scores(ref, mov, radius)
     zero = scores[radius, radius]
     i, j = np.unravel_index(int(np.argmax(scores)), scores.shape)
@@ -104,7 +104,8 @@ def registration(reference: np.ndarray, moving: np.ndarray, factor: int, min_gai
     offset = max(abs(i - radius), abs(j - radius))
     # a peak on the window's edge, or a ridge (sharp in one direction only), is a trend such as a depth range
     # cutoff parallel to the horizon lining up with other horizontal lines: not a shift of the frame
-    peaked = offset < radius and _sharpness(scores, int(i), int(j)) >= PEAK_SHARPNESS
+    sharpness = _sharpness(scores, int(i), int(j)) if offset < radius else 0.0
+    peaked = sharpness >= PEAK_SHARPNESS
     shift = offset * factor if gain >= min_gain and peaked else 0
     mirrored = shift_scores(np.ascontiguousarray(ref[:, ::-1]), mov, radius)
     return {
@@ -112,7 +113,21 @@ def registration(reference: np.ndarray, moving: np.ndarray, factor: int, min_gai
         "mirror_gain": float(mirrored.max() - scores.max()),
         "peak_dy": float((i - radius) * factor),
         "peak_dx": float((j - radius) * factor),
+        "sharpness": sharpness,
     }
+
+
+def through_reference(to_a: dict[str, Any], to_b: dict[str, Any]) -> float | None:
+    """How far b sits from a (px) as the reference sees it: the difference of their peaks against the reference,
+    or None where either peak is too flat to place its modality.
+
+    Two non-reference modalities can share edges that are not the same outline (a car's roof in depth, the top
+    of its windows in thermal, 4 px lower, on a frame a near car fills): their own best shift is then a
+    coincidence, and two registrations to the reference that place them together overrule it. Clearing a row
+    takes a peak half as sharp as failing one (``PEAK_SHARPNESS``): a shift must be shown, not just found."""
+    if min(to_a["sharpness"], to_b["sharpness"]) < PEAK_SHARPNESS / 2:
+        return None
+    return float(max(abs(to_b["peak_dy"] - to_a["peak_dy"]), abs(to_b["peak_dx"] - to_a["peak_dx"])))
 
 
 def pair_agreement(peaks: list[tuple[float, float]], tolerance: float) -> tuple[tuple[float, float], float]:

@@ -231,10 +231,16 @@ def _cross_modal(
             out[f"{m.name}_box_signed"] = math.nan
     factor = consistency.work_factor(height, width)
     thumbs = {n: consistency.shrink(consistency.grey(v), factor) for n, v in decoded.items()}
-    for a, b in registration_pairs(spec):
+    registered: dict[tuple[str, str], dict[str, Any]] = {}
+    for a, b in registration_pairs(spec):  # reference pairs come first
         if a in thumbs and b in thumbs:
             found = consistency.registration(thumbs[a], thumbs[b], factor, cfg.min_registration_gain)
-            out[registration_column(spec, a, b)] = found["misregistration_px"]
+            registered[a, b] = found
+            shift = found["misregistration_px"]
+            if a != reference and shift and (reference, a) in registered and (reference, b) in registered:
+                implied = consistency.through_reference(registered[reference, a], registered[reference, b])
+                shift = shift if implied is None else implied
+            out[registration_column(spec, a, b)] = shift
             out[registration_column(spec, a, b) + "_peak"] = (found["peak_dy"], found["peak_dx"])
             if a == reference:
                 out[f"{b}_mirror_gain"] = found["mirror_gain"]

@@ -82,6 +82,7 @@ def build_unet(
             phrase_dim=phrase_dim,
             dense_channels=dense_channels,
             box_raster_channels=m.painted_box_channels,
+            layout_tokens=m.layout_tokens,
             freeze=m.freeze_base,
         )
         if model.config.cross_attention_dim != text_dim:
@@ -125,6 +126,7 @@ def _from_scratch(
         dense_channels=dense_channels,
         dense_factor=dense_factor,
         box_raster_channels=m.painted_box_channels,
+        layout_tokens=m.layout_tokens,
     )
 
 
