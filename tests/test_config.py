@@ -159,8 +159,9 @@ def test_the_full_demo_preset_validates_and_changes_only_sizes_and_schedules() -
     full = load_config(REPO / "params.yaml", (preset,))
     assert full.vae.train.steps == 1500 and full.unet.train.steps == 1500
     assert full.vae.model.decoder == "per_modality" and full.vae.model.block_out_channels == [32, 64, 64, 64]
-    assert full.unet.model.block_out_channels == [64, 128, 128] and full.evaluate.detector_seeds == [0, 1, 2]
-    assert full.unet.model.box_raster_channels == 0 and full.vae.train.modality_weights == {}
+    assert full.unet.model.block_out_channels == [64, 128, 128] and len(full.evaluate.detector_seeds) == 5
+    assert full.unet.model.painted_box_channels == default.unet.model.painted_box_channels > 0
+    assert full.vae.train.modality_weights == {}
     before, after = _leaves(default.model_dump(mode="json")), _leaves(full.model_dump(mode="json"))
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     sections = {k.split(".")[0] + "." + k.split(".")[1] for k in changed}
@@ -169,8 +170,6 @@ def test_the_full_demo_preset_validates_and_changes_only_sizes_and_schedules() -
         "vae.train",
         "unet.model",
         "unet.train",
-        "unet.preview",  # the published numbers' guidance
-        "generate.sampler",
         "evaluate.detector_train",
         "evaluate.detector_seeds",
     }, sorted(changed)
