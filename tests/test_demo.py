@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from diffx.data.demo import CLASSES, LAYOUT_CLASSES, render_scene, sample_rng
 
@@ -79,8 +80,6 @@ def test_nearer_objects_are_larger_in_the_frame() -> None:
 
 
 def test_object_distance_must_be_a_range_in_front_of_the_camera() -> None:
-    import pytest
-
     from diffx.config import DemoConfig
 
     assert DemoConfig(object_distance_m=(3.0, 9.0)).object_distance_m == (3.0, 9.0)

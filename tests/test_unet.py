@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
+from diffx.errors import ConfigError
 from diffx.models.layout import BoxRaster, fourier_embed, pack_boxes
 from diffx.models.unet import DiffXUNet
 from diffx.train.ema import EMA
@@ -114,7 +115,7 @@ def test_without_layout_tokens_the_boxes_enter_by_the_raster_alone() -> None:
         model.unet.conv_in.weight[:, 4:].normal_()
         moved = {**x, "boxes": (x["boxes"] + torch.tensor([0.25, 0.0, 0.25, 0.0])).clamp(0, 1)}
         assert not torch.allclose(model(**x), model(**moved))
-    with pytest.raises(Exception, match="would not reach the UNet"):
+    with pytest.raises(ConfigError, match="would not reach the UNet"):
         DiffXUNet(sample_size=8, phrase_dim=16, box_raster_channels=0, layout_tokens=False, **BLOCKS)
 
 

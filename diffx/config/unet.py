@@ -88,8 +88,8 @@ class UnetTrainConfig(TrainLoopConfig):
     steps: int = Field(
         default=800,
         ge=1,
-        description="optimizer steps; the fast default doubled from 400 with the nearer demo world: layout fidelity "
-        "0.22 -> 0.33 for 2 min 50 s (docs/demo-results.md)",
+        description="optimizer steps; the fast default's 800 (400 before the demo world moved nearer) are measured "
+        "against 400 in docs/demo-results.md",
     )
     batch_size: int = Field(default=16, ge=1, description="global batch: all processes and accumulation steps")
     lr: float = Field(default=1e-3, gt=0, description="paper: 5e-5 with warm-up 10k on a frozen SD base")
