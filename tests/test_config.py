@@ -157,10 +157,11 @@ def test_the_full_demo_preset_validates_and_changes_only_sizes_and_schedules() -
     assert checked.exit_code == 0, checked.output
     default = load_config(REPO / "params.yaml")
     full = load_config(REPO / "params.yaml", (preset,))
-    assert full.vae.train.steps == 1500 and full.unet.train.steps == 1500
+    assert full.vae.train.steps == 1500 and full.unet.train.steps == 2500
     assert full.vae.model.decoder == "per_modality" and full.vae.model.block_out_channels == [32, 64, 64, 64]
     assert full.unet.model.block_out_channels == [64, 128, 128] and len(full.evaluate.detector_seeds) == 5
     assert full.unet.model.painted_box_channels == default.unet.model.painted_box_channels > 0
+    assert full.unet.model.layout_tokens == default.unet.model.layout_tokens  # the default's layout path
     assert full.vae.train.modality_weights == {}
     before, after = _leaves(default.model_dump(mode="json")), _leaves(full.model_dump(mode="json"))
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
@@ -201,3 +202,13 @@ def test_a_box_layout_without_tokens_must_be_painted() -> None:
     assert not UnetModelConfig(layout="dense", layout_tokens=False, box_raster_channels=0).layout_tokens
     with pytest.raises(ValueError, match="by no path"):
         UnetModelConfig(layout_tokens=False, box_raster_channels=0)
+
+
+def test_the_paper_presets_keep_the_papers_layout_tokens() -> None:
+    """The default drops the gated tokens (measured: they add nothing on the demo's from-scratch UNet); a preset
+    that reproduces the paper (an SD-initialised UNet) must keep DiffX's layout path, whatever the default."""
+    paper = [p for p in sorted((REPO / "presets").glob("*.yaml")) if not p.name.startswith("demo-")]
+    assert len(paper) >= 8
+    for preset in paper:
+        config = load_config(REPO / "params.yaml", (preset,))
+        assert config.unet.model.init_from_sd and config.unet.model.layout_tokens, preset.name

@@ -205,6 +205,9 @@ def test_curation_keeps_samples_whose_objects_are_where_the_plan_says(misplanned
     assert all(r["reason"] for r in table)
     report = json.loads((tmp / "reports" / "curate.json").read_text())
     assert report["kept"] == len(kept) and report["box_recall"]["kept"] > report["box_recall"]["all"]
+    real_test = report["box_recall_real_test"]  # the same detector on real frames: no box there was moved
+    assert set(real_test["per_class"]) == set(curated.spec.classes)
+    assert real_test["all"] > report["box_recall"]["all"]
     assert not (tmp / "ckpt").exists()
 
     # a second run with stricter rules reuses the saved detector (same key) and keeps a subset
