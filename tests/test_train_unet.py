@@ -121,7 +121,7 @@ def test_two_processes_match_one_process(tmp_path: Path, inputs: Path) -> None:
     for nproc in (1, 2):
         params = tmp_path / f"params{nproc}.yaml"
         raw = _params(tmp_path / f"p{nproc}", inputs, box_loss_weight=0.0)
-        raw["unet"]["model"]["box_raster_channels"] = 0
+        raw["unet"]["model"].update(box_raster_channels=0, layout_tokens=True)  # the paper's tokens-only path
         params.write_text(yaml.safe_dump(raw))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
         done = subprocess.run(
@@ -147,7 +147,7 @@ def test_two_processes_match_one_process(tmp_path: Path, inputs: Path) -> None:
         weights[nproc] = load_file(str(tmp_path / f"p{nproc}" / "unet" / "diffusion_pytorch_model.safetensors"))
     torch.manual_seed(0)
     budget = 1e-3 * 3  # AdamW: about lr per step per weight whatever the gradient (see test_train_vae)
-    initial = _initial(tmp_path, inputs, box_raster_channels=0)
+    initial = _initial(tmp_path, inputs, box_raster_channels=0, layout_tokens=True)
     moved = max((weights[1][k] - v).abs().max().item() for k, v in initial.items())
     differs = max((weights[1][k] - weights[2][k]).abs().max().item() for k in weights[1])
     assert moved > 0.5 * budget
