@@ -111,17 +111,27 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# (model settings, tolerance as a share of the AdamW budget). box_loss_weight 0 in both: it is per sample, so
+# splitting a batch over processes is the same sum; but three AdamW steps turn summation-order noise on near-zero
+# gradients into weight differences, and the weighting's sharper gradients raised that noise from 2.2e-5 to
+# 7.4e-5. The tokens-only path (the paper's) keeps the tight tolerance; the painted boxes' zero-initialised input
+# channels carry 9.6e-5 of such noise (tests/test_unet.py checks the raster sample by sample), so the default
+# raster-only path gets 5 % of the budget: a batch split wrongly moves the weights by the whole budget.
+TWO_PROCESS_PATHS = {
+    "tokens-only": ({"box_raster_channels": 0, "layout_tokens": True}, 0.02),
+    "raster-only (the default)": ({"box_raster_channels": 8, "layout_tokens": False}, 0.05),
+}
+
+
 @pytest.mark.slow  # torchrun + accelerate processes
-def test_two_processes_match_one_process(tmp_path: Path, inputs: Path) -> None:
-    # box_loss_weight 0 and no painted boxes: both are per sample, so splitting a batch over processes is the same
-    # sum (tests/test_unet.py checks the raster sample by sample); but three AdamW steps turn summation-order noise
-    # on near-zero gradients into weight differences, and the weighting's sharper gradients raised that noise from
-    # 2.2e-5 to 7.4e-5, the raster's zero-initialised input channels to 9.6e-5, past the tolerance calibrated below
+@pytest.mark.parametrize("path", list(TWO_PROCESS_PATHS))
+def test_two_processes_match_one_process(tmp_path: Path, inputs: Path, path: str) -> None:
+    model, tolerance = TWO_PROCESS_PATHS[path]
     weights = {}
     for nproc in (1, 2):
         params = tmp_path / f"params{nproc}.yaml"
         raw = _params(tmp_path / f"p{nproc}", inputs, box_loss_weight=0.0)
-        raw["unet"]["model"].update(box_raster_channels=0, layout_tokens=True)  # the paper's tokens-only path
+        raw["unet"]["model"].update(model)
         params.write_text(yaml.safe_dump(raw))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
         done = subprocess.run(
@@ -147,11 +157,11 @@ def test_two_processes_match_one_process(tmp_path: Path, inputs: Path) -> None:
         weights[nproc] = load_file(str(tmp_path / f"p{nproc}" / "unet" / "diffusion_pytorch_model.safetensors"))
     torch.manual_seed(0)
     budget = 1e-3 * 3  # AdamW: about lr per step per weight whatever the gradient (see test_train_vae)
-    initial = _initial(tmp_path, inputs, box_raster_channels=0, layout_tokens=True)
+    initial = _initial(tmp_path, inputs, **model)
     moved = max((weights[1][k] - v).abs().max().item() for k, v in initial.items())
     differs = max((weights[1][k] - weights[2][k]).abs().max().item() for k in weights[1])
     assert moved > 0.5 * budget
-    assert differs < 0.02 * budget, f"2-process weights differ by {differs}"
+    assert differs < tolerance * budget, f"{path}: 2-process weights differ by {differs}"
 
 
 def _initial(tmp_path: Path, inputs: Path, **model: Any) -> dict[str, torch.Tensor]:
