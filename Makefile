@@ -2,7 +2,7 @@
 #   make demo   create .venv, install pinned deps, pull the bundled demo data, run the whole chain (CPU, ~15 min)
 #   make test   create .venv if needed, run the fast tests (~8 min on 2 cores)
 # And the long forms:
-#   make demo-full   the default chain at full size with five detector seeds: presets/demo-full.yaml (~65 min on 2 cores)
+#   make demo-full   the default chain at full size with five detector seeds: presets/demo-full.yaml (~65-85 min on 2 cores)
 #   make test-slow   the long tests: fresh-clone and repo-copy chains, preset chains, Prefect, Ray, S3
 #   make test-all    both sets (what CI runs, fast first)
 PYTHON ?= python3

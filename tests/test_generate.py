@@ -29,7 +29,7 @@ from diffx.shards.writer import ShardSetWriter
 from diffx.stages import generate, plan, train_unet
 
 from .conftest import DEMO_SPEC, make_sample
-from .tiny_models import TINY_UNET_MODEL, save_tiny_vae
+from .tiny_models import TINY_UNET_MODEL, open_layout_paths, save_tiny_vae
 
 
 @pytest.fixture(scope="module")
@@ -356,20 +356,6 @@ def _requests(rows: list[dict[str, Any]]) -> list[Any]:
     ]
 
 
-def _open_layout_paths(unet: Any) -> None:
-    """Make the layout matter in the tiny world's briefly trained UNet, whichever path it has: open the gated
-    fusers (the tokens) and give the zero-initialised painted-box input channels seeded weights (the raster)."""
-    import torch
-
-    unet.set_fuser_gates(0.8)
-    latent = unet.config.latent_channels
-    weight = unet.unet.conv_in.weight
-    if weight.shape[1] > latent:
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            weight[:, latent:] = 0.5 * torch.randn(weight[:, latent:].shape, generator=generator)
-
-
 def test_cached_and_bf16_sampling_against_the_fp32_uncached_reference(world: Path, tmp_path: Path) -> None:
     from diffx.metrics.image_metrics import psnr
     from diffx.sample.generate import PlanExecutor
@@ -378,7 +364,7 @@ def test_cached_and_bf16_sampling_against_the_fp32_uncached_reference(world: Pat
     plan.run(config)
     rows, spec, _ = read_plan(config.generate.plan)
     pipeline = PlanExecutor(config.generate, spec).pipeline
-    _open_layout_paths(pipeline.unet)  # the layout path must matter for the comparison to mean anything
+    open_layout_paths(pipeline.unet, seed=0)  # the layout path must matter for the comparison to mean anything
     requests = _requests(rows[:3])
     settings = {"sampler": "dpmsolver++", "steps": 4, "guidance": 3.0}
     reference = pipeline(requests, **settings, cache=False)
@@ -400,7 +386,7 @@ def test_composed_guidance_separates_caption_and_layout(world: Path, tmp_path: P
     plan.run(config)
     rows, spec, _ = read_plan(config.generate.plan)
     pipeline = PlanExecutor(config.generate, spec).pipeline
-    _open_layout_paths(pipeline.unet)
+    open_layout_paths(pipeline.unet, seed=0)
     assert pipeline.unet.config.box_raster_channels > 0  # the painted-box path is in the draw
     requests = _requests(rows[:3])
     settings = {"sampler": "dpmsolver++", "steps": 4, "guidance": 3.0}
@@ -424,7 +410,7 @@ def test_compiled_unet_draws_what_the_eager_one_draws(world: Path, tmp_path: Pat
     compiled_config = with_overrides(config, {"generate.compile": True})
     compiled = PlanExecutor(compiled_config.generate, spec).pipeline
     for pipeline in (eager, compiled):
-        _open_layout_paths(pipeline.unet)
+        open_layout_paths(pipeline.unet, seed=0)
     assert hasattr(compiled.unet, "_compiled_call_impl") and compiled.unet._compiled_call_impl is not None
     requests = _requests(rows[:2])
     settings = {"sampler": "ddim", "steps": 3, "guidance": 3.0}

@@ -11,6 +11,7 @@ from diffx.models.step_cache import CachedCrossAttention, step_invariant_cache
 from diffx.models.unet import DiffXUNet
 
 from .test_unet import BLOCKS, _inputs
+from .tiny_models import open_layout_paths
 
 
 @pytest.mark.parametrize("layout", ["boxes", "painted boxes", "dense"])
@@ -19,9 +20,7 @@ def test_cached_steps_predict_what_the_uncached_model_predicts(layout: str) -> N
     raster = 4 if layout == "painted boxes" else 0
     layout = "boxes" if raster else layout
     model = DiffXUNet(sample_size=8, phrase_dim=16, layout=layout, box_raster_channels=raster, **BLOCKS).eval()
-    model.set_fuser_gates(0.8)  # open fusers: the layout tokens change the output
-    with torch.no_grad():
-        model.unet.conv_in.weight[:, 4:].normal_()  # learned painted / dense channels: the layout enters there too
+    open_layout_paths(model)  # the layout tokens and the painted / dense channels both change the output
     x = _inputs(3)
     layout_args = (
         {"boxes": x["boxes"], "phrases": x["phrases"], "box_mask": x["box_mask"]}

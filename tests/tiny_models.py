@@ -187,3 +187,13 @@ def clip_to_openai(model: CLIPTextModel) -> dict[str, torch.Tensor]:
         }.items():
             out[f"{dst}.{a}.weight"], out[f"{dst}.{a}.bias"] = s[f"{src}.{b}.weight"], s[f"{src}.{b}.bias"]
     return out
+
+
+def open_layout_paths(model: Any, seed: int | None = None) -> None:
+    """Make the layout matter in an untrained or briefly trained DiffX-UNet, whichever path it has: open the gated
+    fusers (the tokens) and give the zero-initialised painted / dense input channels weights (drawn with ``seed``,
+    or from the global generator), as a trained model's would be."""
+    model.set_fuser_gates(0.8)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.unet.conv_in.weight[:, model.config.latent_channels :].normal_(generator=generator)
