@@ -8,12 +8,18 @@ weigh what camera frames weigh), then measures, each phase in its own forked pro
   global shuffle and the shard-aware one (``train.shuffle: shards``), with samples/s, bytes read per byte used
   and peak memory; and a second epoch with the default decode cache;
 - ``old_layout``: the same shuffled read of the set written with 32 MB row groups (the former default);
-- ``s3`` (``--s3``, needs moto): the shard-aware read from an S3-compatible server in its own process (moto),
-  with and without the read-ahead the training loop does (``train.read_ahead``: the next two micro-batches'
-  row groups fetched in the background), beside the same read from local disk; the shards' first-open
-  verification (hashing every byte once per node) is timed apart, since a node pays it once;
+- ``s3`` (``--s3``): the shard-aware read from an S3-compatible server in its own process, with and without the
+  read-ahead the training loop does (``train.read_ahead``: the next two micro-batches' row groups fetched in
+  the background), beside the same read from local disk; the shards' first-open verification (hashing every
+  byte once per node) is timed apart, since a node pays it once. The server is moto (what the test suite
+  starts; its ranged GETs top out near 16 MiB/s on 2 cores, below what local disk feeds one worker), or any
+  server at ``--s3-endpoint``, e.g. s3rver, a file-backed one that serves ~140 MiB/s here:
+  ``npx s3rver@3.7.1 -d /tmp/s3 -p 4569`` then ``--s3 --s3-endpoint http://127.0.0.1:4569``
+  (its keys: ``--s3-key S3RVER --s3-secret S3RVER``, the default);
 - ``memory_growth``: the reader's peak memory over the first quarter of the set and over all of it;
-- ``cores_per_gpu``: 80 samples/s over the reader's per-process rate;
+- ``cores_per_gpu``: 80 samples/s over the reader's per-process rate; every rate is also given per CPU-second
+  (``cpu_ms_per_sample``: the process's CPU time, read-ahead thread included), the cost a worker adds to a node
+  when the disk is not the limit;
 - ``ingest`` (``--ingest N [N ...]``): `diffx ingest` of a COCO-folders source of N frames of the same kind,
   samples/s and the peak memory of the ingest process and of its workers, per N (it must not grow with N).
 
@@ -110,12 +116,12 @@ def decode_only(root: Path, count: int) -> dict[str, Any]:
     shard_set = ShardSet(str(root))
     first = shard_set.manifest.shards_of("train")[0]  # one shard: the rows, not the whole set, in memory
     rows = shard_set.open_shard(first).read(columns=["rgb", "thermal", "depth"]).slice(0, count).to_pylist()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for row in rows:
         for name in ("rgb", "thermal", "depth"):
             decode_array(row[name]["bytes"], name)
-    seconds = time.perf_counter() - started
-    return {"samples_per_second": round(len(rows) / seconds, 2)}
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"samples_per_second": round(len(rows) / seconds, 2), "cpu_ms_per_sample": round(1000 * cpu / len(rows), 2)}
 
 
 def read_epoch(
@@ -130,6 +136,7 @@ def read_epoch(
         dataset._parquet(shard)
     verify_seconds = time.perf_counter() - started
     timings = []
+    cpu = time.process_time()
     for _ in range(epochs):
         started = time.perf_counter()
         for start in range(0, len(order), BATCH):
@@ -138,8 +145,10 @@ def read_epoch(
             for index in order[start : start + BATCH]:
                 dataset.item(index)
         timings.append(len(order) / (time.perf_counter() - started))
+    cpu = time.process_time() - cpu
     return {
         "samples_per_second": [round(t, 2) for t in timings],
+        "cpu_ms_per_sample": round(1000 * cpu / max(len(order) * epochs, 1), 2),
         "verify_seconds": round(verify_seconds, 2),
         "bytes_read_per_byte_used": round(dataset.bytes_read / max(dataset.bytes_used, 1), 4),
         "bytes_used_per_sample": round(dataset.bytes_used / max(len(order) * epochs, 1)),
@@ -204,16 +213,25 @@ def raw_gets(fs: Any, root: str, order: list[int]) -> dict[str, Any]:
     }
 
 
-def s3_read(root: Path, order: list[int]) -> dict[str, Any]:
+def s3_read(root: Path, order: list[int], endpoint: str | None, key: str, secret: str) -> dict[str, Any]:
+    """``order`` read from ``endpoint`` (None: a moto server started here). Only the manifest and the shards the
+    order touches are uploaded: a 10 k set is 12 GB, the measured prefix reads a few shards of it."""
     import s3fs
 
-    with s3_server() as endpoint:
-        storage = {"key": "bench", "secret": "bench", "client_kwargs": {"endpoint_url": endpoint}}
+    with contextlib.nullcontext(endpoint) if endpoint else s3_server() as url_of_server:
+        storage = {"key": key, "secret": secret, "client_kwargs": {"endpoint_url": url_of_server}}
         fs = s3fs.S3FileSystem(**storage)
-        fs.mkdir("bench")
-        fs.put(str(root), "bench/set", recursive=True)
+        if not fs.exists("bench"):
+            fs.mkdir("bench")
+        dataset = ShardDataset(str(root), "train")
+        touched = sorted({dataset.records[dataset._locate(i)[0]].path for i in order})
+        fs.put(str(root / "_manifest.json"), "bench/set/_manifest.json")
+        for path in touched:
+            fs.put(str(root / path), f"bench/set/{path}")
         url = "s3://bench/set"  # a str: Path would fold the '//'
         return {
+            "server": "moto" if endpoint is None else endpoint,
+            "shards_uploaded": len(touched),
             "server_get_only": raw_gets(fs, "bench/set", order),
             "local": read_epoch(root, order, 0),
             "local_read_ahead": read_epoch(root, order, 0, read_ahead=2),
@@ -279,7 +297,10 @@ def main() -> None:
     parser.add_argument("--buffer", type=int, default=2048, help="shuffle window of the shard-aware order")
     parser.add_argument("--read", type=int, default=1000, help="items read per measured epoch (a prefix)")
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one, removed)")
-    parser.add_argument("--s3", action="store_true", help="also read from a local S3-compatible server (moto)")
+    parser.add_argument("--s3", action="store_true", help="also read from an S3-compatible server (default: moto)")
+    parser.add_argument("--s3-endpoint", default=None, help="a running S3-compatible server to read from instead")
+    parser.add_argument("--s3-key", default="S3RVER", help="its access key (moto takes any)")
+    parser.add_argument("--s3-secret", default="S3RVER", help="its secret key")
     parser.add_argument("--reuse", action="store_true", help="keep the set an earlier run left in --out")
     parser.add_argument("--ingest", type=int, nargs="*", default=[], help="ingest sources of these many frames")
     parser.add_argument("--ingest-only", action="store_true", help="only the ingest phase")
@@ -335,10 +356,14 @@ def main() -> None:
         old_order = [i for i in epoch["global"] if i < old_rows][: max(50, args.read // 5)]
         report["old_layout"] = in_child(lambda: read_epoch(old, old_order, 0))
         if args.s3:
-            s3 = in_child(lambda: s3_read(new, epoch["shards"][: args.read // 2]))
-            rate = {name: s3[name]["samples_per_second"][0] for name in ("local", "s3", "s3_read_ahead")}
+            s3 = in_child(
+                lambda: s3_read(new, epoch["shards"][: args.read // 2], args.s3_endpoint, args.s3_key, args.s3_secret)
+            )
+            rate = {
+                name: s3[name]["samples_per_second"][0] for name in ("local", "local_read_ahead", "s3", "s3_read_ahead")
+            }
             s3["local_over_s3"] = round(rate["local"] / rate["s3"], 3)
-            s3["local_over_s3_read_ahead"] = round(rate["local"] / rate["s3_read_ahead"], 3)
+            s3["local_read_ahead_over_s3_read_ahead"] = round(rate["local_read_ahead"] / rate["s3_read_ahead"], 3)
             report["s3"] = s3
         decode_rate = report["decode_only"]["samples_per_second"]
         for name in ("shards", "shards_read_ahead"):
@@ -346,6 +371,13 @@ def main() -> None:
             report["reader"][name]["over_decode_only"] = round(rate / decode_rate, 3)
             report["reader"][name]["cores_per_gpu_at_80_samples_per_second"] = round(
                 TARGET_SAMPLES_PER_SECOND / rate, 2
+            )
+            cpu = report["reader"][name]["cpu_ms_per_sample"]
+            report["reader"][name]["over_decode_only_per_cpu_second"] = round(
+                report["decode_only"]["cpu_ms_per_sample"] / cpu, 3
+            )
+            report["reader"][name]["cores_per_gpu_at_80_samples_per_second_cpu_bound"] = round(
+                TARGET_SAMPLES_PER_SECOND * cpu / 1000, 2
             )
         print(json.dumps(report, indent=2))
     finally:

@@ -294,3 +294,29 @@ def test_one_decode_feeds_every_view_with_what_separate_passes_give(canonical: P
         assert together.sets[view.name].alignment() == alone.sets[view.name].alignment()
         assert together.scores[(view.name, "d")].summary() == alone.scores[(view.name, "d")].summary()
     assert together.sets["plain"].alignment() != together.sets["shifted"].alignment()
+
+
+def test_a_detections_only_measure_finds_what_the_full_one_does_and_skips_features_and_alignment(
+    canonical: Path, tmp_path: Path
+) -> None:
+    """Curate's recall on real frames reads only detections: without an extractor the pass must give the same
+    finds and scores, and carry no features or alignment that a caller could mistake for measured ones."""
+    from diffx.metrics.measure import View, measure_set
+
+    options = _eval_config(canonical, tmp_path).evaluate
+    torch.manual_seed(0)
+    modalities = ("rgb", "thermal", "depth")
+    detector = CenterNet(in_channels=5, num_classes=3, width=8, inputs=modalities, classes=tuple(CLASSES))
+    detector.eval()
+    view = View("plain", None, {"d": detector})
+    extractor, _ = build_extractor(options.features)
+    full = measure_set(ShardDataset(str(canonical), "val"), [view], extractor, options)
+    finds_only = measure_set(ShardDataset(str(canonical), "val"), [view], None, options)
+    assert finds_only.sets["plain"].features == {}
+    assert finds_only.sets["plain"].edge_correlation == {} and finds_only.sets["plain"].best_shift == {}
+    assert full.sets["plain"].features and full.sets["plain"].edge_correlation  # the full pass did measure them
+    assert finds_only.ids == full.ids
+    for ours, theirs in zip(finds_only.found[("plain", "d")], full.found[("plain", "d")], strict=True):
+        for a, b in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert finds_only.scores[("plain", "d")].summary() == full.scores[("plain", "d")].summary()

@@ -87,18 +87,21 @@ def _detections(model: CenterNet, images: dict[str, torch.Tensor], options: Eval
 def measure_set(
     dataset: ShardDataset,
     views: list[View],
-    extractor: torch.nn.Module,
+    extractor: torch.nn.Module | None,
     options: EvaluateConfig,
     *,
     keep_first: int = 0,
     progress: bool = False,
 ) -> Measured:
-    """Decode ``dataset`` once; every view gets every batch. ``keep_first`` rows are kept as decoded."""
+    """Decode ``dataset`` once; every view gets every batch. ``keep_first`` rows are kept as decoded.
+
+    ``extractor=None`` measures the detectors' finds only: no features and no RGB/X alignment, the two costs a
+    caller that reads only detections (curate's recall on real frames) would otherwise pay and throw away."""
     size = len(dataset)
     if size == 0:
         raise DataError(dataset.root, f"split {dataset.split!r} has no rows to evaluate")
     modalities = list(dataset.modalities)
-    others = [m for m in modalities if m != "rgb"] if "rgb" in modalities else []
+    others = [m for m in modalities if m != "rgb"] if "rgb" in modalities and extractor is not None else []
     collected = {
         v.name: _Collected(
             {m: [] for m in modalities}, {m: [] for m in others}, {m: [] for m in others}, {d: [] for d in v.detectors}
@@ -124,7 +127,7 @@ def measure_set(
                 images = view.transform(batch["images"]) if view.transform else batch["images"]
                 frame = tuple(next(iter(images.values())).shape[-2:])  # type: ignore[assignment]
                 into = collected[view.name]
-                for modality, value in images.items():
+                for modality, value in images.items() if extractor is not None else ():
                     into.features[modality].append(extract(extractor, value, batch_size))
                 for modality in others:
                     zero, shift = pair_scores(images["rgb"], images[modality], options.align_max_shift)
@@ -138,7 +141,7 @@ def measure_set(
         got = collected[view.name]
         sets[view.name] = ImageSet(
             view.name,
-            features={m: torch.cat(v) for m, v in got.features.items()},
+            features={m: torch.cat(v) for m, v in got.features.items() if v},
             edge_correlation={m: torch.cat(v) for m, v in got.zero.items()},
             best_shift={m: torch.cat(v) for m, v in got.shifts.items()},
         )

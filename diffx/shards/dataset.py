@@ -254,8 +254,9 @@ class ShardDataset(Dataset):
         placement = place(height, width, frame, generator) if crop else resize_only(height, width, frame)
         images = {}
         for name in self.modalities:
-            array = row.arrays[name].astype(np.float32)  # a fresh array (the cached row stays as stored)
-            np.divide(array, self.spec.modality(name).max_value, out=array)  # in place: one frame-sized pass
+            # a fresh float array in one frame-sized pass (the cached row stays as stored): the division casts
+            # as it reads, the same float32 values as a cast then a division, without the second pass
+            array = np.divide(row.arrays[name], self.spec.modality(name).max_value, dtype=np.float32)
             # channels first as a view: a batch's stack makes it contiguous, a copy here would be a second pass
             image = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
             images[name] = place_image(image, placement)

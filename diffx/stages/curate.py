@@ -53,11 +53,6 @@ class CurateResult:
     seconds: dict[str, float]
 
 
-def _box_recall(scores: list[SampleScore]) -> float | None:
-    planned = sum(s.planned for s in scores)
-    return round(sum(s.hits for s in scores) / planned, 4) if planned else None
-
-
 def _write_scores(
     path: str,
     scores: list[SampleScore],
@@ -199,7 +194,7 @@ def curate(options: CurateConfig, evaluation: EvaluateConfig, *, progress: bool 
     select(scores, options.rules)
     started = time.perf_counter()
     real_test = _real_recall(
-        ShardDataset(evaluation.real, evaluation.test_split, modalities), detector, extractor, options, evaluation
+        ShardDataset(evaluation.real, evaluation.test_split, modalities), detector, options, evaluation
     )
     seconds["real_test"] = time.perf_counter() - started
     kept = {s.id: chosen for s, chosen in zip(scores, new_labels, strict=True) if s.kept}
@@ -214,6 +209,7 @@ def curate(options: CurateConfig, evaluation: EvaluateConfig, *, progress: bool 
     seconds["write"] = time.perf_counter() - started
 
     kept_scores = [s for s in scores if s.kept]
+    kept_tables = [t for s, t in zip(scores, per_class, strict=True) if s.kept]
     kept_labels = list(carried.values())
     groups = sorted({s.group for s in scores})
     report = {
@@ -223,11 +219,14 @@ def curate(options: CurateConfig, evaluation: EvaluateConfig, *, progress: bool 
             g: {"samples": sum(s.group == g for s in scores), "kept": sum(s.group == g and s.kept for s in scores)}
             for g in groups
         },
-        "box_recall": {"all": _box_recall(scores), "kept": _box_recall(kept_scores)},
+        "box_recall": {
+            "all": _table_recall(per_class),
+            "kept": _table_recall(kept_tables),
+        },
         "box_recall_per_class": {
             c: {
                 "all": _class_recall(per_class, c),
-                "kept": _class_recall([t for s, t in zip(scores, per_class, strict=True) if s.kept], c),
+                "kept": _class_recall(kept_tables, c),
             }
             for c in classes
         },
@@ -277,6 +276,13 @@ def _class_recall(tables: list[dict[str, tuple[int, int]]], name: str) -> float 
     return round(found / planned, 4) if planned else None
 
 
+def _table_recall(tables: list[dict[str, tuple[int, int]]]) -> float | None:
+    """Share of all the boxes the detector found, over the same per-sample tables (every class together)."""
+    planned = sum(n for t in tables for n, _ in t.values())
+    found = sum(f for t in tables for _, f in t.values())
+    return round(found / planned, 4) if planned else None
+
+
 def _class_table(ids: list[int], hit: np.ndarray, classes: list[str]) -> dict[str, tuple[int, int]]:
     """(boxes, found) per class of one row."""
     hits = Counter(classes[c] for c, h in zip(ids, hit, strict=True) if h)
@@ -285,21 +291,16 @@ def _class_table(ids: list[int], hit: np.ndarray, classes: list[str]) -> dict[st
 
 
 def _real_recall(
-    test: ShardDataset, detector: Any, extractor: Any, options: CurateConfig, evaluation: EvaluateConfig
+    test: ShardDataset, detector: Any, options: CurateConfig, evaluation: EvaluateConfig
 ) -> dict[str, Any]:
     """The real-data detector's recall of the true boxes of the real test frames, at curate's confidence and IoU.
     A generated sample cannot be found more reliably than a real frame is: "curate finds 35 % of the planned
     boxes" means little until it is set beside what the same detector finds on real frames (only reported;
     nothing is selected by it)."""
-    measured = measure_set(test, [View("real_test", None, {"real": detector})], extractor, evaluation)
+    measured = measure_set(test, [View("real_test", None, {"real": detector})], None, evaluation)  # finds only
     classes = list(test.spec.classes)
     tables = []
     for (boxes, labels), found in zip(measured.truth, measured.found[("real_test", "real")], strict=True):
         hit = planned_box_hits((boxes, labels), found, score_threshold=options.score_threshold, iou=options.iou)
         tables.append(_class_table([int(c) for c in labels.tolist()], hit, classes))
-    boxes = sum(n for t in tables for n, _ in t.values())
-    found = sum(f for t in tables for _, f in t.values())
-    return {
-        "all": round(found / boxes, 4) if boxes else None,
-        "per_class": {c: _class_recall(tables, c) for c in classes},
-    }
+    return {"all": _table_recall(tables), "per_class": {c: _class_recall(tables, c) for c in classes}}
