@@ -250,3 +250,28 @@ def test_read_ahead_groups_outlive_older_reads_until_asked_for(tmp_path: Path) -
         once.item(index)
     assert dataset.bytes_read == once.bytes_read  # every group read once
     assert not dataset._ahead_unused
+
+
+def test_read_ahead_asked_for_more_than_the_group_cache_holds_reads_each_group_once(tmp_path: Path) -> None:
+    """Large frames: two micro-batches of row groups can outweigh the cache (1280 x 1024 rows read 2.2 bytes per
+    byte used before). Read-ahead then stops at the budget, and no group is evicted before its item and read
+    again; the items are the ones a reader without read-ahead returns."""
+    _write(tmp_path / "set", 40, 10, row_group_bytes=1)  # one row a group
+    probe = ShardDataset(str(tmp_path / "set"), "train", decode_cache_bytes=0)
+    footer_size = probe._parquet(0).metadata.row_group(0).total_byte_size
+    budget = 5 * footer_size  # read ahead at most three groups, where the loop asks for eight
+    ahead = ShardDataset(str(tmp_path / "set"), "train", decode_cache_bytes=0, group_cache_bytes=budget)
+    plain = ShardDataset(str(tmp_path / "set"), "train", decode_cache_bytes=0, group_cache_bytes=budget)
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(2)).tolist()
+    most_ahead = 0
+    for start in range(0, 40, 4):
+        ahead.prefetch(order[start + 4 : start + 12])
+        most_ahead = max(most_ahead, len(ahead._pending) + len(ahead._ahead_unused))
+        for future in list(ahead._pending.values()):  # the read-ahead wins every race
+            future.result()
+        for index in order[start : start + 4]:
+            mine, theirs = ahead.item(index), plain.item(index)
+            assert mine["id"] == theirs["id"]
+            assert all(torch.equal(mine["images"][m], theirs["images"][m]) for m in mine["images"])
+    assert 1 <= most_ahead <= 4
+    assert ahead.bytes_read == plain.bytes_read  # each group read once
