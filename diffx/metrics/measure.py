@@ -101,10 +101,11 @@ def measure_set(
     if size == 0:
         raise DataError(dataset.root, f"split {dataset.split!r} has no rows to evaluate")
     modalities = list(dataset.modalities)
-    others = [m for m in modalities if m != "rgb"] if "rgb" in modalities and extractor is not None else []
+    featured = modalities if extractor is not None else []
+    others = [m for m in featured if m != "rgb"] if "rgb" in featured else []
     collected = {
         v.name: _Collected(
-            {m: [] for m in modalities}, {m: [] for m in others}, {m: [] for m in others}, {d: [] for d in v.detectors}
+            {m: [] for m in featured}, {m: [] for m in others}, {m: [] for m in others}, {d: [] for d in v.detectors}
         )
         for v in views
     }
@@ -127,8 +128,9 @@ def measure_set(
                 images = view.transform(batch["images"]) if view.transform else batch["images"]
                 frame = tuple(next(iter(images.values())).shape[-2:])  # type: ignore[assignment]
                 into = collected[view.name]
-                for modality, value in images.items() if extractor is not None else ():
-                    into.features[modality].append(extract(extractor, value, batch_size))
+                if extractor is not None:
+                    for modality, value in images.items():
+                        into.features[modality].append(extract(extractor, value, batch_size))
                 for modality in others:
                     zero, shift = pair_scores(images["rgb"], images[modality], options.align_max_shift)
                     into.zero[modality].append(zero)
@@ -141,7 +143,7 @@ def measure_set(
         got = collected[view.name]
         sets[view.name] = ImageSet(
             view.name,
-            features={m: torch.cat(v) for m, v in got.features.items() if v},
+            features={m: torch.cat(v) for m, v in got.features.items()},
             edge_correlation={m: torch.cat(v) for m, v in got.zero.items()},
             best_shift={m: torch.cat(v) for m, v in got.shifts.items()},
         )

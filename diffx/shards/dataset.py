@@ -208,6 +208,10 @@ class ShardDataset(Dataset):
         budget, less room for the group being read: more would evict groups read ahead before their items ask
         for them and read them twice (two micro-batches of 1280 x 1024 rows are ~190 MB against a 64 MiB budget:
         2.2 bytes read per byte used, measured). The rest of ``indices`` waits for a later call."""
+        with self._lock:  # what is still waiting for its item, summed once; each group submitted below adds to it
+            waiting = self._ahead_unused | self._pending.keys()
+            self._ahead_size = {k: v for k, v in self._ahead_size.items() if k in waiting}
+            ahead = sum(self._ahead_size.values())
         for index in indices:
             if index in self._decoded or not 0 <= index < self.length:
                 continue
@@ -219,9 +223,6 @@ class ShardDataset(Dataset):
             with self._lock:
                 if key in self._groups or key in self._pending:
                     continue
-                waiting = self._ahead_unused | self._pending.keys()
-                self._ahead_size = {k: v for k, v in self._ahead_size.items() if k in waiting}
-                ahead = sum(self._ahead_size.values())
                 if ahead and ahead + 2 * size > self.group_cache_bytes:
                     return
                 if self._ahead is None:
@@ -230,6 +231,7 @@ class ShardDataset(Dataset):
                     self._ahead = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="diffx-read-ahead")
                 # the footer goes along: a read-ahead thread opening its own handle on the shard need not parse it
                 self._ahead_size[key] = size
+                ahead += size
                 self._pending[key] = self._ahead.submit(self._read_ahead, key, parquet.metadata)
 
     def _read_ahead(self, key: tuple[int, int], footer: pq.FileMetaData) -> pa.Table:
