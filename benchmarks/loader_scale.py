@@ -6,7 +6,9 @@ weigh what camera frames weigh), then measures, each phase in its own forked pro
 - ``decode_only``: PNG decode of every modality of a row, bytes already in memory (the floor a reader pays);
 - ``reader``: ``ShardDataset.item`` over an epoch order, no decode cache (a set larger than memory), for the
   global shuffle and the shard-aware one (``train.shuffle: shards``), with samples/s, bytes read per byte used
-  and peak memory; and a second epoch with the default decode cache;
+  and peak memory; and a second epoch with the default decode cache; every reader phase runs with the training
+  loop's malloc settings (diffx/shards/allocator.py), and ``shards_read_ahead_glibc_defaults`` once without
+  them, paired;
 - ``old_layout``: the same shuffled read of the set written with 32 MB row groups (the former default);
 - ``s3`` (``--s3``): the shard-aware read from an S3-compatible server in its own process, with and without the
   read-ahead the training loop does (``train.read_ahead``: the next two micro-batches' row groups fetched in
@@ -54,6 +56,7 @@ import torch
 from diffx.data.demo import DEMO_SPEC
 from diffx.data.images import decode_array, encode_png
 from diffx.data.sample import Sample
+from diffx.shards.allocator import keep_freed_buffers
 from diffx.shards.dataset import ShardDataset
 from diffx.shards.reader import ShardSet
 from diffx.shards.writer import ShardSetWriter
@@ -125,11 +128,20 @@ def decode_only(root: Path, count: int) -> dict[str, Any]:
 
 
 def read_epoch(
-    root: Path | str, order: list[int], cache_bytes: int, epochs: int = 1, read_ahead: int = 0, **storage: Any
+    root: Path | str,
+    order: list[int],
+    cache_bytes: int,
+    epochs: int = 1,
+    read_ahead: int = 0,
+    keep_buffers: bool = True,
+    **storage: Any,
 ) -> dict[str, Any]:
     """Items in ``order``, as the training loop reads them: micro-batches of ``BATCH``, with the next
-    ``read_ahead`` micro-batches handed to the dataset's read-ahead first. Shards are verified before the clock
-    starts (a node does that once; ``verify_seconds`` says what it cost here)."""
+    ``read_ahead`` micro-batches handed to the dataset's read-ahead first, and the loop's malloc settings
+    (``keep_buffers``: diffx/shards/allocator.py). Shards are verified before the clock starts (a node does that
+    once; ``verify_seconds`` says what it cost here)."""
+    if keep_buffers:
+        keep_freed_buffers()
     dataset = ShardDataset(str(root), "train", decode_cache_bytes=cache_bytes, storage_options=storage or None)
     started = time.perf_counter()
     for shard in sorted({dataset._locate(i)[0] for i in order}):
@@ -342,6 +354,9 @@ def main() -> None:
             name: in_child(lambda order=order: read_epoch(new, order, 0)) for name, order in epoch.items()
         }
         report["reader"]["shards_read_ahead"] = in_child(lambda: read_epoch(new, epoch["shards"], 0, read_ahead=2))
+        report["reader"]["shards_read_ahead_glibc_defaults"] = in_child(
+            lambda: read_epoch(new, epoch["shards"], 0, read_ahead=2, keep_buffers=False)
+        )
         report["reader"]["shards_cached_second_epoch"] = in_child(
             lambda: read_epoch(new, epoch["shards"], 256 << 20, epochs=2)
         )
@@ -366,7 +381,7 @@ def main() -> None:
             s3["local_read_ahead_over_s3_read_ahead"] = round(rate["local_read_ahead"] / rate["s3_read_ahead"], 3)
             report["s3"] = s3
         decode_rate = report["decode_only"]["samples_per_second"]
-        for name in ("shards", "shards_read_ahead"):
+        for name in ("shards", "shards_read_ahead", "shards_read_ahead_glibc_defaults"):
             rate = report["reader"][name]["samples_per_second"][0]
             report["reader"][name]["over_decode_only"] = round(rate / decode_rate, 3)
             report["reader"][name]["cores_per_gpu_at_80_samples_per_second"] = round(

@@ -114,6 +114,15 @@ def test_resume_continues_the_same_run(tmp_path: Path, shards: Path) -> None:
     assert straight.history[-1]["loss"] != straight.history[0]["loss"]
 
 
+def test_data_loader_workers_train_the_same_model_as_the_loop_s_own_process(tmp_path: Path, shards: Path) -> None:
+    inline = _trainer(tmp_path, shards, "inline")
+    inline.run()
+    workers = _trainer(tmp_path, shards, "workers", num_workers=2)  # each worker sets the loop's malloc settings
+    workers.run()
+    for key, value in inline.model.state_dict().items():
+        assert torch.equal(value, workers.model.state_dict()[key]), key
+
+
 def test_changed_params_do_not_resume_a_foreign_checkpoint(tmp_path: Path, shards: Path) -> None:
     _trainer(tmp_path, shards, "run").run(until=2)
     changed = _trainer(tmp_path, shards, "run", lr=5e-4)

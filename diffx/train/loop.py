@@ -27,6 +27,7 @@ from diffx import fsio
 from diffx.config import TrainLoopConfig
 from diffx.errors import ConfigError, DiffxError
 from diffx.progress import Progress
+from diffx.shards.allocator import keep_freed_buffers, worker_init
 from diffx.shards.dataset import detection_collate
 from diffx.train.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from diffx.train.data import FRAME_CROP, BatchPlan, PlanSampler, StreamDataset, shard_rows_of
@@ -229,11 +230,13 @@ class Trainer:
     # --------------------------------------------------------------------------------- the loop
     def _batches(self, end: int) -> Iterator[dict[str, Any]]:
         sampler = PlanSampler(self.plan, self.ctx.rank, self.step, end)
+        keep_freed_buffers()  # each item's buffers reused, not faulted in again (diffx/shards/allocator.py)
         loader = DataLoader(
             StreamDataset(self.dataset, self.plan, FRAME_CROP, self.train_cfg.read_ahead),
             batch_sampler=sampler,
             collate_fn=detection_collate,
             num_workers=self.train_cfg.num_workers,
+            worker_init_fn=worker_init if self.train_cfg.num_workers else None,
         )
         return iter(loader)
 
