@@ -118,7 +118,13 @@ def in_child(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 def decode_only(root: Path, count: int) -> dict[str, Any]:
     shard_set = ShardSet(str(root))
     first = shard_set.manifest.shards_of("train")[0]  # one shard: the rows, not the whole set, in memory
-    rows = shard_set.open_shard(first).read(columns=["rgb", "thermal", "depth"]).slice(0, count).to_pylist()
+    batches = shard_set.open_shard(first, in_memory=False).iter_batches(
+        batch_size=16, columns=["rgb", "thermal", "depth"]
+    )
+    rows: list[dict[str, Any]] = []
+    while len(rows) < count and (batch := next(batches, None)) is not None:  # the rows decoded, not the shard
+        rows += batch.to_pylist()
+    rows = rows[:count]
     started, cpu = time.perf_counter(), time.process_time()
     for row in rows:
         for name in ("rgb", "thermal", "depth"):
@@ -134,6 +140,7 @@ def read_epoch(
     epochs: int = 1,
     read_ahead: int = 0,
     keep_buffers: bool = True,
+    cold: bool = False,
     **storage: Any,
 ) -> dict[str, Any]:
     """Items in ``order``, as the training loop reads them: micro-batches of ``BATCH``, with the next
@@ -142,6 +149,8 @@ def read_epoch(
     once; ``verify_seconds`` says what it cost here)."""
     if keep_buffers:
         keep_freed_buffers()
+    if cold:
+        drop_page_cache()
     dataset = ShardDataset(str(root), "train", decode_cache_bytes=cache_bytes, storage_options=storage or None)
     started = time.perf_counter()
     for shard in sorted({dataset._locate(i)[0] for i in order}):
@@ -165,6 +174,12 @@ def read_epoch(
         "bytes_read_per_byte_used": round(dataset.bytes_read / max(dataset.bytes_used, 1), 4),
         "bytes_used_per_sample": round(dataset.bytes_used / max(len(order) * epochs, 1)),
     }
+
+
+def drop_page_cache() -> None:
+    """Empty the kernel's page cache (root only), so the rows come from the disk, as a set larger than memory's do."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def orders(root: Path, seed: int, buffer: int) -> dict[str, list[int]]:
@@ -313,12 +328,20 @@ def main() -> None:
     parser.add_argument("--s3-endpoint", default=None, help="a running S3-compatible server to read from instead")
     parser.add_argument("--s3-key", default="S3RVER", help="its access key (moto takes any)")
     parser.add_argument("--s3-secret", default="S3RVER", help="its secret key")
+    parser.add_argument(
+        "--drop-caches", action="store_true", help="empty the page cache before each reader phase (needs root)"
+    )
     parser.add_argument("--reuse", action="store_true", help="keep the set an earlier run left in --out")
     parser.add_argument("--ingest", type=int, nargs="*", default=[], help="ingest sources of these many frames")
     parser.add_argument("--ingest-only", action="store_true", help="only the ingest phase")
     args = parser.parse_args()
     work = Path(args.out or tempfile.mkdtemp(prefix="loader-scale-"))
     work.mkdir(parents=True, exist_ok=True)
+    stamps = (
+        work / "verified-stamps"
+    )  # this run's own: its first reader phase hashes each shard, as a node's first run does
+    shutil.rmtree(stamps, ignore_errors=True)
+    os.environ["DIFFX_VERIFIED_CACHE"] = str(stamps)
     new, old = work / "set", work / "set-32mb-groups"
     try:
         report: dict[str, Any] = {
@@ -345,20 +368,26 @@ def main() -> None:
         if args.reuse and (new / "_manifest.json").exists():
             report["set"]["write_seconds"] = None  # written by an earlier run (--reuse)
         else:
-            seconds = write_set(new, args.rows, args.height, args.width, args.rows_per_shard, 1 << 20)
-            report["set"]["write_seconds"] = round(seconds, 1)
+            written = in_child(  # the writer's memory stays out of the measured phases forked later
+                lambda: {"seconds": write_set(new, args.rows, args.height, args.width, args.rows_per_shard, 1 << 20)}
+            )
+            report["set"]["write_seconds"] = round(written["seconds"], 1)
         report["set"]["bytes"] = sum(p.stat().st_size for p in new.rglob("*.parquet"))
         report["decode_only"] = in_child(lambda: decode_only(new, min(args.read, 300)))
         epoch = {name: order[: args.read] for name, order in orders(new, 0, args.buffer).items()}
+        cold = args.drop_caches
+        report["set"]["page_cache_dropped_before_each_reader_phase"] = cold
         report["reader"] = {
-            name: in_child(lambda order=order: read_epoch(new, order, 0)) for name, order in epoch.items()
+            name: in_child(lambda order=order: read_epoch(new, order, 0, cold=cold)) for name, order in epoch.items()
         }
-        report["reader"]["shards_read_ahead"] = in_child(lambda: read_epoch(new, epoch["shards"], 0, read_ahead=2))
+        report["reader"]["shards_read_ahead"] = in_child(
+            lambda: read_epoch(new, epoch["shards"], 0, read_ahead=2, cold=cold)
+        )
         report["reader"]["shards_read_ahead_glibc_defaults"] = in_child(
-            lambda: read_epoch(new, epoch["shards"], 0, read_ahead=2, keep_buffers=False)
+            lambda: read_epoch(new, epoch["shards"], 0, read_ahead=2, keep_buffers=False, cold=cold)
         )
         report["reader"]["shards_cached_second_epoch"] = in_child(
-            lambda: read_epoch(new, epoch["shards"], 256 << 20, epochs=2)
+            lambda: read_epoch(new, epoch["shards"], 256 << 20, epochs=2, cold=cold)
         )
         quarter = [i for i in epoch["shards"] if i < args.rows // 4]
         report["memory_growth"] = {
@@ -367,7 +396,9 @@ def main() -> None:
         }
         old_rows = min(args.rows, 2 * args.rows_per_shard)
         if not (args.reuse and (old / "_manifest.json").exists()):
-            write_set(old, old_rows, args.height, args.width, args.rows_per_shard, 32 << 20)
+            in_child(
+                lambda: {"seconds": write_set(old, old_rows, args.height, args.width, args.rows_per_shard, 32 << 20)}
+            )
         old_order = [i for i in epoch["global"] if i < old_rows][: max(50, args.read // 5)]
         report["old_layout"] = in_child(lambda: read_epoch(old, old_order, 0))
         if args.s3:

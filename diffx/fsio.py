@@ -76,12 +76,12 @@ def read_json(url: str, **storage_options: Any) -> Any:
 
 
 def read_hashed(
-    fs: fsspec.AbstractFileSystem, path: str, *, keep: bool = True, chunk: int = 8 << 20
+    fs: fsspec.AbstractFileSystem, path: str, *, keep: bool = True, chunk: int = 1 << 20
 ) -> tuple[bytes, str]:
     """The file's bytes (empty unless ``keep``) and their sha256, from one pass over the file.
 
     One loop for every integrity check: the shard reader keeps the bytes it then parses, the writer's resume check
-    and the flows' cache keys only need the digest."""
+    and the flows' cache keys only need the digest. Without ``keep`` a pass holds one ``chunk`` at a time."""
     digest = hashlib.sha256()
     chunks: list[bytes] = []
     with fs.open(path, "rb") as handle:
@@ -92,7 +92,7 @@ def read_hashed(
     return b"".join(chunks), digest.hexdigest()
 
 
-def sha256_file(fs: fsspec.AbstractFileSystem, path: str, chunk: int = 8 << 20) -> str:
+def sha256_file(fs: fsspec.AbstractFileSystem, path: str, chunk: int = 1 << 20) -> str:
     return read_hashed(fs, path, keep=False, chunk=chunk)[1]
 
 

@@ -275,3 +275,28 @@ def test_read_ahead_asked_for_more_than_the_group_cache_holds_reads_each_group_o
             assert all(torch.equal(mine["images"][m], theirs["images"][m]) for m in mine["images"])
     assert 1 <= most_ahead <= 4
     assert ahead.bytes_read == plain.bytes_read  # each group read once
+
+
+def test_a_reader_s_first_opening_hashes_a_shard_without_holding_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 500-row shard of 1280 x 1024 frames is 3 GB: holding it to hash it was each worker's peak memory."""
+    import tracemalloc
+
+    monkeypatch.setenv("DIFFX_VERIFIED_CACHE", "")  # every opening hashes
+    writer = ShardSetWriter(str(tmp_path / "set"), DEMO_SPEC, row_group_bytes=1 << 20)
+    writer.finalize(writer.write_split("train", (_noisy_sample(i, size=128) for i in range(96)), 96))  # ~10 MB
+    record = ShardSet(str(tmp_path / "set")).manifest.shards_of("train")[0]
+    peaks = {}
+    for in_memory in (True, False):
+        shards = ShardSet(str(tmp_path / "set"))
+        tracemalloc.start()
+        parquet = shards.open_shard(record, in_memory=in_memory)
+        peaks[in_memory] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert parquet.metadata.num_rows == 96
+    assert peaks[True] > record.bytes > 3 * peaks[False], (record.bytes, peaks)
+    broken = tmp_path / "set" / record.path
+    broken.write_bytes(broken.read_bytes()[:-10] + b"0123456789")  # same size, other bytes
+    with pytest.raises(ShardError, match="sha256"):
+        ShardSet(str(tmp_path / "set")).open_shard(record, in_memory=False)

@@ -80,18 +80,18 @@ class ShardSet:
         wants); ``in_memory=False`` returns a file-backed handle instead, for readers that keep it open."""
         path = self.shard_path(record)
         check = self.checked.get(record.path)
-        parquet, hashed = None, False
+        parquet = None
         if check is None:
             stamp = self._stamp(record, path)
             check, parquet = self._footer_checked(record, path) if stamp and stamp.exists() else (None, None)
             if check is None:  # not stamped, or its footer disagrees: hash it (the full check names what differs)
-                (check, parquet), hashed = self._verified(record, path), True
+                check, parquet = self._verified(record, path, keep=in_memory)
                 if check.problem is None and stamp is not None:
                     self._write_stamp(stamp, path)
             self.checked[record.path] = check
         if check.problem is not None:
             raise ShardError(f"{fsio.join(self.root, record.path)}: {check.problem}")
-        if parquet is not None and (in_memory or not hashed):  # a hashed shard's handle holds its bytes
+        if parquet is not None:
             return parquet
         try:
             return self._file(path)
@@ -149,18 +149,19 @@ class ShardSet:
             return None, None  # hash it: the full check names what differs
         return ShardCheck(None, None, rows), parquet
 
-    def _verified(self, record: ShardRecord, path: str) -> tuple[ShardCheck, pq.ParquetFile | None]:
-        """Read the whole shard once, hashing as it arrives; parse the same bytes (no second read)."""
+    def _verified(self, record: ShardRecord, path: str, *, keep: bool) -> tuple[ShardCheck, pq.ParquetFile | None]:
+        """Read the whole shard once, hashing as it arrives. ``keep``: parse the same bytes (no second read);
+        else keep none of them and return a file-backed handle, so a reader's first opening of a shard costs a few
+        MB of memory, not the shard's size (a 500-row shard of 1280 x 1024 frames is 3 GB)."""
         try:
-            data, sha256 = fsio.read_hashed(self.fs, path)
+            data, sha256 = fsio.read_hashed(self.fs, path, keep=keep)
+            size = len(data) if keep else self.fs.size(path)
         except FileNotFoundError:
             return ShardCheck("exists", f"missing (the manifest lists {record.rows} rows)"), None
         except (OSError, ValueError) as err:  # ValueError: fsspec on e.g. a symlink loop
             return ShardCheck("exists", f"unreadable ({err})"), None
-        if len(data) != record.bytes:
-            return ShardCheck(
-                "bytes", f"{len(data)} bytes, the manifest says {record.bytes} (truncated or altered)"
-            ), None
+        if size != record.bytes:
+            return ShardCheck("bytes", f"{size} bytes, the manifest says {record.bytes} (truncated or altered)"), None
         if sha256 != record.sha256:
             problem = (
                 f"sha256 {sha256[:16]}... does not match the manifest's {record.sha256[:16]}... "
@@ -168,7 +169,7 @@ class ShardSet:
             )
             return ShardCheck("sha256", problem), None
         try:
-            parquet = pq.ParquetFile(pa.BufferReader(data))
+            parquet = pq.ParquetFile(pa.BufferReader(data)) if keep else self._file(path)
         except (OSError, pa.ArrowException) as err:
             return ShardCheck("parquet", f"unreadable Parquet ({err})"), None
         rows = parquet.metadata.num_rows
