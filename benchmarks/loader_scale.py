@@ -339,9 +339,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.out or tempfile.mkdtemp(prefix="loader-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    stamps = (
-        work / "verified-stamps"
-    )  # this run's own: its first reader phase hashes each shard, as a node's first run does
+    # this run's own stamp cache: its first reader phase hashes each shard, as a node's first run does
+    stamps = work / "verified-stamps"
     shutil.rmtree(stamps, ignore_errors=True)
     os.environ["DIFFX_VERIFIED_CACHE"] = str(stamps)
     new, old = work / "set", work / "set-32mb-groups"
