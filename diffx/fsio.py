@@ -13,7 +13,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -75,25 +75,31 @@ def read_json(url: str, **storage_options: Any) -> Any:
         return json.loads(handle.read().decode("utf-8"))
 
 
-def read_hashed(
-    fs: fsspec.AbstractFileSystem, path: str, *, keep: bool = True, chunk: int = 1 << 20
-) -> tuple[bytes, str]:
-    """The file's bytes (empty unless ``keep``) and their sha256, from one pass over the file.
+class Hashed(NamedTuple):
+    data: bytes  # empty unless the bytes were kept
+    sha256: str
+    size: int  # bytes hashed: the size of exactly what the digest covers, with no second look at the file
+
+
+def read_hashed(fs: fsspec.AbstractFileSystem, path: str, *, keep: bool = True, chunk: int = 1 << 20) -> Hashed:
+    """The file's bytes (empty unless ``keep``), their sha256 and their count, from one pass over the file.
 
     One loop for every integrity check: the shard reader keeps the bytes it then parses, the writer's resume check
     and the flows' cache keys only need the digest. Without ``keep`` a pass holds one ``chunk`` at a time."""
     digest = hashlib.sha256()
     chunks: list[bytes] = []
+    size = 0
     with fs.open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
+            size += len(block)
             if keep:
                 chunks.append(block)
-    return b"".join(chunks), digest.hexdigest()
+    return Hashed(b"".join(chunks), digest.hexdigest(), size)
 
 
 def sha256_file(fs: fsspec.AbstractFileSystem, path: str, chunk: int = 1 << 20) -> str:
-    return read_hashed(fs, path, keep=False, chunk=chunk)[1]
+    return read_hashed(fs, path, keep=False, chunk=chunk).sha256
 
 
 class HashingWriter:

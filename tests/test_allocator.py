@@ -7,13 +7,14 @@ import sys
 
 import pytest
 
-from diffx.shards.allocator import keep_freed_buffers
-
 # an item's worth of buffers (a few MB each, alive together), then freed; page faults counted over 50 items
 ITEMS = """
 import resource, sys
 import numpy as np
 from diffx.shards.allocator import keep_freed_buffers
+if sys.argv[1] == "probe":  # glibc or not, asked in a child: the pytest process keeps its own malloc settings
+    print(int(keep_freed_buffers()))
+    sys.exit()
 if sys.argv[1] == "keep":
     assert keep_freed_buffers()
 def item():
@@ -34,7 +35,7 @@ def _page_faults(mode: str) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
 def test_freed_item_buffers_are_reused_instead_of_faulted_in_again() -> None:
-    if not keep_freed_buffers():
+    if not _page_faults("probe"):
         pytest.skip("not glibc")
     plain, kept = _page_faults("plain"), _page_faults("keep")
     # 50 items of 11 MB are ~140,000 pages: the default allocator faults most of them in again, the kept heap none

@@ -158,8 +158,11 @@ def test_the_full_demo_preset_validates_and_changes_only_sizes_and_schedules() -
     default = load_config(REPO / "params.yaml")
     full = load_config(REPO / "params.yaml", (preset,))
     assert full.vae.train.steps == 1500 and full.unet.train.steps == 2500
-    assert full.vae.model.decoder == "per_modality" and full.vae.model.block_out_channels == [32, 64, 64, 64]
-    assert full.unet.model.block_out_channels == [64, 128, 128] and len(full.evaluate.detector_seeds) == 5
+    assert full.vae.model.decoder == "per_modality" and full.vae.model.block_out_channels == [32, 64, 64]
+    assert full.unet.model.block_out_channels == [64, 64, 128, 128] and len(full.evaluate.detector_seeds) == 5
+    # the default's latent factor (/4) and UNet levels: only widths differ
+    assert len(full.vae.model.block_out_channels) == len(default.vae.model.block_out_channels)
+    assert full.unet.model.down_block_types == default.unet.model.down_block_types
     assert full.unet.model.painted_box_channels == default.unet.model.painted_box_channels > 0
     assert full.unet.model.layout_tokens == default.unet.model.layout_tokens  # the default's layout path
     assert full.vae.train.modality_weights == {}

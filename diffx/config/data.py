@@ -124,8 +124,8 @@ class DemoConfig(Section):
     object_distance_m: tuple[float, float] = Field(
         default=(5.0, 10.0),
         description="nearest and farthest an object stands from the camera (metres): the world's object scale; at "
-        "160 x 128 and an /8 latent a person 10 m away is 2 latent cells tall, a car 5 m away 124 px long "
-        "(docs/demo-results.md)",
+        "160 x 128 a person 10 m away is 21 px tall (5 cells of the default /4 latent, 2.6 of an /8 one), a car 5 m "
+        "away 124 px long (docs/demo-results.md)",
     )
     splits: dict[str, int] = Field(
         default_factory=lambda: {"train": 64, "val": 16, "test": 208},

@@ -88,7 +88,8 @@ class EvaluateConfig(Section):
     size_edges_px: tuple[float, float] = Field(
         default=(16.0, 32.0),
         description="object size classes for AP@0.5 by size: small below the first side (sqrt of box area, px), "
-        "large from the second; the defaults are 2 and 4 latent cells of an /8 MP-VAE",
+        "large from the second; in pixels, so runs with other latent factors compare: the defaults are 2 and 4 cells "
+        "of an /8 latent (SD's), 4 and 8 of the demo's /4",
     )
     control_shift: int = Field(
         default=6, ge=0, description="px the misaligned control set is shifted by (RGB one way, X the other); 0 = off"

@@ -14,14 +14,18 @@ class UnetModelConfig(Section):
     """DiffX-UNet (diffx/models/unet.py). The paper config is SD v1.x's UNet, frozen, from init_from_sd."""
 
     block_out_channels: list[int] = Field(
-        default_factory=lambda: [32, 64, 64],
+        default_factory=lambda: [32, 32, 64, 64],
         min_length=1,
-        description="paper: SD v1.x's [320, 640, 1280, 1280]; the full demo (presets/demo-full.yaml): [64, 128, 128]",
+        description="paper: SD v1.x's [320, 640, 1280, 1280]; the demo's first level, on the /4 latent, has no "
+        "attention (a level's attention over 40 x 32 positions costs more than its convolutions); the full demo "
+        "(presets/demo-full.yaml): [64, 64, 128, 128]",
     )
     down_block_types: list[str] = Field(
-        default_factory=lambda: ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+        default_factory=lambda: ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
     )
-    up_block_types: list[str] = Field(default_factory=lambda: ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"])
+    up_block_types: list[str] = Field(
+        default_factory=lambda: ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
+    )
     layers_per_block: int = Field(default=1, ge=1, description="paper: 2")
     attention_head_dim: int = Field(
         default=2,

@@ -14,13 +14,15 @@ class VaeModelConfig(Section):
     """MP-VAE architecture (diffx/models/mpvae.py); the paper config is SD v1.x's VAE."""
 
     block_out_channels: list[int] = Field(
-        default_factory=lambda: [16, 32, 64, 64],
+        default_factory=lambda: [16, 32, 64],
         min_length=1,
-        description="paper: [128, 256, 512, 512] (SD v1.x); the full demo (presets/demo-full.yaml): [32, 64, 64, 64]",
+        description="one entry per level; the latent is 2^(levels - 1) times smaller than the frame. Paper: [128, 256, "
+        "512, 512] (SD v1.x, /8); the demo's three levels make an /4 latent, where the demo's objects are drawn "
+        "(docs/demo-results.md, 'The latent factor'); the full demo (presets/demo-full.yaml): [32, 64, 64]",
     )
     layers_per_block: int = Field(default=1, ge=1, description="paper: 2")
     latent_channels: int = Field(
-        default=8,
+        default=4,
         ge=1,
         description="channels of the shared latent: more keep more of every modality and cost the UNet only its "
         "first and last convolution (paper: 4, SD's)",

@@ -4,8 +4,9 @@ Every item the reader returns allocates a few MB (decoded PNGs, their float32 co
 when the batch is done. glibc's malloc gives large freed blocks back to the kernel (``munmap``, or trimming the
 top of the heap once more than a few hundred KB are free there), so the next item faults the same pages in again
 one by one: 3 ms of system time for each 512 x 512 RGB + thermal + depth item, a sixth of the reader's CPU time
-(benchmarks/loader_scale.py, ``allocator``). Serving blocks up to 32 MiB from the heap and trimming it only past
-64 MiB of free memory keeps those pages mapped; a process then holds at most 64 MiB it is not using.
+(benchmarks/loader_scale.py, phase ``shards_read_ahead_glibc_defaults``). Serving blocks up to 32 MiB from the heap
+and trimming it only past 64 MiB of free memory keeps those pages mapped; a process then holds at most 64 MiB it is
+not using.
 
 Process-wide, so it is the training loop that asks for it (in its own process and in each DataLoader worker),
 never a reader on import. Other C libraries (musl, macOS) have no such behaviour to change: a no-op there.

@@ -154,8 +154,7 @@ class ShardSet:
         else keep none of them and return a file-backed handle, so a reader's first opening of a shard costs a few
         MB of memory, not the shard's size (a 500-row shard of 1280 x 1024 frames is 3 GB)."""
         try:
-            data, sha256 = fsio.read_hashed(self.fs, path, keep=keep)
-            size = len(data) if keep else self.fs.size(path)
+            data, sha256, size = fsio.read_hashed(self.fs, path, keep=keep)
         except FileNotFoundError:
             return ShardCheck("exists", f"missing (the manifest lists {record.rows} rows)"), None
         except (OSError, ValueError) as err:  # ValueError: fsspec on e.g. a symlink loop
