@@ -106,7 +106,7 @@ def test_overlays_merge_key_by_key(tmp_path) -> None:
     overlay = tmp_path / "preset.yaml"
     overlay.write_text("vae:\n  train:\n    steps: 7\nconditioning:\n  max_objects: 8\n")
     config = load_config(REPO / "params.yaml", [overlay])
-    assert config.vae.train.steps == 7 and config.vae.train.lr == 1e-3 and config.conditioning.max_objects == 8
+    assert config.vae.train.steps == 7 and config.vae.train.lr == 2e-3 and config.conditioning.max_objects == 8
 
 
 def test_one_token_limit_for_refine_the_gate_and_the_unet(tmp_path) -> None:
