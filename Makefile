@@ -1,5 +1,5 @@
 # The two set-up commands of the README:
-#   make demo   create .venv, install pinned deps, pull the bundled demo data, run the whole chain (CPU, ~15 min)
+#   make demo   create .venv, install pinned deps, pull the bundled demo data, run the whole chain (CPU, ~17 min)
 #   make test   create .venv if needed, run the fast tests (~8 min on 2 cores)
 # And the long forms:
 #   make demo-full   the default chain at full size with five detector seeds: presets/demo-full.yaml (~65-85 min on 2 cores)
